@@ -1,0 +1,59 @@
+"""webnet_magic: run numpy work from a notebook on the WebGPU in a phone or laptop.
+
+In IPython / Jupyter::
+
+    %load_ext webnet_magic
+    %webnet start
+    %webnet matmul A B -> C
+
+From Python::
+
+    import webnet_magic as wm
+    session = wm.start()          # broker in a background thread; open session.url on a device
+    C = session.matmul(A, B)
+
+Imports stay lazy so ``%load_ext`` is cheap and a missing optional extra (wgpu,
+pyngrok) only matters when its feature is used.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from .client.session import Session
+
+
+def start(**options: Any) -> Session:
+    """Start this process's broker, or return the running one (see :class:`Session`)."""
+    from .client.session import start as _start
+
+    return _start(**options)
+
+
+def stop() -> None:
+    """Stop this process's broker, closing every worker connection and freeing its port."""
+    from .client.session import stop as _stop
+
+    _stop()
+
+
+def load_ipython_extension(ipython: InteractiveShell) -> None:
+    """``%load_ext webnet_magic``: register ``%webnet`` / ``%%webnet``."""
+    from .client.magics import load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: InteractiveShell) -> None:
+    """``%unload_ext webnet_magic``: stop the broker and remove the input transformer."""
+    from .client.magics import unload
+
+    unload(ipython)
+
+
+__all__ = ["__version__", "load_ipython_extension", "start", "stop", "unload_ipython_extension"]

@@ -1,0 +1,231 @@
+"""The broker's one port: the worker page, its scripts, and the workers' WebSocket.
+
+Serving page and socket on one origin is what lets one tunnel (ngrok) carry both,
+and lets the page build its ``ws(s)://`` URL from ``location`` alone.  Tornado
+does HTTP and WebSocket natively and already ships with ipykernel.
+
+Every WebSocket must present the session token (compared in constant time);
+every frame goes through :class:`~webnet_magic.protocol.Assembler`, whose
+size limits and schema checks run before anything reaches the scheduler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import itertools
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import tornado.web
+import tornado.websocket
+
+from ..protocol import (
+    CLOSE_BAD_TOKEN,
+    CLOSE_GOING_AWAY,
+    CLOSE_PROTOCOL,
+    CLOSE_SILENT,
+    DEFAULT_CHUNK,
+    MAX_HEAD_JSON,
+    Assembler,
+    Message,
+    ProtocolError,
+    encode,
+)
+from .scheduler import Device, Scheduler
+
+log = logging.getLogger(__name__)
+
+STATIC_FILES = ("worker.js", "protocol.js", "gpu.js", "worker.css")
+
+
+class Broker:
+    """State shared by all connections: token, scheduler, heartbeat timing, byte counters."""
+
+    def __init__(
+        self,
+        token: str,
+        static_dir: Path,
+        *,
+        heartbeat: float = 3.0,
+        silence_limit: float = 30.0,
+        chunk_size: int = DEFAULT_CHUNK,
+        max_message_bytes: int = 2**31,
+        on_change: Any = None,
+    ) -> None:
+        self.token = token
+        self.static_dir = static_dir
+        self.heartbeat = heartbeat
+        self.silence_limit = silence_limit
+        self.chunk_size = chunk_size
+        self.max_message_bytes = max_message_bytes
+        self.scheduler = Scheduler(on_change or (lambda: None))
+        self.sockets: set[WorkerSocket] = set()
+        self._heartbeat_task: asyncio.Task[None] | None = None
+
+    def token_ok(self, offered: str | None) -> bool:
+        return offered is not None and hmac.compare_digest(offered.encode(), self.token.encode())
+
+    def application(self) -> tornado.web.Application:
+        return tornado.web.Application(
+            [
+                (r"/", WorkerPage, {"broker": self}),
+                (r"/ws", WorkerSocket, {"broker": self}),
+                (
+                    "/({})".format("|".join(name.replace(".", r"\.") for name in STATIC_FILES)),
+                    StaticFile,
+                    {"path": str(self.static_dir)},
+                ),
+            ],
+            # A frame is one chunk plus its header; anything larger is refused by tornado itself.
+            websocket_max_message_size=self.chunk_size + MAX_HEAD_JSON + 64,
+            websocket_ping_interval=None,  # heartbeats are application messages, visible to JS
+        )
+
+    def start_heartbeat(self) -> None:
+        self._heartbeat_task = asyncio.get_running_loop().create_task(self._beat())
+
+    async def _beat(self) -> None:
+        """Ping every worker; close one silent for longer than ``silence_limit`` (its job then fails)."""
+        while True:
+            await asyncio.sleep(self.heartbeat)
+            now = time.monotonic()
+            for sock in list(self.sockets):
+                if sock.device is None:
+                    continue
+                if now - sock.device.last_seen > self.silence_limit:
+                    sock.close(CLOSE_SILENT, f"no heartbeat for {self.silence_limit:.0f} s")
+                    sock.forget("stopped answering heartbeats")
+                else:
+                    sock.spawn(sock.send(Message("ping", {"t": time.time()})))
+
+    async def shutdown(self) -> None:
+        if self._heartbeat_task:
+            self._heartbeat_task.cancel()
+        self.scheduler.stop()
+        for sock in list(self.sockets):
+            sock.close(CLOSE_GOING_AWAY, "the notebook stopped the broker")
+
+
+class WorkerPage(tornado.web.RequestHandler):
+    """The worker page; it needs the token in its query string but only the socket checks it."""
+
+    def initialize(self, broker: Broker) -> None:
+        self.broker = broker
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("Content-Security-Policy", "default-src 'self'; connect-src 'self' ws: wss:")
+        self.write((self.broker.static_dir / "worker.html").read_bytes())
+
+
+class StaticFile(tornado.web.StaticFileHandler):
+    def set_extra_headers(self, path: str) -> None:
+        self.set_header("Cache-Control", "no-cache")
+
+
+class WorkerSocket(tornado.websocket.WebSocketHandler):
+    """One worker's connection: token check, frame assembly, and dispatch to the scheduler."""
+
+    def initialize(self, broker: Broker) -> None:
+        self.broker = broker
+        self.device: Device | None = None
+        self.assembler = Assembler(max_message_bytes=broker.max_message_bytes)
+        self._message_ids = itertools.count(1)
+        self._send_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def check_origin(self, origin: str) -> bool:
+        # The session token is the credential; the page may be reached through a tunnel's host name.
+        return True
+
+    def open(self) -> None:
+        if not self.broker.token_ok(self.get_argument("token", None)):
+            log.warning("refused a worker with a wrong or missing token from %s", self.request.remote_ip)
+            self.close(CLOSE_BAD_TOKEN, "wrong or missing session token: open the link from %webnet url")
+            return
+        self.broker.sockets.add(self)
+
+    async def on_message(self, frame: str | bytes) -> None:
+        if self not in self.broker.sockets:
+            return
+        if isinstance(frame, str):
+            return self._refuse("text frames are not part of the protocol")
+        if self.device is not None:
+            self.device.bytes_in += len(frame)
+            self.device.last_seen = time.monotonic()
+        try:
+            message = self.assembler.feed(frame)
+            if message is not None:
+                self._handle(message)
+        except ProtocolError as exc:
+            self._refuse(str(exc))
+
+    def _handle(self, m: Message) -> None:
+        f, scheduler = m.fields, self.broker.scheduler
+        if m.type == "hello":
+            if self.device is not None:
+                raise ProtocolError("a second hello on one connection")
+            limits = {k: v for k, v in f["limits"].items() if isinstance(v, int) and not isinstance(v, bool)}
+            self.device = Device(
+                id=scheduler.new_device_id(),
+                name=str(f["name"])[:120],
+                runtime=str(f["runtime"])[:20],
+                adapter={k: str(v)[:200] for k, v in f["adapter"].items()},
+                limits=limits,
+                features=[str(x) for x in f.get("features", [])][:100],
+                webgpu=f["webgpu"],
+                reason=str(f.get("reason", ""))[:500],
+                send=self.send,
+                close=self.close,
+            )
+            self.spawn(
+                self.send(Message("welcome", {"device": self.device.id, "heartbeat": self.broker.heartbeat}))
+            )
+            scheduler.join(self.device)
+            return
+        if self.device is None:
+            raise ProtocolError(f"{m.type!r} before hello")
+        if m.type == "result":
+            scheduler.result(self.device, f["job"], list(m.arrays), f["timings"])
+        elif m.type == "error":
+            scheduler.error(self.device, f["job"], f["kind"], f["message"])
+        elif m.type != "pong":
+            raise ProtocolError(f"a worker may not send {m.type!r}")
+
+    async def send(self, message: Message) -> None:
+        """Send a message as frames; the lock keeps one message's frames together."""
+        frames = encode(message, next(self._message_ids) & 0xFFFFFFFF, self.broker.chunk_size)
+        async with self._send_lock:
+            for frame in frames:
+                await self.write_message(frame, binary=True)
+                if self.device is not None:
+                    self.device.bytes_out += len(frame)
+
+    def spawn(self, coro: Any) -> None:
+        """Run ``coro`` in the background; a failed send closes this connection."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._spawned_done)
+
+    def _spawned_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and isinstance(task.exception(), tornado.websocket.WebSocketClosedError):
+            self.forget("closed its connection")
+
+    def _refuse(self, reason: str) -> None:
+        log.warning("closing worker connection: %s", reason)
+        self.close(CLOSE_PROTOCOL, reason[:120])
+        self.forget(f"sent a malformed message ({reason})")
+
+    def forget(self, reason: str) -> None:
+        self.broker.sockets.discard(self)
+        if self.device is not None:
+            self.device.state = "closing"
+            self.broker.scheduler.leave(self.device.id, reason)
+
+    def on_close(self) -> None:
+        self.forget("disconnected")

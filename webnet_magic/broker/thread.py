@@ -1,0 +1,191 @@
+"""The broker's asyncio loop in a daemon thread of the kernel, and thread-safe calls into it.
+
+ipykernel owns the main thread's event loop, so the broker gets a loop of its
+own in a thread (the pattern of IPython's ``%%script``).  The notebook side
+calls in with :meth:`BrokerThread.call` and waits on ``concurrent.futures``
+futures, which a Ctrl-C in the main thread can abandon; :meth:`cancel` then
+tells the scheduler, so the device drops the job too.
+
+Code on the broker thread never prints: output from a thread lands in
+whichever cell ran last.  It logs, and reports through ``on_change``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import secrets
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import tornado.httpserver
+import tornado.netutil
+
+from .._assets import static_dir
+from ..program import Program
+from ..protocol import DEFAULT_CHUNK
+from .server import Broker
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Called on the broker thread with a snapshot of every device after each change.
+ChangeListener = Callable[[list[dict[str, Any]]], None]
+
+
+@dataclass(frozen=True)
+class JobHandle:
+    """A submitted job: its id (for :meth:`BrokerThread.cancel`) and a future for its outputs."""
+
+    id: str
+    future: concurrent.futures.Future[list[np.ndarray]]
+
+
+class BrokerThread:
+    """Owns the loop, the HTTP/WebSocket server and the :class:`Broker`; start once, stop once."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        token: str | None = None,
+        heartbeat: float = 3.0,
+        silence_limit: float = 30.0,
+        chunk_size: int = DEFAULT_CHUNK,
+        on_change: ChangeListener | None = None,
+        static: Path | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.token = token or secrets.token_urlsafe(18)
+        self._listeners: list[ChangeListener] = [on_change] if on_change else []
+        self.broker = Broker(
+            self.token,
+            static or static_dir(),
+            heartbeat=heartbeat,
+            silence_limit=silence_limit,
+            chunk_size=chunk_size,
+            on_change=self._changed,
+        )
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._main, name="webnet-broker", daemon=True)
+        self._ready = threading.Event()
+        self._startup_error: BaseException | None = None
+        self._server: tornado.httpserver.HTTPServer | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> BrokerThread:
+        """Start serving; raises here (not in the thread) if the port cannot be bound."""
+        self._thread.start()
+        self._ready.wait()
+        if self._startup_error is not None:
+            self._thread.join()
+            raise self._startup_error
+        log.info("broker listening on %s", self.url)
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive() and self._startup_error is None
+
+    @property
+    def url(self) -> str:
+        """The worker page URL, token included: what the QR code and ``%webnet url`` show."""
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}/?token={self.token}"
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Close every connection, fail pending jobs, free the port, end the thread."""
+        if not self._thread.is_alive():
+            return
+        with contextlib.suppress(concurrent.futures.TimeoutError, RuntimeError):
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout)
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout)
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._serve())
+        except BaseException as exc:
+            self._startup_error = exc
+            self._ready.set()
+            self._loop.close()
+            return
+        self._ready.set()
+        try:
+            self._loop.run_forever()
+        finally:
+            pending = [t for t in asyncio.all_tasks(self._loop) if not t.done()]
+            for task in pending:
+                task.cancel()
+            self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            self._loop.close()
+
+    async def _serve(self) -> None:
+        sockets = tornado.netutil.bind_sockets(self.port, self.host)
+        self.port = sockets[0].getsockname()[1]
+        self._server = tornado.httpserver.HTTPServer(self.broker.application())
+        self._server.add_sockets(sockets)
+        self.broker.start_heartbeat()
+
+    async def _shutdown(self) -> None:
+        assert self._server is not None
+        self._server.stop()  # no new connections; the listening socket is closed now
+        await self.broker.shutdown()
+        await asyncio.sleep(0.05)  # let the close frames go out
+        await self._server.close_all_connections()
+
+    # -- calls from the notebook thread --------------------------------------------------------
+
+    def call(self, fn: Callable[..., T], *args: Any, timeout: float = 10.0) -> T:
+        """Run ``fn(*args)`` on the broker thread and return its result here."""
+        if threading.current_thread() is self._thread:
+            return fn(*args)
+        done: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                done.set_result(fn(*args))
+            except BaseException as exc:
+                done.set_exception(exc)
+
+        self._loop.call_soon_threadsafe(run)
+        return done.result(timeout)
+
+    def submit(self, program: Program, device: str | None = None) -> JobHandle:
+        job = self.call(self.broker.scheduler.submit, program, device)
+
+        async def outputs() -> list[np.ndarray]:
+            return await job.future
+
+        return JobHandle(job.id, asyncio.run_coroutine_threadsafe(outputs(), self._loop))
+
+    def cancel(self, job_id: str) -> None:
+        if self.running:
+            self.call(self.broker.scheduler.cancel, job_id)
+
+    def devices(self) -> list[dict[str, Any]]:
+        return self.call(self._snapshot)
+
+    def add_listener(self, listener: ChangeListener) -> None:
+        """Also call ``listener`` (on the broker thread) after every change; it must not print."""
+        self._listeners.append(listener)
+
+    def _snapshot(self) -> list[dict[str, Any]]:
+        return [d.snapshot() for d in self.broker.scheduler.devices.values()]
+
+    def _changed(self) -> None:
+        snapshot = self._snapshot()
+        for listener in self._listeners:
+            listener(snapshot)

@@ -1,0 +1,264 @@
+"""The wire format between broker and workers, as pure functions on bytes.
+
+Nothing here touches a socket (the "sans-I/O" design of python-websockets): the
+broker, the native worker and the tests all feed bytes in and get messages out,
+and ``js/protocol.js`` implements the same layout for the browser worker.
+
+A *message* is a type, a small JSON object of fields, and zero or more arrays.
+Array bytes never go through JSON: they travel raw, little-endian, after the
+header.  A message is split into WebSocket frames of at most ``chunk_size``
+payload bytes, so a 1 GB array is many few-MB frames rather than one giant
+message (Python WebSocket servers slow down 5-10x on single 64 MB messages).
+
+Frame layout (all integers little-endian)::
+
+    HEAD  b"WN" | u8 version | u8 kind=0 | u32 message id | u32 json length | json | payload part
+    DATA  b"WN" | u8 version | u8 kind=1 | u32 message id | payload part
+
+The JSON names the message ``type``, its ``fields`` and an ``arrays`` list of
+``{"dtype", "shape"}``; the payload is those arrays' bytes back to back.  The
+receiver knows the payload length from the header alone, so it can refuse an
+oversized message before any of its data arrives.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+VERSION = 1
+MAGIC = b"WN"
+HEAD, DATA = 0, 1
+DEFAULT_CHUNK = 4 * 1024 * 1024
+#: A frame can never be larger than a chunk plus its header; servers size their limit from this.
+MAX_HEAD_JSON = 1024 * 1024
+
+#: WebSocket close codes both workers act on.
+CLOSE_GOING_AWAY = 1001  # the broker stopped: do not reconnect
+CLOSE_PROTOCOL = 1002  # a malformed frame or message
+CLOSE_BAD_TOKEN = 4003  # wrong or missing session token: do not reconnect; tell the user
+CLOSE_SILENT = 4008  # heartbeats stopped; the side that closes expects the other to reconnect
+
+_PREFIX = struct.Struct("<2sBBI")  # magic, version, kind, message id
+_JSON_LEN = struct.Struct("<I")
+
+#: dtypes that cross the wire: what WGSL can hold (f32, i32, u32, f16) plus raw bytes.
+WIRE_DTYPES: Mapping[str, np.dtype] = {
+    name: np.dtype(name).newbyteorder("<") for name in ("float32", "int32", "uint32", "float16", "uint8")
+}
+
+#: Fields each message type must carry, with their JSON types.  Extra fields are allowed
+#: (newer peers may add some); missing or mistyped ones are a protocol error.
+SCHEMA: Mapping[str, Mapping[str, type | tuple[type, ...]]] = {
+    # worker -> broker
+    "hello": {"runtime": str, "name": str, "webgpu": bool, "adapter": dict, "limits": dict},
+    "result": {"job": str, "timings": dict},
+    "error": {"job": str, "kind": str, "message": str},
+    "pong": {"t": (int, float)},
+    # broker -> worker
+    "welcome": {"device": str, "heartbeat": (int, float)},
+    "job": {"job": str, "kernels": dict, "buffers": list, "steps": list, "outputs": list},
+    "cancel": {"job": str},
+    "ping": {"t": (int, float)},
+}
+
+
+class ProtocolError(ValueError):
+    """A peer sent bytes that do not follow this protocol; the connection should be closed."""
+
+
+@dataclass(frozen=True)
+class Message:
+    """One protocol message: its type, JSON-able fields, and raw arrays."""
+
+    type: str
+    fields: Mapping[str, Any] = field(default_factory=dict)
+    arrays: Sequence[np.ndarray] = ()
+
+    def __post_init__(self) -> None:
+        validate_fields(self.type, self.fields)
+
+
+def validate_fields(type_: str, fields: Mapping[str, Any]) -> None:
+    """Check a message's fields against :data:`SCHEMA`, naming the first problem."""
+    try:
+        schema = SCHEMA[type_]
+    except KeyError:
+        raise ProtocolError(f"unknown message type {type_!r}") from None
+    for name, kind in schema.items():
+        if name not in fields:
+            raise ProtocolError(f"{type_!r} message is missing field {name!r}")
+        value = fields[name]
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            raise ProtocolError(f"{type_!r} message field {name!r} has the wrong type")
+
+
+def array_nbytes(dtype: str, shape: Sequence[int]) -> int:
+    """Bytes of an array of ``dtype`` and ``shape`` as described by a peer (validated)."""
+    if dtype not in WIRE_DTYPES:
+        raise ProtocolError(f"dtype {dtype!r} cannot cross the wire (allowed: {sorted(WIRE_DTYPES)})")
+    if not isinstance(shape, list | tuple) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise ProtocolError(f"array shape {shape!r} is not a list of non-negative integers")
+    return math.prod(shape) * WIRE_DTYPES[dtype].itemsize
+
+
+def _wire_array(a: np.ndarray) -> np.ndarray:
+    """The array as C-contiguous little-endian bytes of a wire dtype (no copy when it already is)."""
+    name = a.dtype.name
+    if name not in WIRE_DTYPES:
+        raise ProtocolError(f"dtype {name!r} cannot cross the wire (allowed: {sorted(WIRE_DTYPES)})")
+    return np.ascontiguousarray(a, dtype=WIRE_DTYPES[name])
+
+
+def encode(message: Message, message_id: int, chunk_size: int = DEFAULT_CHUNK) -> list[bytes]:
+    """Frames that carry ``message``; send them in order on one connection."""
+    if chunk_size <= 0:
+        raise ValueError("chunk_size must be positive")
+    arrays = [_wire_array(a) for a in message.arrays]
+    head = {
+        "type": message.type,
+        "fields": dict(message.fields),
+        "arrays": [{"dtype": a.dtype.name, "shape": list(a.shape)} for a in arrays],
+    }
+    head_json = json.dumps(head, separators=(",", ":"), allow_nan=False).encode()
+    if len(head_json) > MAX_HEAD_JSON:
+        raise ProtocolError(f"message header is {len(head_json)} bytes; the limit is {MAX_HEAD_JSON}")
+    chunks = _chunks([memoryview(a).cast("B") for a in arrays if a.nbytes], chunk_size)
+    first = next(chunks, b"")
+    frames = [
+        _PREFIX.pack(MAGIC, VERSION, HEAD, message_id) + _JSON_LEN.pack(len(head_json)) + head_json + first
+    ]
+    frames.extend(_PREFIX.pack(MAGIC, VERSION, DATA, message_id) + chunk for chunk in chunks)
+    return frames
+
+
+def _chunks(views: list[memoryview], size: int) -> Iterator[bytes]:
+    """The concatenation of ``views`` cut into pieces of ``size`` bytes, copying each byte once."""
+    piece = bytearray()
+    for view in views:
+        start = 0
+        while start < len(view):
+            take = min(size - len(piece), len(view) - start)
+            piece += view[start : start + take]
+            start += take
+            if len(piece) == size:
+                yield bytes(piece)
+                piece = bytearray()
+    if piece:
+        yield bytes(piece)
+
+
+@dataclass
+class _Partial:
+    type: str
+    fields: dict[str, Any]
+    specs: list[tuple[np.dtype, tuple[int, ...]]]
+    payload: bytearray
+    filled: int = 0
+
+
+class Assembler:
+    """Turns incoming frames back into messages, one connection's worth.
+
+    Frames of different messages may interleave; each message's own frames must
+    arrive in order (a WebSocket guarantees that).  Every size a peer declares is
+    checked before memory is set aside for it.
+    """
+
+    def __init__(self, max_message_bytes: int = 2**31, max_pending: int = 8) -> None:
+        self.max_message_bytes = max_message_bytes
+        self.max_pending = max_pending
+        self._pending: dict[int, _Partial] = {}
+
+    @property
+    def pending(self) -> int:
+        """Messages whose head has arrived but not all of their data."""
+        return len(self._pending)
+
+    def feed(self, frame: bytes | bytearray | memoryview) -> Message | None:
+        """Take one frame; return the message it completes, if any."""
+        frame = memoryview(frame).cast("B")
+        if len(frame) < _PREFIX.size:
+            raise ProtocolError(f"frame of {len(frame)} bytes is shorter than the {_PREFIX.size}-byte prefix")
+        magic, version, kind, message_id = _PREFIX.unpack_from(frame)
+        if magic != MAGIC:
+            raise ProtocolError("frame does not start with b'WN'; is this a webnet worker?")
+        if version != VERSION:
+            raise ProtocolError(
+                f"protocol version {version}, this side speaks {VERSION}; upgrade webnet_magic"
+            )
+        body = frame[_PREFIX.size :]
+        if kind == HEAD:
+            partial, data = self._start(message_id, body)
+        elif kind == DATA:
+            try:
+                partial = self._pending[message_id]
+            except KeyError:
+                raise ProtocolError(f"data frame for unknown message {message_id}") from None
+            data = body
+        else:
+            raise ProtocolError(f"unknown frame kind {kind}")
+        end = partial.filled + len(data)
+        if end > len(partial.payload):
+            raise ProtocolError(
+                f"message {message_id} carries more than the {len(partial.payload)} bytes its header declared"
+            )
+        partial.payload[partial.filled : end] = data
+        partial.filled = end
+        if end < len(partial.payload):
+            return None
+        self._pending.pop(message_id, None)
+        return Message(partial.type, partial.fields, _split(partial.payload, partial.specs))
+
+    def _start(self, message_id: int, body: memoryview) -> tuple[_Partial, memoryview]:
+        if message_id in self._pending:
+            raise ProtocolError(f"message {message_id} started twice")
+        if len(self._pending) >= self.max_pending:
+            raise ProtocolError(f"more than {self.max_pending} messages in flight at once")
+        if len(body) < _JSON_LEN.size:
+            raise ProtocolError("head frame is too short to hold its header length")
+        (json_len,) = _JSON_LEN.unpack_from(body)
+        if json_len > MAX_HEAD_JSON or _JSON_LEN.size + json_len > len(body):
+            raise ProtocolError(f"head frame declares a {json_len}-byte header it does not hold")
+        try:
+            head = json.loads(bytes(body[_JSON_LEN.size : _JSON_LEN.size + json_len]))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ProtocolError(f"message header is not valid JSON: {exc}") from None
+        if not isinstance(head, dict) or not isinstance(head.get("type"), str):
+            raise ProtocolError("message header must be an object with a string 'type'")
+        fields, arrays = head.get("fields", {}), head.get("arrays", [])
+        if not isinstance(fields, dict) or not isinstance(arrays, list):
+            raise ProtocolError("message header 'fields' must be an object and 'arrays' a list")
+        validate_fields(head["type"], fields)
+        specs, total = [], 0
+        for spec in arrays:
+            if not isinstance(spec, dict):
+                raise ProtocolError("each entry of 'arrays' must be an object")
+            dtype, shape = spec.get("dtype"), spec.get("shape")
+            total += array_nbytes(dtype, shape)  # type: ignore[arg-type]
+            specs.append((WIRE_DTYPES[dtype], tuple(shape)))  # type: ignore[index, arg-type]
+        if total > self.max_message_bytes:
+            raise ProtocolError(
+                f"message of {total} bytes exceeds this side's limit of {self.max_message_bytes}"
+            )
+        partial = _Partial(head["type"], fields, specs, bytearray(total))
+        self._pending[message_id] = partial
+        return partial, body[_JSON_LEN.size + json_len :]
+
+
+def _split(payload: bytearray, specs: list[tuple[np.dtype, tuple[int, ...]]]) -> list[np.ndarray]:
+    """Views of the assembled payload as the declared arrays (no copies)."""
+    arrays, offset = [], 0
+    for dtype, shape in specs:
+        count = math.prod(shape)
+        arrays.append(np.frombuffer(payload, dtype, count, offset).reshape(shape))
+        offset += count * dtype.itemsize
+    return arrays

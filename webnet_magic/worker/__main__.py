@@ -1,0 +1,50 @@
+"""``python -m webnet_magic.worker URL``: join this machine's GPU to a notebook's broker."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .native import TokenRefused, run_forever
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m webnet_magic.worker",
+        description="Run a native WebGPU worker (wgpu-py: Vulkan, Metal or D3D12) for a webnet broker.",
+    )
+    parser.add_argument("url", help="the worker URL printed by %%webnet url (with its ?token=...)")
+    parser.add_argument("--name", help="how this device appears in the notebook's device panel")
+    parser.add_argument(
+        "--power",
+        choices=["high-performance", "low-power"],
+        default="high-performance",
+        help="which GPU to ask for on machines with two",
+    )
+    parser.add_argument(
+        "--slowdown",
+        type=float,
+        default=1.0,
+        help="stretch each job to this many times its duration (to stand in for slower devices)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every job, not only connections")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="webnet worker: %(message)s"
+    )
+    try:
+        run_forever(args.url, name=args.name, slowdown=args.slowdown, power_preference=args.power)
+    except TokenRefused as exc:
+        print(f"webnet worker: refused: {exc}", file=sys.stderr)
+        return 2
+    except (RuntimeError, ValueError) as exc:
+        print(f"webnet worker: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""Running a :class:`~webnet_magic.program.Program` on a local GPU through wgpu-py.
+
+wgpu-py drives wgpu-native, which runs the same WGSL as the browser on Vulkan,
+Metal or D3D12 (and on lavapipe, Mesa's CPU Vulkan, in tests).  This module is
+the native twin of ``js/gpu.js``; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..program import Kernel, Program
+
+#: Limits asked of the device at their adapter maximum, so large buffers fit; reported in hello.
+RAISED_LIMITS = (
+    "max-storage-buffer-binding-size",
+    "max-buffer-size",
+    "max-compute-workgroup-storage-size",
+    "max-compute-invocations-per-workgroup",
+    "max-compute-workgroups-per-dimension",
+)
+REPORTED_LIMITS = (
+    *RAISED_LIMITS,
+    "max-storage-buffers-per-shader-stage",
+    "max-uniform-buffer-binding-size",
+    "max-compute-workgroup-size-x",
+    "max-compute-workgroup-size-y",
+    "max-compute-workgroup-size-z",
+)
+
+
+class GpuJobError(Exception):
+    """A job the device refused; ``kind`` goes on the wire (compile, validation, out-of-memory, ...)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass
+class Prepared:
+    """A program whose buffers are uploaded and bind groups made; dispatch it any number of times."""
+
+    program: Program
+    buffers: list[Any]
+    passes: list[tuple[Any, Any, tuple[int, int, int]]]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def camel(name: str) -> str:
+    """wgpu-py's ``max-buffer-size`` as WebGPU's JavaScript ``maxBufferSize`` (the wire uses JS names)."""
+    head, *rest = name.split("-")
+    return head + "".join(w.capitalize() for w in rest)
+
+
+class WgpuExecutor:
+    """One wgpu device, with each kernel compiled once (keyed by its hash)."""
+
+    def __init__(self, power_preference: str = "high-performance") -> None:
+        try:
+            import wgpu
+        except ImportError:
+            raise RuntimeError(
+                "the native worker needs wgpu-py: pip install 'webnet-magic[native]'"
+            ) from None
+        self._wgpu = wgpu
+        adapter = wgpu.gpu.request_adapter_sync(power_preference=power_preference)
+        if adapter is None:
+            raise RuntimeError(
+                "no GPU adapter found; install a Vulkan driver (Debian: mesa-vulkan-drivers) or use macOS"
+            )
+        self.adapter = adapter
+        self.device = adapter.request_device_sync(
+            required_limits={name: adapter.limits[name] for name in RAISED_LIMITS}
+        )
+        self._pipelines: dict[str, Any] = {}
+
+    def describe(self) -> dict[str, Any]:
+        """The adapter, limits and features a worker reports in its hello."""
+        info = self.adapter.info
+        return {
+            "adapter": {
+                "vendor": info.get("vendor", ""),
+                "architecture": info.get("architecture", ""),
+                "device": info.get("device", ""),
+                "description": info.get("description", ""),
+                "backend": info.get("backend_type", ""),
+                "type": info.get("adapter_type", ""),
+            },
+            "limits": {camel(n): int(self.device.limits[n]) for n in REPORTED_LIMITS},
+            "features": sorted(str(f) for f in self.device.features),
+        }
+
+    def run(self, program: Program) -> tuple[list[np.ndarray], dict[str, float]]:
+        """Upload, dispatch and read back; returns the outputs and per-phase milliseconds."""
+        prepared = self.prepare(program)
+        try:
+            self.dispatch(prepared)
+            outputs = self.read(prepared)
+        finally:
+            self.release(prepared)
+        return outputs, prepared.timings
+
+    def prepare(self, program: Program) -> Prepared:
+        t0 = time.perf_counter()
+        pipelines = [self._pipeline(step.kernel) for step in program.steps]
+        t1 = time.perf_counter()
+        buffers: list[Any] = []
+        prepared = Prepared(program, buffers, [])
+        try:
+            self._upload(program, buffers)
+            prepared.passes = self._bind(program, pipelines, buffers)
+            self._wait(buffers)
+        except BaseException:
+            self.release(prepared)
+            raise
+        t2 = time.perf_counter()
+        prepared.timings.update(compile=(t1 - t0) * 1e3, upload=(t2 - t1) * 1e3)
+        return prepared
+
+    def _upload(self, program: Program, buffers: list[Any]) -> None:
+        wgpu, device = self._wgpu, self.device
+        storage = wgpu.BufferUsage.STORAGE | wgpu.BufferUsage.COPY_SRC | wgpu.BufferUsage.COPY_DST
+        uniform = wgpu.BufferUsage.UNIFORM | wgpu.BufferUsage.COPY_DST
+        with self._errors("out-of-memory"):
+            for spec in program.buffers:
+                buf = device.create_buffer(size=spec.size, usage=uniform if spec.uniform else storage)
+                buffers.append(buf)
+                if spec.input is not None:
+                    data = memoryview(np.ascontiguousarray(program.inputs[spec.input])).cast("B")
+                    if len(data) % 4:
+                        data = memoryview(bytes(data) + bytes(-len(data) % 4))
+                    if len(data):
+                        device.queue.write_buffer(buf, 0, data)
+
+    def _bind(self, program: Program, pipelines: list[Any], buffers: list[Any]) -> list[Any]:
+        passes = []
+        with self._errors("validation"):
+            for step, pipeline in zip(program.steps, pipelines, strict=True):
+                layout = pipeline.get_bind_group_layout(0)
+                group = self.device.create_bind_group(
+                    layout=layout,
+                    entries=[
+                        {
+                            "binding": i,
+                            "resource": {"buffer": buffers[b]},
+                        }
+                        for i, b in enumerate(step.bindings)
+                    ],
+                )
+                passes.append((pipeline, group, step.workgroups))
+        return passes
+
+    def dispatch(self, prepared: Prepared) -> float:
+        """Run every step once and wait for the GPU; returns the milliseconds it took."""
+        t0 = time.perf_counter()
+        with self._errors("validation"):
+            encoder = self.device.create_command_encoder()
+            compute = encoder.begin_compute_pass()
+            for pipeline, group, workgroups in prepared.passes:
+                compute.set_pipeline(pipeline)
+                compute.set_bind_group(0, group)
+                compute.dispatch_workgroups(*workgroups)
+            compute.end()
+            self.device.queue.submit([encoder.finish()])
+            self._wait(prepared.buffers)
+        ms = (time.perf_counter() - t0) * 1e3
+        prepared.timings["kernel"] = ms
+        return ms
+
+    def read(self, prepared: Prepared) -> list[np.ndarray]:
+        t0 = time.perf_counter()
+        outputs = []
+        with self._errors("validation"):
+            for out in prepared.program.outputs:
+                if out.nbytes == 0:
+                    outputs.append(np.empty(out.shape, out.dtype))
+                    continue
+                raw = self.device.queue.read_buffer(prepared.buffers[out.buffer], 0, out.nbytes)
+                outputs.append(np.frombuffer(raw, dtype=out.dtype).reshape(out.shape))
+        prepared.timings["download"] = (time.perf_counter() - t0) * 1e3
+        return outputs
+
+    def release(self, prepared: Prepared) -> None:
+        for buf in prepared.buffers:
+            buf.destroy()
+        prepared.buffers.clear()
+
+    def _wait(self, buffers: list[Any]) -> None:
+        """Block until the queue's work is done, by reading back 4 bytes of a storage buffer.
+
+        ``queue.on_submitted_work_done_sync`` would say it directly but is broken in
+        wgpu-py 0.32; a 4-byte read-back costs tens of microseconds and is portable.
+        """
+        storage = next((b for b in buffers if b.usage & self._wgpu.BufferUsage.COPY_SRC), None)
+        if storage is not None:
+            self.device.queue.read_buffer(storage, 0, 4)
+
+    def _pipeline(self, kernel: Kernel) -> Any:
+        if kernel.hash not in self._pipelines:
+            with self._errors("compile"):
+                module = self.device.create_shader_module(code=kernel.source)
+                self._pipelines[kernel.hash] = self.device.create_compute_pipeline(
+                    layout="auto", compute={"module": module, "entry_point": kernel.entry}
+                )
+        return self._pipelines[kernel.hash]
+
+    def _errors(self, kind: str) -> _Translate:
+        return _Translate(self._wgpu, kind)
+
+
+class _Translate:
+    """Turns wgpu's exceptions into :class:`GpuJobError` with a wire ``kind``."""
+
+    def __init__(self, wgpu: Any, kind: str) -> None:
+        self._wgpu, self._kind = wgpu, kind
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if exc is None or isinstance(exc, GpuJobError):
+            return
+        wgpu = self._wgpu
+        if isinstance(exc, wgpu.GPUOutOfMemoryError | MemoryError):
+            raise GpuJobError("out-of-memory", str(exc).strip()) from exc
+        if isinstance(exc, wgpu.GPUError | wgpu.GPUPipelineError):
+            raise GpuJobError(
+                self._kind if self._kind != "out-of-memory" else "validation", str(exc).strip()
+            ) from exc

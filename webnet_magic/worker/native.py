@@ -1,0 +1,229 @@
+"""The native worker: this machine's GPU (through wgpu-py) joined to a broker over WebSocket.
+
+It speaks the same protocol as the browser page and runs the same WGSL, so a
+Mac's Metal GPU, a Linux box's Vulkan GPU, or lavapipe in CI can stand in for a
+phone.  GPU work runs in a helper thread so heartbeats are answered while a
+long kernel runs: a busy worker is never mistaken for a silent one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import platform
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
+
+from tornado.websocket import WebSocketClientConnection, websocket_connect
+
+from ..program import Program
+from ..protocol import (
+    CLOSE_BAD_TOKEN,
+    CLOSE_GOING_AWAY,
+    CLOSE_PROTOCOL,
+    CLOSE_SILENT,
+    DEFAULT_CHUNK,
+    MAX_HEAD_JSON,
+    Assembler,
+    Message,
+    ProtocolError,
+    encode,
+)
+from .gpu import GpuJobError, WgpuExecutor
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+Queued = tuple[str, Program]  # a job id and what to run
+
+
+class TokenRefused(RuntimeError):
+    """The broker refused this worker's token; reconnecting would not help."""
+
+
+def socket_url(page_url: str) -> str:
+    """The WebSocket URL for a worker page URL: ``http://h:p/?token=T`` -> ``ws://h:p/ws?token=T``."""
+    parts = urlsplit(page_url)
+    schemes = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}
+    if parts.scheme not in schemes or not parts.netloc:
+        raise ValueError(f"{page_url!r} is not a worker URL; copy it from %webnet url")
+    token = parse_qs(parts.query).get("token", [""])[0]
+    if not token:
+        raise ValueError(f"{page_url!r} has no ?token=...; copy the whole link from %webnet url")
+    path = parts.path.rstrip("/")
+    path = path if path.endswith("/ws") else path + "/ws"
+    return urlunsplit((schemes[parts.scheme], parts.netloc, path, urlencode({"token": token}), ""))
+
+
+class NativeWorker:
+    """Connects, says hello, runs jobs one at a time, and reconnects with backoff when the link drops.
+
+    ``slowdown`` stretches every job to ``slowdown`` times its real duration; benchmarks
+    use it to stand in for slower devices.  ``on_job`` is called after each job
+    (with its id and timings) for callers that want to observe progress.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        executor: WgpuExecutor,
+        *,
+        name: str | None = None,
+        slowdown: float = 1.0,
+        on_job: Callable[[str, dict[str, float]], None] | None = None,
+    ) -> None:
+        self.url = socket_url(url)
+        self.executor = executor
+        self.name = name or f"{platform.node()} ({executor.describe()['adapter']['device']})"
+        self.slowdown = slowdown
+        self.on_job = on_job
+        self.device_id: str | None = None
+        self.jobs_done = 0
+        self._ids = itertools.count(1)
+        self._cancelled: set[str] = set()
+        self._last_heard = time.monotonic()
+        self._silence_limit = 30.0  # until the broker's welcome says its heartbeat
+
+    async def run(self, *, max_backoff: float = 10.0) -> None:
+        """Serve until the broker stops (returns) or refuses the token (raises :class:`TokenRefused`)."""
+        backoff = 0.25
+        while True:
+            try:
+                conn = await websocket_connect(self.url, max_message_size=DEFAULT_CHUNK + MAX_HEAD_JSON + 64)
+            except OSError as exc:
+                log.warning("cannot reach the broker (%s); retrying in %.1f s", exc, backoff)
+            else:
+                backoff = 0.25
+                code, reason = await self._serve(conn)
+                if code == CLOSE_BAD_TOKEN:
+                    raise TokenRefused(reason or "the broker refused this worker's token")
+                if code == CLOSE_GOING_AWAY:
+                    log.info("the broker stopped: %s", reason)
+                    return
+                log.warning("connection lost (%s %s); reconnecting", code, reason)
+            await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
+            backoff = min(backoff * 2, max_backoff)
+
+    async def _serve(self, conn: WebSocketClientConnection) -> tuple[int | None, str | None]:
+        assembler = Assembler()
+        jobs: asyncio.Queue[Queued] = asyncio.Queue()
+        self._last_heard = time.monotonic()
+        describe = self.executor.describe()
+        hello = {"runtime": "native", "name": self.name, "webgpu": True, **describe}
+        await self._send(conn, Message("hello", hello))
+        tasks = [
+            asyncio.ensure_future(self._run_jobs(conn, jobs)),
+            asyncio.ensure_future(self._watch(conn)),
+        ]
+        try:
+            while (frame := await conn.read_message()) is not None:
+                self._last_heard = time.monotonic()
+                if isinstance(frame, str):
+                    raise ProtocolError("the broker sent a text frame")
+                message = assembler.feed(frame)
+                if message is None:
+                    continue
+                f = message.fields
+                if message.type == "welcome":
+                    self.device_id = f["device"]
+                    self._silence_limit = 10 * float(f["heartbeat"])
+                    log.info("joined as device %s", self.device_id)
+                elif message.type == "ping":
+                    await self._send(conn, Message("pong", {"t": f["t"]}))
+                elif message.type == "job":
+                    try:
+                        jobs.put_nowait((f["job"], Program.from_message(message)))
+                    except ProtocolError as exc:
+                        await self._send(conn, error_message(f["job"], "protocol", str(exc)))
+                elif message.type == "cancel":
+                    self._cancelled.add(f["job"])
+        except ProtocolError as exc:
+            log.error("closing: the broker broke the protocol: %s", exc)
+            conn.close(CLOSE_PROTOCOL, str(exc)[:120])
+        finally:
+            for task in tasks:
+                task.cancel()
+        return conn.close_code, conn.close_reason
+
+    async def _run_jobs(self, conn: WebSocketClientConnection, jobs: asyncio.Queue[Queued]) -> None:
+        while True:
+            job, program = await jobs.get()
+            if job in self._cancelled:
+                await self._send(conn, error_message(job, "cancelled", "cancelled before it started"))
+                continue
+            started = time.perf_counter()
+            try:
+                outputs, timings = await in_daemon_thread(self.executor.run, program)
+                if self.slowdown > 1:
+                    await asyncio.sleep((time.perf_counter() - started) * (self.slowdown - 1))
+            except GpuJobError as exc:
+                await self._send(conn, error_message(job, exc.kind, str(exc)))
+                continue
+            except Exception as exc:  # report it to the notebook rather than die silently
+                log.exception("job %s failed", job)
+                await self._send(conn, error_message(job, "internal", f"{type(exc).__name__}: {exc}"))
+                continue
+            if job in self._cancelled:
+                await self._send(conn, error_message(job, "cancelled", "cancelled while running"))
+                continue
+            timings["total"] = (time.perf_counter() - started) * 1e3
+            await self._send(conn, Message("result", {"job": job, "timings": timings}, outputs))
+            self.jobs_done += 1
+            log.debug("job %s done in %.1f ms (kernel %.1f ms)", job, timings["total"], timings["kernel"])
+            if self.on_job:
+                self.on_job(job, timings)
+
+    async def _watch(self, conn: WebSocketClientConnection) -> None:
+        """Close a link on which the broker has gone quiet, so the main loop reconnects."""
+        while True:
+            await asyncio.sleep(1.0)
+            if time.monotonic() - self._last_heard > self._silence_limit:
+                log.warning("no heartbeat from the broker for %.0f s", self._silence_limit)
+                conn.close(CLOSE_SILENT, "broker silent")
+                return
+
+    async def _send(self, conn: WebSocketClientConnection, message: Message) -> None:
+        for frame in encode(message, next(self._ids) & 0xFFFFFFFF):
+            await conn.write_message(frame, binary=True)
+
+
+async def in_daemon_thread(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in a daemon thread: a GPU call cannot be interrupted, and a worker told
+    to stop must not wait for one at exit (a ThreadPoolExecutor would join it)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if done.done():
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(result)  # type: ignore[arg-type]
+
+    def work() -> None:
+        try:
+            result, error = fn(*args), None
+        except BaseException as exc:
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop may have closed meanwhile
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=work, name="webnet-gpu", daemon=True).start()
+    return await done
+
+
+def error_message(job: str, kind: str, text: str) -> Message:
+    return Message("error", {"job": job, "kind": kind, "message": text})
+
+
+def run_forever(url: str, **options: Any) -> None:
+    """Blocking entry point: build the executor, then serve ``url`` until the broker stops."""
+    worker = NativeWorker(url, WgpuExecutor(options.pop("power_preference", "high-performance")), **options)
+    asyncio.run(worker.run())
