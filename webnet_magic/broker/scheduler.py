@@ -74,7 +74,9 @@ class Device:
             "id": self.id,
             "name": self.name,
             "runtime": self.runtime,
-            "adapter": self.adapter.get("description") or self.adapter.get("device") or "",
+            "adapter": self.adapter.get("description")
+            or " ".join(filter(None, (self.adapter.get(k) for k in ("vendor", "architecture", "device"))))
+            or "",
             "state": self.state if self.webgpu else "no WebGPU",
             "reason": self.reason,
             "jobs_done": self.jobs_done,

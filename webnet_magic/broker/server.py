@@ -73,6 +73,7 @@ class Broker:
             [
                 (r"/", WorkerPage, {"broker": self}),
                 (r"/ws", WorkerSocket, {"broker": self}),
+                (r"/favicon\.ico", NoContent),
                 (
                     "/({})".format("|".join(name.replace(".", r"\.") for name in STATIC_FILES)),
                     StaticFile,
@@ -118,8 +119,18 @@ class WorkerPage(tornado.web.RequestHandler):
     def get(self) -> None:
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
-        self.set_header("Content-Security-Policy", "default-src 'self'; connect-src 'self' ws: wss:")
+        host = self.request.host
+        self.set_header(
+            "Content-Security-Policy", f"default-src 'self'; connect-src 'self' ws://{host} wss://{host}"
+        )
         self.write((self.broker.static_dir / "worker.html").read_bytes())
+
+
+class NoContent(tornado.web.RequestHandler):
+    """Browsers ask for a favicon; an empty answer keeps their consoles clean."""
+
+    def get(self) -> None:
+        self.set_status(204)
 
 
 class StaticFile(tornado.web.StaticFileHandler):

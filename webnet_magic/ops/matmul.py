@@ -12,6 +12,8 @@ from ..program import Buffer, Kernel, Output, Program, Step, padded, uniform_u32
 from .base import Plan
 from .operands import numeric, to_float32
 
+ARITY = 2
+USAGE = "X Y -> Z   Z = X @ Y on a device"
 KERNEL = Kernel(files(__package__).joinpath("matmul.wgsl").read_text())
 TILE = 64  # rows and columns of C per workgroup, as in matmul.wgsl
 

@@ -1,0 +1,223 @@
+// The worker page: joins this browser's WebGPU to the notebook's broker and runs its jobs.
+//
+// The socket URL is built from the page's own location (same origin, so a tunnel that served
+// the page serves the socket too).  The page keeps the screen awake while connected, answers
+// heartbeats while a job runs, and reconnects with backoff when the link drops; it stops
+// for good only when the notebook stops the broker or refuses the token.
+
+import { Assembler, CLOSE, encode, ProtocolError } from "./protocol.js";
+import { Executor, JobError, missingWebGPU, openDevice } from "./gpu.js";
+
+const $ = (id) => document.getElementById(id);
+const state = {
+  status: "starting",
+  detail: "",
+  deviceId: null,
+  adapter: "",
+  jobsDone: 0,
+  lastJobMs: null,
+  job: null,
+};
+
+const TONES = { idle: "ok", running: "busy", starting: "wait", connecting: "wait", reconnecting: "wait" };
+
+// What the page shows (and what tests read from window.webnet).
+function show(status, detail = "") {
+  state.status = status;
+  state.detail = detail;
+  $("status").textContent = status;
+  $("status").dataset.tone = TONES[status] || "bad";
+  $("detail").textContent = detail;
+  $("device").textContent = [state.deviceId, state.adapter].filter(Boolean).join(" · ");
+  $("jobs").textContent = `${state.jobsDone} job${state.jobsDone === 1 ? "" : "s"} done`;
+  $("last").textContent = state.lastJobMs === null ? "" : `last job ${state.lastJobMs.toFixed(1)} ms on the GPU`;
+}
+window.webnet = state;
+
+function browserName() {
+  const ua = navigator.userAgent;
+  const browser = /Edg\//.test(ua) ? "Edge" : /Chrome\//.test(ua) ? "Chrome" : /Safari\//.test(ua) ? "Safari" : /Firefox\//.test(ua) ? "Firefox" : "Browser";
+  const os = /iPhone|iPad/.test(ua) ? "iOS" : /Android/.test(ua) ? "Android" : /Mac OS X/.test(ua) ? "macOS" : /Windows/.test(ua) ? "Windows" : /Linux/.test(ua) ? "Linux" : "";
+  return os ? `${browser} on ${os}` : browser;
+}
+
+function adapterName(a) {
+  return a.description || [a.vendor, a.architecture, a.device].filter(Boolean).join(" ") || "WebGPU";
+}
+
+class Worker {
+  constructor(token) {
+    this.token = token;
+    this.gpu = null;
+    this.executor = null;
+    this.noGpu = "";
+    this.socket = null;
+    this.backoff = 250;
+    this.stopped = false;
+    this.ids = 1;
+    this.queue = Promise.resolve();
+    this.cancelled = new Set();
+    this.lastHeard = performance.now();
+    this.silenceLimit = 30000;
+    this.wakeLock = null;
+  }
+
+  async start() {
+    try {
+      this.gpu = await openDevice((why) => this.deviceLost(why));
+      this.executor = new Executor(this.gpu.device);
+      state.adapter = adapterName(this.gpu.describe.adapter);
+    } catch (e) {
+      this.noGpu = e.message;
+    }
+    document.addEventListener("visibilitychange", () => this.visible());
+    setInterval(() => this.watch(), 1000);
+    this.connect();
+  }
+
+  connect() {
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    const url = `${scheme}://${location.host}/ws?token=${encodeURIComponent(this.token)}`;
+    show("connecting", this.noGpu);
+    const socket = new WebSocket(url);
+    socket.binaryType = "arraybuffer";
+    this.socket = socket;
+    this.assembler = new Assembler();
+    socket.onopen = () => {
+      this.backoff = 250;
+      this.lastHeard = performance.now();
+      const describe = this.gpu ? this.gpu.describe : { adapter: {}, limits: {}, features: [] };
+      this.send({
+        type: "hello",
+        fields: { runtime: "browser", name: browserName(), webgpu: !!this.gpu, reason: this.noGpu, ...describe },
+      });
+      this.keepAwake();
+    };
+    socket.onmessage = (event) => {
+      this.lastHeard = performance.now();
+      try {
+        if (typeof event.data === "string") throw new ProtocolError("the broker sent a text frame");
+        const message = this.assembler.feed(event.data);
+        if (message) this.handle(message);
+      } catch (e) {
+        socket.close(CLOSE.PROTOCOL, String(e.message).slice(0, 120));
+      }
+    };
+    socket.onclose = (event) => this.closed(socket, event);
+  }
+
+  closed(socket, event) {
+    if (socket !== this.socket) return;
+    this.socket = null;
+    state.deviceId = null;
+    if (event.code === CLOSE.BAD_TOKEN) {
+      this.stopped = true;
+      show("refused", "The notebook refused this link's token. Open the current link from %webnet url.");
+    } else if (event.code === CLOSE.GOING_AWAY) {
+      this.stopped = true;
+      show("session ended", "The notebook stopped its broker. Run %webnet start and open the new link.");
+    } else {
+      const wait = this.backoff * (0.8 + 0.4 * Math.random());
+      this.backoff = Math.min(this.backoff * 2, 10000);
+      show("reconnecting", `Connection lost (${event.code}${event.reason ? ": " + event.reason : ""}); retrying in ${(wait / 1000).toFixed(1)} s.`);
+      this.retry = setTimeout(() => this.connect(), wait);
+    }
+  }
+
+  handle(message) {
+    const f = message.fields;
+    if (message.type === "welcome") {
+      state.deviceId = f.device;
+      this.silenceLimit = 10000 * f.heartbeat;
+      show(this.gpu ? "idle" : "no WebGPU", this.noGpu);
+    } else if (message.type === "ping") {
+      this.send({ type: "pong", fields: { t: f.t } });
+    } else if (message.type === "job") {
+      this.queue = this.queue.then(() => this.runJob(message));
+    } else if (message.type === "cancel") {
+      this.cancelled.add(f.job);
+    }
+  }
+
+  async runJob(message) {
+    const job = message.fields.job;
+    const socket = this.socket;
+    if (this.cancelled.has(job)) return this.fail(job, "cancelled", "cancelled before it started");
+    if (!this.executor) return this.fail(job, "no-webgpu", this.noGpu || "this page has no WebGPU device");
+    state.job = job;
+    show("running", `job ${job}`);
+    try {
+      const { outputs, timings } = await this.executor.run(message);
+      if (socket !== this.socket) return; // the link dropped meanwhile; the notebook already failed the job
+      if (this.cancelled.has(job)) return this.fail(job, "cancelled", "cancelled while running");
+      this.send({ type: "result", fields: { job, timings }, arrays: outputs });
+      state.jobsDone += 1;
+      state.lastJobMs = timings.kernel;
+    } catch (e) {
+      this.fail(job, e instanceof JobError ? e.kind : "internal", e.message || String(e));
+    } finally {
+      state.job = null;
+      if (this.socket) show(this.executor ? "idle" : "no WebGPU", this.noGpu);
+    }
+  }
+
+  fail(job, kind, text) {
+    this.send({ type: "error", fields: { job, kind, message: text } });
+  }
+
+  send(message) {
+    if (!this.socket || this.socket.readyState !== WebSocket.OPEN) return;
+    for (const frame of encode(message, this.ids++)) this.socket.send(frame);
+  }
+
+  deviceLost(why) {
+    // A lost GPU device (driver reset, tab backgrounded too long on iOS): report it, then get a new one.
+    this.executor = null;
+    this.noGpu = `GPU device lost: ${why}`;
+    if (state.job) this.fail(state.job, "device-lost", why);
+    show("device lost", `${why}; asking for a new GPU device`);
+    openDevice((w) => this.deviceLost(w)).then(
+      (gpu) => {
+        this.gpu = gpu;
+        this.executor = new Executor(gpu.device);
+        this.noGpu = "";
+        if (this.socket) show("idle");
+      },
+      (e) => show("no WebGPU", e.message),
+    );
+  }
+
+  watch() {
+    // A link on which the broker went quiet is dead even if the socket has not noticed yet.
+    if (this.socket && performance.now() - this.lastHeard > this.silenceLimit) {
+      this.socket.close(CLOSE.SILENT, "broker silent");
+    }
+  }
+
+  visible() {
+    if (document.visibilityState !== "visible" || this.stopped) return;
+    this.keepAwake();
+    if (!this.socket) {
+      clearTimeout(this.retry);
+      this.connect();
+    }
+  }
+
+  async keepAwake() {
+    // The Screen Wake Lock keeps a phone's screen (and so its socket) alive while connected.
+    if (!("wakeLock" in navigator) || (this.wakeLock && !this.wakeLock.released)) return;
+    try {
+      this.wakeLock = await navigator.wakeLock.request("screen");
+    } catch {
+      // Refused (battery saver, page hidden): the page still works, the phone may sleep.
+    }
+  }
+}
+
+const token = new URLSearchParams(location.search).get("token");
+if (!token) {
+  show("no token", "This link has no ?token=. Copy the whole link from %webnet url in the notebook.");
+} else {
+  if (missingWebGPU()) show("no WebGPU", missingWebGPU());
+  new Worker(token).start();
+}

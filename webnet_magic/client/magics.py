@@ -1,0 +1,179 @@
+"""``%webnet`` / ``%%webnet``: the notebook's commands, over :mod:`webnet_magic.client.session`.
+
+The same function is the line and the cell magic.  A cell holding only
+``%%webnet matmul A B -> C`` never reaches it as a cell magic: IPython refuses
+an empty cell body before calling any magic, so :func:`bodyless_cell` (an input
+transformer that runs before IPython's own) rewrites such a cell into the line
+magic.  Input problems become one-line ``UsageError``\\ s and leave every
+notebook variable as it was; outputs are bound only after the whole result
+has arrived and been checked.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
+from IPython.display import display
+from traitlets import Float, Int, Unicode
+
+from ..errors import DeviceLimitError, DtypeError, ShapeError
+from ..ops import OPS
+from . import session as sessions
+from .parsing import Command, MagicSyntaxError, help_text, parse
+
+_BODYLESS = re.compile(r"^%%webnet(\s|$)")
+
+
+def bodyless_cell(lines: list[str]) -> list[str]:
+    """Turn a cell that is only ``%%webnet ...`` (blank lines aside) into ``%webnet ...``."""
+    if lines and _BODYLESS.match(lines[0]) and not any(line.strip() for line in lines[1:]):
+        return ["%" + lines[0][2:]]
+    return lines
+
+
+@magics_class
+class WebnetMagics(Magics):
+    """Run numpy work on the WebGPU of a phone or laptop joined to this notebook.
+
+    Settings (``%config WebnetMagics.port = 8765``) apply at the next ``%webnet start``.
+    """
+
+    port = Int(0, help="Port of the broker (0: any free port).").tag(config=True)
+    host = Unicode("127.0.0.1", help="Address the broker binds; 127.0.0.1 is this machine only.").tag(
+        config=True
+    )
+    timeout = Float(60.0, help="Seconds an op waits for a device and its result.").tag(config=True)
+    heartbeat = Float(3.0, help="Seconds between heartbeats to each worker.").tag(config=True)
+    silence_limit = Float(30.0, help="Seconds of silence after which a worker is declared lost.").tag(
+        config=True
+    )
+
+    @no_var_expand
+    @line_cell_magic
+    def webnet(self, line: str, cell: str | None = None) -> Any:
+        """Offload numpy work to WebGPU devices. ``%webnet help`` lists the commands.
+
+        ::
+
+            %webnet start                   # broker + QR code + live device panel
+            %webnet matmul A B -> C         # C = A @ B on a connected device
+            %%webnet matmul A B -> C        # the same, as a cell of its own
+            C = %webnet matmul A B          # the same, returning the result
+        """
+        try:
+            command = parse(line)
+        except MagicSyntaxError as exc:
+            raise UsageError(str(exc)) from None
+        if cell is not None and cell.strip():
+            raise UsageError(f"%%webnet {command.name} takes no cell body; put nothing under the first line")
+        if command.name in OPS:
+            return self._op(command)
+        return getattr(self, f"_{command.name}")(command)
+
+    # -- sub-commands ------------------------------------------------------------------------
+
+    def _start(self, command: Command) -> None:
+        running = sessions.current()
+        host, port = command.options.get("host", self.host), command.options.get("port", self.port)
+        if running is not None:
+            if port not in (0, running.broker.port) or host != running.broker.host:
+                print(f"webnet: already running at {running.url}; %webnet stop first to move it")
+        else:
+            try:
+                running = sessions.start(
+                    host=host, port=port, heartbeat=self.heartbeat, silence_limit=self.silence_limit
+                )
+            except OSError as exc:
+                raise UsageError(f"webnet: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        display(running.panel())
+
+    def _stop(self, command: Command) -> None:
+        if sessions.current() is None:
+            print("webnet: no broker is running")
+            return
+        sessions.stop()
+        print("webnet: broker stopped; every device was disconnected")
+
+    def _status(self, command: Command) -> None:
+        session = self._session()
+        devices = session.devices()
+        busy = sum(d["state"] == "busy" for d in devices)
+        print(f"webnet broker at {session.url}")
+        print(f"{len(devices)} device(s) connected, {busy} busy")
+
+    def _devices(self, command: Command) -> None:
+        devices = self._session().devices()
+        if not devices:
+            print("webnet: no device connected; open the URL from %webnet url on a device with WebGPU")
+            return
+        print(f"{'id':<5} {'state':<10} {'jobs':>5} {'last ms':>8}  name / adapter")
+        for d in devices:
+            last = f"{d['last_job_ms']:.1f}" if d["last_job_ms"] is not None else "-"
+            who = f"{d['name']} / {d['adapter']}"
+            print(f"{d['id']:<5} {d['state']:<10} {d['jobs_done']:>5} {last:>8}  {who}")
+
+    def _url(self, command: Command) -> None:
+        print(self._session().url)
+
+    def _help(self, command: Command) -> None:
+        print(help_text())
+
+    def _op(self, command: Command) -> np.ndarray | None:
+        operands = [self._evaluate(expr) for expr in command.operands]
+        options = command.options
+        try:
+            if options.get("local"):
+                result = sessions.compute_local(command.name, *operands, names=command.operands)
+            else:
+                result = self._session().compute(
+                    command.name,
+                    *operands,
+                    names=command.operands,
+                    timeout=options.get("timeout", self.timeout),
+                    device=options.get("device"),
+                )
+        except (ShapeError, DtypeError, DeviceLimitError) as exc:
+            raise UsageError(str(exc)) from None
+        if not command.outputs:
+            return result
+        self.shell.user_ns[command.outputs[0]] = result
+        return None
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _session(self) -> sessions.Session:
+        session = sessions.current()
+        if session is None:
+            raise UsageError("webnet: no broker is running; start one with %webnet start")
+        return session
+
+    def _evaluate(self, expr: str) -> Any:
+        """An operand's value in the notebook's namespace; a clear error if it has none."""
+        try:
+            return eval(expr, self.shell.user_ns)  # the user's own expression, like $var expansion
+        except NameError as exc:
+            raise UsageError(f"webnet: {exc.name or expr!r} is not defined in the notebook") from None
+        except Exception as exc:
+            raise UsageError(f"webnet: cannot evaluate {expr!r}: {type(exc).__name__}: {exc}") from None
+
+
+def load(shell: InteractiveShell) -> None:
+    shell.register_magics(WebnetMagics)
+    if bodyless_cell not in shell.input_transformers_cleanup:
+        shell.input_transformers_cleanup.append(bodyless_cell)
+
+
+def unload(shell: InteractiveShell) -> None:
+    sessions.stop()
+    if bodyless_cell in shell.input_transformers_cleanup:
+        shell.input_transformers_cleanup.remove(bodyless_cell)
+    for kind in ("line", "cell"):
+        shell.magics_manager.magics[kind].pop("webnet", None)
+
+
+__all__ = ["WebnetMagics", "bodyless_cell", "load", "unload"]

@@ -1,0 +1,228 @@
+"""The notebook's handle on its broker: start it once, run ops on devices, stop it.
+
+The magics are a thin layer over this module, and so is the Python API
+(``webnet_magic.start()``), so both take the same path to a device.  Calls
+block the notebook thread on a ``concurrent.futures`` future in short waits,
+which keeps Ctrl-C responsive and lets the session say, once, that it is
+waiting for a device and where to open one.
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..broker.thread import BrokerThread
+from ..errors import BrokerStopped, JobTimeout, NoDeviceError
+from ..ops import OPS
+from ..ops.base import Plan
+
+POLL = 0.1  # seconds between checks while waiting; bounds how late a Ctrl-C or timeout is seen
+
+
+class PrecisionWarning(UserWarning):
+    """An operand was converted to float32 (WGSL has no float64)."""
+
+
+def _print_waiting(text: str) -> None:
+    print(text, file=sys.stdout, flush=True)
+
+
+class Session:
+    """A broker running in a daemon thread of this process, and the calls a notebook makes on it.
+
+    Parameters
+    ----------
+    host, port
+        Where the broker listens.  ``127.0.0.1`` (the default) is reachable from this
+        machine only; port 0 picks a free port.
+    heartbeat, silence_limit
+        Seconds between pings to each worker, and of silence after which a worker
+        is declared lost (its running job then fails with :class:`~webnet_magic.errors.WorkerLost`).
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        heartbeat: float = 3.0,
+        silence_limit: float = 30.0,
+    ) -> None:
+        self.broker = BrokerThread(host, port, heartbeat=heartbeat, silence_limit=silence_limit).start()
+        self._panel: Any = None
+
+    @property
+    def url(self) -> str:
+        """The worker URL with its token: open it on a device with WebGPU."""
+        return self.broker.url
+
+    @property
+    def running(self) -> bool:
+        return self.broker.running
+
+    def devices(self) -> list[dict[str, Any]]:
+        """A snapshot of the connected devices (id, name, adapter, state, jobs done, ...)."""
+        return self.broker.devices() if self.running else []
+
+    def panel(self) -> Any:
+        """The anywidget showing the QR code and the live device panel (made on first use)."""
+        if self._panel is None:
+            from .widget import DevicePanel
+
+            self._panel = DevicePanel(self)
+        return self._panel
+
+    def stop(self) -> None:
+        """Close every worker connection, fail pending jobs, free the port."""
+        self.broker.stop()
+        if self._panel is not None:
+            self._panel.stopped()
+
+    # -- ops -------------------------------------------------------------------------------
+
+    def matmul(self, a: Any, b: Any, **options: Any) -> np.ndarray:
+        """``a @ b`` on a connected device, in float32; options as for :meth:`compute`."""
+        return self.compute("matmul", a, b, **options)
+
+    def compute(
+        self,
+        op: str,
+        *operands: Any,
+        names: Sequence[str] | None = None,
+        timeout: float = 60.0,
+        device: str | None = None,
+        local: bool = False,
+        on_wait: Callable[[str], None] = _print_waiting,
+    ) -> np.ndarray:
+        """Run ``op`` on ``operands`` and return the result.
+
+        Shapes and dtypes are checked before anything is sent (:class:`~webnet_magic.errors.ShapeError`,
+        :class:`~webnet_magic.errors.DtypeError`).  ``local=True`` computes with numpy
+        instead, with the same conversions.  Without a device, ``on_wait`` is told
+        once where to open one, and :class:`~webnet_magic.errors.NoDeviceError` is
+        raised at ``timeout``.
+        """
+        if local:
+            return compute_local(op, *operands, names=names)
+        plan = prepare(op, operands, names)
+        if plan.program is None:
+            return plan.finish([])
+        return plan.finish(self.run(plan, timeout=timeout, device=device, on_wait=on_wait))
+
+    def run(
+        self,
+        plan: Plan,
+        *,
+        timeout: float,
+        device: str | None = None,
+        on_wait: Callable[[str], None] = _print_waiting,
+    ) -> list[np.ndarray]:
+        """Submit ``plan``'s program and block until its outputs arrive; Ctrl-C cancels it."""
+        if not self.running:
+            raise BrokerStopped("the webnet broker is not running; start it with %webnet start")
+        assert plan.program is not None
+        handle = self.broker.submit(plan.program, device)
+        deadline = time.monotonic() + timeout
+        told = False
+        try:
+            while True:
+                try:
+                    return handle.future.result(POLL)
+                except concurrent.futures.TimeoutError:
+                    pass
+                except concurrent.futures.CancelledError:
+                    raise BrokerStopped(f"job {handle.id} was cancelled") from None
+                usable = [d for d in self.devices() if d["state"] != "no WebGPU"]
+                if not usable and not told:
+                    on_wait(self._waiting_text())
+                    told = True
+                if time.monotonic() > deadline:
+                    self.broker.cancel(handle.id)
+                    if not usable:
+                        raise NoDeviceError(
+                            f"no WebGPU device connected within {timeout:g} s. Open {self.url} on a device "
+                            f"with WebGPU, or run: python -m webnet_magic.worker '{self.url}'"
+                        )
+                    raise JobTimeout(
+                        f"job {handle.id} did not finish within {timeout:g} s and was cancelled; "
+                        f"allow longer with --timeout"
+                    )
+        except KeyboardInterrupt:
+            self.broker.cancel(handle.id)
+            raise
+
+    def _waiting_text(self) -> str:
+        lines = [f"webnet: waiting for a device. Open {self.url} in a browser with WebGPU"]
+        lines.append(f"        or run: python -m webnet_magic.worker '{self.url}'")
+        lines += [
+            f"        device {d['id']} ({d['name']}) joined without WebGPU: {d['reason']}"
+            for d in self.devices()
+            if d["state"] == "no WebGPU"
+        ]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<webnet Session {state} at {self.url}, {len(self.devices())} device(s)>"
+
+
+def prepare(op: str, operands: Sequence[Any], names: Sequence[str] | None = None) -> Plan:
+    """Check and convert ``operands`` for ``op``, warning once if any was converted to float32."""
+    try:
+        module = OPS[op]
+    except KeyError:
+        raise ValueError(f"unknown op {op!r}; available: {', '.join(sorted(OPS))}") from None
+    names = tuple(names) if names else tuple(f"operand {i}" for i in range(len(operands)))
+    plan: Plan = module.plan(*operands, names=names)
+    if plan.note:
+        warnings.warn(plan.note, PrecisionWarning, stacklevel=3)
+    return plan
+
+
+def compute_local(op: str, *operands: Any, names: Sequence[str] | None = None) -> np.ndarray:
+    """``op`` computed here with numpy, after the same checks and float32 conversions as on a device."""
+    plan = prepare(op, operands, names)
+    if plan.program is None:
+        return plan.finish([])
+    return plan.finish([OPS[op].reference(*(o.array for o in plan.operands))])
+
+
+# -- this process's session ----------------------------------------------------------------
+
+_current: Session | None = None
+_lock = threading.Lock()
+
+
+def start(**options: Any) -> Session:
+    """This process's running session, started with ``options`` if there is none."""
+    global _current
+    with _lock:
+        if _current is None or not _current.running:
+            _current = Session(**options)
+        return _current
+
+
+def current() -> Session | None:
+    """The running session, if any."""
+    return _current if _current is not None and _current.running else None
+
+
+def stop() -> None:
+    """Stop this process's session, if one runs."""
+    global _current
+    with _lock:
+        if _current is not None:
+            _current.stop()
+            _current = None
+
+
+atexit.register(stop)  # kernel shutdown: no thread or port left behind

@@ -1,0 +1,70 @@
+"""The panel ``%webnet start`` shows: QR code, worker link, and the devices as they come and go.
+
+It is an anywidget whose state is three traits; the broker thread sets
+``devices`` after every change, which reaches the front end while the notebook
+is idle or a cell blocks (ipykernel >= 7.0.1 sends from threads).  Where
+widgets do not render (a terminal, nbconvert), the text form shows the URL.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import anywidget
+import segno
+import traitlets
+
+from .._assets import static_dir
+
+if TYPE_CHECKING:
+    from .session import Session
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def qr_svg(url: str) -> str:
+    """The QR code of ``url`` as an inline SVG (no image library, no network)."""
+    return segno.make(url, error="m").svg_inline(scale=4, border=2, dark="#111", light="#fff")
+
+
+class DevicePanel(anywidget.AnyWidget):
+    """QR code + link + live device table for one session."""
+
+    _esm = static_dir() / "widget.js"
+    _css = static_dir() / "widget.css"
+
+    url = traitlets.Unicode("").tag(sync=True)
+    qr_svg = traitlets.Unicode("").tag(sync=True)
+    note = traitlets.Unicode("").tag(sync=True)
+    running = traitlets.Bool(True).tag(sync=True)
+    devices = traitlets.List(traitlets.Dict()).tag(sync=True)
+
+    def __init__(self, session: Session, **kwargs: Any) -> None:
+        note = ""
+        if session.broker.host in LOOPBACK:
+            note = (
+                "This link works in a browser on this machine (WebGPU needs https or localhost). "
+                "Other devices cannot reach 127.0.0.1."
+            )
+        super().__init__(
+            url=session.url, qr_svg=qr_svg(session.url), note=note, devices=session.devices(), **kwargs
+        )
+        session.broker.add_listener(self._update)
+
+    def _update(self, devices: list[dict[str, Any]]) -> None:
+        if self.running:
+            self.devices = devices
+
+    def stopped(self) -> None:
+        self.running = False
+        self.devices = []
+
+    def __repr__(self) -> str:
+        if not self.running:
+            return "webnet broker: stopped"
+        lines = ["webnet broker running. Open this link on a device with WebGPU:", f"  {self.url}"]
+        if self.note:
+            lines.append(f"  ({self.note})")
+        lines.append(f"devices: {len(self.devices)}")
+        lines += [f"  {d['id']}  {d['name']}  [{d['state']}, {d['jobs_done']} jobs]" for d in self.devices]
+        return "\n".join(lines)
