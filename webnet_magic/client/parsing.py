@@ -66,7 +66,7 @@ def _build() -> _Parser:
         sub.add_parser(name, prog=f"%webnet {name}", add_help=False)
     for name in OPS:
         op = sub.add_parser(name, prog=f"%webnet {name}", add_help=False)
-        op.add_argument("operands", nargs=OPS[name].ARITY, metavar="X")
+        op.add_argument("operands", nargs="*", metavar="X")
         op.add_argument("--timeout", type=float, help="seconds to wait for a device and the result")
         op.add_argument("--device", help="run on this device id (see %%webnet devices)")
         op.add_argument("--local", action="store_true", help="compute with numpy here, no device")
@@ -100,6 +100,12 @@ def parse(line: str) -> Command:
     operands = tuple(getattr(namespace, "operands", ()) or ())
     if arrow and namespace.name not in OPS:
         raise MagicSyntaxError(f"%webnet {namespace.name} takes no '->' output")
+    if namespace.name in OPS and len(operands) != OPS[namespace.name].ARITY:
+        op = OPS[namespace.name]
+        raise MagicSyntaxError(
+            f"%webnet {namespace.name} takes {op.ARITY} operands, got {len(operands)}: "
+            f"%webnet {namespace.name} {op.USAGE}"
+        )
     for expr in operands:
         _check_expression(expr)
     for name in outputs:

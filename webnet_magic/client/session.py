@@ -24,7 +24,9 @@ from ..broker.thread import BrokerThread
 from ..errors import BrokerStopped, JobTimeout, NoDeviceError
 from ..ops import OPS
 from ..ops.base import Plan
+from ..worker.launch import LocalWorker, launch
 
+_warned: dict[Any, Any] = {}  # warnings registry: each conversion note is shown once
 POLL = 0.1  # seconds between checks while waiting; bounds how late a Ctrl-C or timeout is seen
 
 
@@ -59,6 +61,7 @@ class Session:
     ) -> None:
         self.broker = BrokerThread(host, port, heartbeat=heartbeat, silence_limit=silence_limit).start()
         self._panel: Any = None
+        self._local_workers: list[LocalWorker] = []
 
     @property
     def url(self) -> str:
@@ -81,9 +84,32 @@ class Session:
             self._panel = DevicePanel(self)
         return self._panel
 
+    def local_worker(self, kind: str = "auto") -> LocalWorker:
+        """Start a worker on this machine (headless Chromium, else wgpu-py); stopped with the session.
+
+        For a notebook with no phone at hand, and for demos and tests.
+        """
+        worker = launch(self.url, kind)
+        self._local_workers.append(worker)
+        return worker
+
+    def wait_for_devices(self, count: int = 1, timeout: float = 60.0) -> list[dict[str, Any]]:
+        """Block until ``count`` devices with WebGPU are connected; returns them."""
+        deadline = time.monotonic() + timeout
+        while True:
+            usable = [d for d in self.devices() if d["state"] != "no WebGPU"]
+            if len(usable) >= count:
+                return usable
+            if time.monotonic() > deadline:
+                raise NoDeviceError(f"{len(usable)} of {count} device(s) connected after {timeout:g} s")
+            time.sleep(POLL)
+
     def stop(self) -> None:
-        """Close every worker connection, fail pending jobs, free the port."""
+        """Close every worker connection, fail pending jobs, free the port, stop local workers."""
         self.broker.stop()
+        for worker in self._local_workers:
+            worker.stop()
+        self._local_workers.clear()
         if self._panel is not None:
             self._panel.stopped()
 
@@ -91,6 +117,7 @@ class Session:
 
     def matmul(self, a: Any, b: Any, **options: Any) -> np.ndarray:
         """``a @ b`` on a connected device, in float32; options as for :meth:`compute`."""
+        options.setdefault("names", ("a", "b"))
         return self.compute("matmul", a, b, **options)
 
     def compute(
@@ -184,7 +211,8 @@ def prepare(op: str, operands: Sequence[Any], names: Sequence[str] | None = None
     names = tuple(names) if names else tuple(f"operand {i}" for i in range(len(operands)))
     plan: Plan = module.plan(*operands, names=names)
     if plan.note:
-        warnings.warn(plan.note, PrecisionWarning, stacklevel=3)
+        # Shown once per distinct message and session, under a short name rather than this file's.
+        warnings.warn_explicit(plan.note, PrecisionWarning, "<webnet>", 1, registry=_warned)
     return plan
 
 
