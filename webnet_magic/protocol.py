@@ -115,7 +115,7 @@ def _wire_array(a: np.ndarray) -> np.ndarray:
     name = a.dtype.name
     if name not in WIRE_DTYPES:
         raise ProtocolError(f"dtype {name!r} cannot cross the wire (allowed: {sorted(WIRE_DTYPES)})")
-    return np.ascontiguousarray(a, dtype=WIRE_DTYPES[name])
+    return np.asarray(a, dtype=WIRE_DTYPES[name], order="C")
 
 
 def encode(message: Message, message_id: int, chunk_size: int = DEFAULT_CHUNK) -> list[bytes]:

@@ -51,7 +51,7 @@ def numeric(name: str, value: object) -> np.ndarray:
 def to_float32(name: str, array: np.ndarray) -> Operand:
     """A contiguous float32 version of a :func:`numeric` array, remembering its original dtype."""
     converted = None if array.dtype == np.float32 else str(array.dtype)
-    return Operand(name, np.ascontiguousarray(array, dtype=np.float32), converted)
+    return Operand(name, np.asarray(array, dtype=np.float32, order="C"), converted)
 
 
 def conversion_note(operands: list[Operand]) -> str | None:

@@ -1,0 +1,119 @@
+"""Fixtures that start real parts: a broker on loopback, native workers on lavapipe, headless
+Chromium with WebGPU (SwiftShader), and an IPython shell with the extension loaded."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from webnet_magic.broker.thread import BrokerThread
+from webnet_magic.worker.launch import chromium_flags, find_chromium
+
+os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")  # quiets Mesa's lavapipe warnings
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 30.0, what: str = "condition") -> object:
+    """Poll ``condition`` until it returns something truthy; fail the test with ``what`` otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def broker() -> Iterator[BrokerThread]:
+    """A broker on 127.0.0.1, port 0, with fast heartbeats so silence is noticed within a second."""
+    thread = BrokerThread(heartbeat=0.2, silence_limit=1.5).start()
+    yield thread
+    thread.stop()
+
+
+class Workers:
+    """Starts native worker processes and ends every one of them after the test."""
+
+    def __init__(self) -> None:
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self, url: str, *extra: str) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "webnet_magic.worker", url, *extra],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        self.processes.append(process)
+        return process
+
+    def stop_all(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+            process.wait(10)
+
+
+@pytest.fixture
+def workers() -> Iterator[Workers]:
+    pool = Workers()
+    yield pool
+    pool.stop_all()
+
+
+def join_native(broker: BrokerThread, workers: Workers, count: int = 1) -> list[dict]:
+    """Start ``count`` native workers on ``broker`` and wait until all have joined."""
+    before = len(broker.devices())
+    for _ in range(count):
+        workers.start(broker.url)
+    return wait_until(
+        lambda: len(broker.devices()) >= before + count and broker.devices(), 60, "native workers"
+    )  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Iterator[object]:
+    """Debian's Chromium under Playwright, with real WebGPU on SwiftShader."""
+    from playwright.sync_api import sync_playwright
+
+    path = find_chromium()
+    if path is None:
+        pytest.fail("Chromium is not installed; run `make setup` (apt-get install chromium)")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=path,
+            args=[f for f in chromium_flags(software_gpu=True) if f != "--headless=new"]
+            + ["--host-resolver-rules=MAP insecure.webnet.test 127.0.0.1"],
+            headless=True,
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(chromium: object) -> Iterator[object]:
+    """A fresh browser context and page; its console is kept for failure messages."""
+    context = chromium.new_context()  # type: ignore[attr-defined]
+    page = context.new_page()
+    page.console_lines = []
+    page.on("console", lambda m: page.console_lines.append(m.text))
+    yield page
+    context.close()
+
+
+@pytest.fixture
+def shell() -> Iterator[object]:
+    """IPython's shell with webnet_magic loaded; unloaded (broker stopped) afterwards."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    ip = InteractiveShell.instance()
+    ip.run_cell("%load_ext webnet_magic", store_history=False)
+    yield ip
+    ip.run_cell("%unload_ext webnet_magic", store_history=False)
+    for name in [n for n in ip.user_ns if not n.startswith("_") and n not in ip.user_ns_hidden]:
+        del ip.user_ns[name]

@@ -1,0 +1,108 @@
+"""The native worker (wgpu-py on lavapipe) against a broker on loopback."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from webnet_magic.broker.thread import BrokerThread
+from webnet_magic.errors import WorkerError, WorkerLost
+from webnet_magic.ops import matmul
+from webnet_magic.program import Buffer, Kernel, Program, Step
+
+from .conftest import Workers, join_native, wait_until
+
+
+def test_a_native_worker_joins_with_its_adapter_and_limits(broker: BrokerThread, workers: Workers) -> None:
+    """The hello carries the adapter (lavapipe here) and the device limits, in WebGPU's names."""
+    (device,) = join_native(broker, workers)
+    assert device["runtime"] == "native" and device["state"] == "idle"
+    assert "llvmpipe" in device["name"] or "llvmpipe" in device["adapter"]
+    assert device["limits"]["maxStorageBufferBindingSize"] >= 128 * 2**20
+
+
+def test_matmul_of_any_shape_runs_on_the_native_worker(broker: BrokerThread, workers: Workers) -> None:
+    """300x129 @ 129x77 (nothing a multiple of the tile) equals numpy within float32 tolerance."""
+    join_native(broker, workers)
+    rng = np.random.default_rng(1)
+    a, b = rng.random((300, 129)), rng.random((129, 77))
+    plan = matmul.plan(a, b)
+    c = plan.finish(broker.submit(plan.program).future.result(60))
+    np.testing.assert_allclose(c, a @ b, rtol=0, atol=matmul.tolerance(a, b) + 1e-5)
+    devices = broker.devices()
+    assert devices[0]["jobs_done"] == 1 and devices[0]["last_job_ms"] > 0
+
+
+def test_a_wgsl_compile_error_comes_back_within_seconds(broker: BrokerThread, workers: Workers) -> None:
+    """The worker's compiler message (with line and column) reaches the notebook as WorkerError."""
+    join_native(broker, workers)
+    bad = Program(
+        (),
+        (Buffer(4),),
+        (Step(Kernel("@compute @workgroup_size(1)\nfn main() { let x = ; }"), (0,), (1, 1, 1)),),
+        (),
+    )
+    started = time.monotonic()
+    with pytest.raises(WorkerError, match=r"(?s)compile error.*wgsl:2:21") as info:
+        broker.submit(bad).future.result(30)
+    assert info.value.kind == "compile" and info.value.device == "d1"
+    assert time.monotonic() - started < 3
+    assert broker.devices()[0]["state"] == "idle"  # the worker is fine and takes the next job
+
+
+def test_a_worker_killed_mid_job_fails_the_job_at_once(broker: BrokerThread, workers: Workers) -> None:
+    """Killing the worker process during a multi-second job raises WorkerLost within a second or two."""
+    join_native(broker, workers)
+    x = np.ones((1024, 1024), np.float32)
+    plan = matmul.plan(x, x)  # several seconds on lavapipe
+    handle = broker.submit(plan.program)
+    wait_until(lambda: broker.devices()[0]["state"] == "busy", 10, "the job to start")
+    time.sleep(0.3)
+    workers.processes[0].send_signal(signal.SIGKILL)
+    started = time.monotonic()
+    with pytest.raises(WorkerLost, match=r"d1 .* disconnected while running job j1"):
+        handle.future.result(30)
+    assert time.monotonic() - started < 2
+
+
+def test_a_cancelled_job_frees_the_worker_and_its_late_result_is_dropped(
+    broker: BrokerThread, workers: Workers
+) -> None:
+    """After cancel, the device finishes, reports, and runs the next job correctly."""
+    join_native(broker, workers)
+    x = np.ones((512, 512), np.float32)
+    first = broker.submit(matmul.plan(x, x).program)
+    wait_until(lambda: broker.devices()[0]["state"] == "busy", 10, "the job to start")
+    broker.cancel(first.id)
+    wait_until(first.future.cancelled, 5, "the cancellation")
+    a, b = np.eye(3, dtype=np.float32), np.arange(9, dtype=np.float32).reshape(3, 3)
+    plan = matmul.plan(a, b)
+    np.testing.assert_array_equal(plan.finish(broker.submit(plan.program).future.result(60)), b)
+    assert broker.devices()[0]["jobs_done"] == 1  # the cancelled job did not count
+
+
+def test_the_worker_exits_cleanly_when_the_broker_stops(workers: Workers) -> None:
+    """`%webnet stop` ends a native worker with status 0 instead of leaving it retrying forever."""
+    thread = BrokerThread().start()
+    join_native(thread, workers)
+    thread.stop()
+    assert workers.processes[0].wait(15) == 0
+
+
+def test_a_worker_with_a_wrong_token_exits_with_a_clear_message(
+    broker: BrokerThread, workers: Workers
+) -> None:
+    """The CLI says it was refused, points at %webnet url, and exits with status 2."""
+    process = workers.start(broker.url.replace("token=", "token=x"))
+    assert process.wait(30) == 2
+    assert "%webnet url" in process.stderr.read().decode()
+
+
+@pytest.mark.parametrize("url", ["ftp://host/?token=t", "http://127.0.0.1:9/", "not a url"])
+def test_a_malformed_worker_url_is_refused_before_connecting(url: str, workers: Workers) -> None:
+    process = workers.start(url)
+    assert process.wait(30) == 1
+    assert "%webnet url" in process.stderr.read().decode()

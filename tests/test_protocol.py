@@ -1,0 +1,207 @@
+"""The wire format, on bytes alone: no sockets."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from webnet_magic.ops import matmul
+from webnet_magic.program import Program
+from webnet_magic.protocol import (
+    Assembler,
+    Message,
+    ProtocolError,
+    encode,
+)
+
+wire_dtypes = st.sampled_from(["float32", "int32", "uint32", "float16", "uint8"])
+arrays = wire_dtypes.flatmap(
+    lambda dt: hnp.arrays(dt, hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=40))
+)
+
+
+def roundtrip(message: Message, chunk: int = 1024) -> Message:
+    assembler = Assembler()
+    frames = encode(message, 7, chunk)
+    results = [assembler.feed(f) for f in frames]
+    assert all(r is None for r in results[:-1])
+    assert results[-1] is not None and assembler.pending == 0
+    return results[-1]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(arrays, max_size=4), st.integers(min_value=1, max_value=5000))
+def test_arrays_survive_any_chunking(items: list[np.ndarray], chunk: int) -> None:
+    """Any arrays, cut into frames of any size, come back bit-for-bit with their dtypes and shapes."""
+    back = roundtrip(Message("result", {"job": "j1", "timings": {}}, items), chunk)
+    assert len(back.arrays) == len(items)
+    for got, sent in zip(back.arrays, items, strict=True):
+        assert got.dtype == sent.dtype and got.shape == sent.shape
+        assert got.tobytes() == sent.tobytes()
+
+
+def test_frames_are_bounded_by_the_chunk_size() -> None:
+    """A 10 MB array travels as frames of at most chunk + header bytes, never one giant frame."""
+    big = np.arange(10 * 2**20 // 4, dtype=np.float32)
+    frames = encode(Message("result", {"job": "j", "timings": {}}, [big]), 1, 2**20)
+    assert len(frames) == 10
+    assert max(len(f) for f in frames[1:]) == 2**20 + 8
+
+
+def test_non_contiguous_and_big_endian_arrays_are_sent_as_little_endian_c_order() -> None:
+    """A transposed or big-endian array arrives as the same values, in C order."""
+    a = np.arange(12, dtype=">f4").reshape(3, 4).T
+    back = roundtrip(Message("result", {"job": "j", "timings": {}}, [a.astype(np.float32)]))
+    np.testing.assert_array_equal(back.arrays[0], a)
+
+
+def test_interleaved_messages_assemble_separately() -> None:
+    """Frames of two messages may interleave on one connection; each is reassembled whole."""
+    a = np.arange(3000, dtype=np.float32)
+    b = np.arange(5000, dtype=np.int32)
+    fa = encode(Message("result", {"job": "a", "timings": {}}, [a]), 1, 1000)
+    fb = encode(Message("result", {"job": "b", "timings": {}}, [b]), 2, 1000)
+    assembler, done = Assembler(), []
+    for i in range(max(len(fa), len(fb))):
+        for frames in (fa, fb):
+            if i < len(frames) and (m := assembler.feed(frames[i])) is not None:
+                done.append(m)
+    assert [m.fields["job"] for m in done] == ["a", "b"]
+    np.testing.assert_array_equal(done[1].arrays[0], b)
+
+
+def test_a_job_message_round_trips_to_the_same_program() -> None:
+    """A matmul program survives encode/decode with its kernel, buffers and dispatch intact."""
+    plan = matmul.plan(np.ones((5, 3), np.float32), np.ones((3, 2), np.float32))
+    assert plan.program is not None
+    back = Program.from_message(roundtrip(plan.program.to_message("j9")))
+    assert back.steps == plan.program.steps and back.buffers == plan.program.buffers
+    assert back.outputs == plan.program.outputs
+
+
+def head_frame(header: object, payload: bytes = b"", raw_json: bytes | None = None) -> bytes:
+    body = raw_json if raw_json is not None else json.dumps(header).encode()
+    return b"WN\x01\x00" + struct.pack("<II", 1, len(body)) + body + payload
+
+
+@pytest.mark.parametrize(
+    ("frame", "complaint"),
+    [
+        (b"WN\x01", "shorter than"),
+        (b"XX\x01\x00" + bytes(8), "does not start with b'WN'"),
+        (b"WN\x02\x00" + bytes(8), "protocol version 2"),
+        (b"WN\x01\x07" + bytes(8), "unknown frame kind"),
+        (b"WN\x01\x01" + struct.pack("<I", 5) + b"data", "unknown message 5"),
+        (b"WN\x01\x00" + struct.pack("<II", 1, 999) + b"{}", "does not hold"),
+        (head_frame(None, raw_json=b"{not json"), "not valid JSON"),
+        (head_frame([1, 2]), "must be an object"),
+        (head_frame({"type": "launch_missiles", "fields": {}}), "unknown message type"),
+        (head_frame({"type": "pong", "fields": {}}), "missing field 't'"),
+        (head_frame({"type": "pong", "fields": {"t": "soon"}}), "wrong type"),
+        (head_frame({"type": "pong", "fields": {"t": True}}), "wrong type"),
+        (
+            head_frame(
+                {
+                    "type": "result",
+                    "fields": {"job": "j", "timings": {}},
+                    "arrays": [{"dtype": "float64", "shape": [2]}],
+                }
+            ),
+            "cannot cross the wire",
+        ),
+        (
+            head_frame(
+                {
+                    "type": "result",
+                    "fields": {"job": "j", "timings": {}},
+                    "arrays": [{"dtype": "float32", "shape": [-1]}],
+                }
+            ),
+            "non-negative integers",
+        ),
+        (
+            head_frame(
+                {
+                    "type": "result",
+                    "fields": {"job": "j", "timings": {}},
+                    "arrays": [{"dtype": "uint8", "shape": [2]}],
+                },
+                b"abc",
+            ),
+            "more than the 2 bytes",
+        ),
+    ],
+)
+def test_malformed_frames_are_refused_with_a_reason(frame: bytes, complaint: str) -> None:
+    """Each way a frame can be wrong raises ProtocolError naming the problem."""
+    with pytest.raises(ProtocolError, match=complaint):
+        Assembler().feed(frame)
+
+
+def test_declared_sizes_are_checked_before_memory_is_reserved() -> None:
+    """A header declaring a terabyte is refused at once, without allocating it."""
+    header = {
+        "type": "result",
+        "fields": {"job": "j", "timings": {}},
+        "arrays": [{"dtype": "uint8", "shape": [2**40]}],
+    }
+    with pytest.raises(ProtocolError, match="exceeds this side's limit"):
+        Assembler(max_message_bytes=2**30).feed(head_frame(header))
+
+
+def test_too_many_unfinished_messages_are_refused() -> None:
+    """A peer cannot pin memory by starting messages it never finishes."""
+    assembler = Assembler(max_pending=2)
+    header = {
+        "type": "result",
+        "fields": {"job": "j", "timings": {}},
+        "arrays": [{"dtype": "uint8", "shape": [10]}],
+    }
+    for message_id in (1, 2):
+        assembler.feed(
+            b"WN\x01\x00"
+            + struct.pack("<II", message_id, len(json.dumps(header)))
+            + json.dumps(header).encode()
+        )
+    with pytest.raises(ProtocolError, match="in flight"):
+        assembler.feed(
+            b"WN\x01\x00" + struct.pack("<II", 3, len(json.dumps(header))) + json.dumps(header).encode()
+        )
+
+
+def test_a_result_must_match_the_programs_outputs() -> None:
+    """A worker's result with the wrong shape or dtype is refused, not bound."""
+    plan = matmul.plan(np.ones((4, 3), np.float32), np.ones((3, 2), np.float32))
+    assert plan.program is not None
+    with pytest.raises(ProtocolError, match="expected float32"):
+        plan.program.check_results([np.zeros((2, 4), np.float32)])
+    with pytest.raises(ProtocolError, match="expected 1"):
+        plan.program.check_results([])
+
+
+@pytest.mark.parametrize(
+    ("change", "complaint"),
+    [
+        (lambda f: f["buffers"].__setitem__(0, {"size": 3}), "multiples of 4"),
+        (lambda f: f["steps"][0].__setitem__("bindings", [0, 1, 9, 3]), "does not exist"),
+        (lambda f: f["steps"][0].__setitem__("workgroups", [0, 1, 1]), "must be >= 1"),
+        (lambda f: f["outputs"][0].__setitem__("shape", [10**6, 10**6]), "larger than buffer"),
+        (lambda f: f["kernels"].__setitem__(next(iter(f["kernels"])), {"source": "tampered"}), "hash"),
+        (lambda f: f["steps"][0].__setitem__("kernel", "nope"), "malformed"),
+    ],
+)
+def test_a_worker_refuses_an_inconsistent_job(change: object, complaint: str) -> None:
+    """Indices, sizes and kernel hashes in a job are all checked before anything touches the GPU."""
+    plan = matmul.plan(np.ones((4, 3), np.float32), np.ones((3, 2), np.float32))
+    assert plan.program is not None
+    message = plan.program.to_message("j")
+    fields = json.loads(json.dumps(message.fields))
+    change(fields)  # type: ignore[operator]
+    with pytest.raises(ProtocolError, match=complaint):
+        Program.from_message(Message("job", fields, message.arrays))
