@@ -1,0 +1,213 @@
+"""%webnet and %%webnet in a real IPython shell, with a native worker on lavapipe."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from webnet_magic.client import session as sessions
+
+from .conftest import Workers, wait_until
+
+
+def run(shell, code: str):
+    """Run a cell as the notebook would; returns IPython's ExecutionResult."""
+    return shell.run_cell(code, store_history=False)
+
+
+@pytest.fixture
+def started(shell, workers: Workers, capsys):
+    """A shell whose broker runs and has one native worker joined."""
+    assert run(shell, "%webnet start").success
+    session = sessions.current()
+    workers.start(session.url)
+    wait_until(session.devices, 60, "the native worker")
+    capsys.readouterr()
+    shell.run_cell("import numpy as np\nrng = np.random.default_rng(0)")
+    shell.run_cell("A = rng.random((300, 129))\nB = rng.random((129, 77))")
+    return shell
+
+
+def test_the_line_magic_binds_the_product(started) -> None:
+    """`%webnet matmul A B -> C` leaves C = A @ B (float32) in the notebook."""
+    assert run(started, "%webnet matmul A B -> C").success
+    ns = started.user_ns
+    assert ns["C"].dtype == np.float32 and ns["C"].shape == (300, 77)
+    np.testing.assert_allclose(ns["C"], ns["A"] @ ns["B"], rtol=1e-5, atol=1e-4)
+
+
+def test_a_cell_holding_only_the_cell_magic_line_works(started) -> None:
+    """The design card's form: a cell of one line, `%%webnet matmul A B -> C`, no body."""
+    result = run(started, "%%webnet matmul A B -> C")
+    assert result.success, result.error_in_exec
+    np.testing.assert_allclose(
+        started.user_ns["C"], started.user_ns["A"] @ started.user_ns["B"], rtol=1e-5, atol=1e-4
+    )
+
+
+def test_operand_expressions_and_the_returning_form(started) -> None:
+    """Operands may be expressions such as A.T (non-contiguous); without '->' the result is returned."""
+    assert run(started, "D = %webnet matmul A.T A").success
+    ns = started.user_ns
+    np.testing.assert_allclose(ns["D"], ns["A"].T @ ns["A"], rtol=1e-5, atol=1e-3)
+
+
+def test_float64_inputs_give_one_short_warning(started) -> None:
+    """Converting to float32 is said once, naming the operands, and the result is float32."""
+    with pytest.warns(sessions.PrecisionWarning, match="converted A from float64, B from float64") as record:
+        run(started, "%webnet matmul A B -> C")
+    assert len(record) == 1
+
+
+def test_local_computes_with_numpy_and_needs_no_broker(shell) -> None:
+    """`--local` works without %webnet start, with the same float32 semantics."""
+    run(shell, "import numpy as np\nA = np.arange(6.).reshape(2, 3)\nB = np.ones((3, 2), int)")
+    assert run(shell, "%webnet matmul A B --local -> C").success
+    np.testing.assert_array_equal(shell.user_ns["C"], np.array([[3, 3], [12, 12]], np.float32))
+    assert shell.user_ns["C"].dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("%webnet matmul A B.T -> C", "inner dimensions 129 and 77 must be equal"),
+        ("%webnet matmul A missing -> C", "'missing' is not defined in the notebook"),
+        ("%webnet matmul A Z -> C", "complex"),
+        ("%webnet matmul A S -> C", "WGSL cannot hold"),
+        ("%webnet matmul A 1/0 -> C", "cannot evaluate '1/0': ZeroDivisionError"),
+        ("%webnet matmul A B -> 2C", "cannot bind to '2C'"),
+        ("%webnet matmul A -> C", "takes 2 operands"),
+        ("%%webnet matmul A B -> C\nprint('a body')", "takes no cell body"),
+    ],
+)
+def test_bad_input_is_one_line_and_leaves_the_output_untouched(
+    started, capsys, line: str, message: str
+) -> None:
+    """Each input error is a one-line UsageError before anything is sent; C keeps its old value."""
+    run(started, "C = 'untouched'\nZ = np.ones((77, 2), complex)\nS = np.array([['x'] * 2] * 77)")
+    result = run(started, line)
+    assert not result.success
+    assert type(result.error_in_exec).__name__ == "UsageError"
+    assert message in str(result.error_in_exec)
+    assert "\n" not in str(result.error_in_exec)
+    assert started.user_ns["C"] == "untouched"
+    assert sessions.current().devices()[0]["jobs_done"] == 0
+
+
+def test_a_worker_lost_mid_job_is_an_exception_in_the_cell_and_binds_nothing(
+    started, workers: Workers
+) -> None:
+    """Killing the worker during the job raises WorkerLost in the cell; C keeps its old value."""
+    session = sessions.current()
+    run(started, "C = 'untouched'\nX = np.ones((1024, 1024), np.float32)")
+
+    def kill_when_busy() -> None:
+        wait_until(lambda: session.devices() and session.devices()[0]["state"] == "busy", 30, "the job")
+        workers.processes[0].kill()
+
+    killer = threading.Thread(target=kill_when_busy)
+    killer.start()
+    result = run(started, "%webnet matmul X X -> C")
+    killer.join()
+    assert type(result.error_in_exec).__name__ == "WorkerLost"
+    assert "disconnected while running job" in str(result.error_in_exec)
+    assert started.user_ns["C"] == "untouched"
+
+
+def test_a_job_beyond_the_devices_limits_is_refused_naming_the_limit(started) -> None:
+    """Work no connected device can hold is refused before sending; the output is untouched."""
+    session = sessions.current()
+    run(
+        started,
+        "C = 'untouched'\nbig = np.ones((65536 * 64 + 1, 1), np.float32)\none = np.ones((1, 1), np.float32)",
+    )
+    # 4M+ rows need 65537 workgroups in y: above maxComputeWorkgroupsPerDimension, refused by the broker.
+    result = run(started, "%webnet matmul big one -> C")
+    assert not result.success and "maxComputeWorkgroupsPerDimension" in str(result.error_in_exec)
+    assert started.user_ns["C"] == "untouched"
+    assert session.devices()[0]["state"] == "idle"
+
+
+def test_no_device_says_where_to_open_one_then_fails_at_the_timeout(shell, capsys) -> None:
+    """Without a worker the cell prints the URL it is waiting on, then raises NoDeviceError."""
+    run(shell, "%webnet start")
+    run(shell, "import numpy as np\nA = np.ones((2, 2), np.float32)")
+    capsys.readouterr()
+    result = run(shell, "%webnet matmul A A -> C --timeout 1")
+    out = capsys.readouterr().out
+    assert "waiting for a device" in out and sessions.current().url in out
+    assert "python -m webnet_magic.worker" in out
+    assert type(result.error_in_exec).__name__ == "NoDeviceError"
+    assert "C" not in shell.user_ns
+    assert sessions.current().broker.call(lambda: len(sessions.current().broker.broker.scheduler.jobs)) == 0
+
+
+def test_ctrl_c_cancels_the_job(shell) -> None:
+    """A KeyboardInterrupt while waiting cancels the job in the broker and binds nothing."""
+    run(shell, "%webnet start")
+    run(shell, "import numpy as np\nA = np.ones((2, 2), np.float32)")
+    broker = sessions.current().broker
+    main = threading.main_thread().ident
+
+    def interrupt() -> None:
+        wait_until(lambda: broker.call(lambda: len(broker.broker.scheduler.queue)), 10, "the job to queue")
+        import ctypes
+
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(main), ctypes.py_object(KeyboardInterrupt))
+
+    threading.Thread(target=interrupt).start()
+    result = run(shell, "%webnet matmul A A -> C --timeout 30")
+    assert isinstance(result.error_in_exec, KeyboardInterrupt)
+    assert "C" not in shell.user_ns
+    assert broker.call(lambda: len(broker.broker.scheduler.jobs)) == 0
+
+
+def test_status_devices_url_and_help_print_plain_text(started, capsys) -> None:
+    session = sessions.current()
+    run(started, "%webnet url")
+    assert capsys.readouterr().out.strip() == session.url
+    run(started, "%webnet status")
+    assert "1 device(s) connected" in capsys.readouterr().out
+    run(started, "%webnet devices")
+    out = capsys.readouterr().out
+    assert "d1" in out and "idle" in out and "llvmpipe" in out
+    run(started, "%webnet help")
+    assert "matmul" in capsys.readouterr().out
+
+
+def test_start_is_idempotent_and_stop_disconnects(started, capsys) -> None:
+    """A second start shows the same session; stop ends it and the worker leaves."""
+    session = sessions.current()
+    run(started, "%webnet start")
+    assert sessions.current() is session
+    run(started, "%webnet start --port 1")
+    assert "already running" in capsys.readouterr().out
+    run(started, "%webnet stop")
+    assert "broker stopped" in capsys.readouterr().out
+    assert sessions.current() is None and not session.running
+    result = run(started, "%webnet matmul A B -> C")
+    assert "no broker is running" in str(result.error_in_exec)
+
+
+def test_settings_come_from_traitlets_config(shell) -> None:
+    """`%config WebnetMagics.timeout = ...` changes the default op timeout."""
+    run(shell, "%config WebnetMagics.timeout = 0.5")
+    run(shell, "%webnet start")
+    run(shell, "import numpy as np\nA = np.ones((2, 2), np.float32)")
+    result = run(shell, "%webnet matmul A A -> C")
+    assert "within 0.5 s" in str(result.error_in_exec)
+    run(shell, "%config WebnetMagics.timeout = 60.0")
+
+
+def test_unload_stops_the_broker_and_removes_the_rewrite(shell) -> None:
+    """%unload_ext leaves no broker thread and no input transformer behind."""
+    from webnet_magic.client.magics import bodyless_cell
+
+    run(shell, "%webnet start")
+    run(shell, "%unload_ext webnet_magic")
+    assert sessions.current() is None
+    assert not any(t.name == "webnet-broker" and t.is_alive() for t in threading.enumerate())
+    assert bodyless_cell not in shell.input_transformers_cleanup
+    run(shell, "%load_ext webnet_magic")  # the fixture unloads again
