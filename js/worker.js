@@ -219,5 +219,6 @@ if (!token) {
   show("no token", "This link has no ?token=. Copy the whole link from %webnet url in the notebook.");
 } else {
   if (missingWebGPU()) show("no WebGPU", missingWebGPU());
-  new Worker(token).start();
+  window.webnetWorker = new Worker(token); // for debugging from the console (and for tests)
+  window.webnetWorker.start();
 }

@@ -98,7 +98,8 @@ def chromium() -> Iterator[object]:
 @pytest.fixture
 def page(chromium: object) -> Iterator[object]:
     """A fresh browser context and page; its console is kept for failure messages."""
-    context = chromium.new_context()  # type: ignore[attr-defined]
+    # bypass_csp lets Playwright evaluate test expressions; the page itself keeps its strict CSP.
+    context = chromium.new_context(bypass_csp=True)  # type: ignore[attr-defined]
     page = context.new_page()
     page.console_lines = []
     page.on("console", lambda m: page.console_lines.append(m.text))

@@ -1,0 +1,141 @@
+"""The worker page served by the broker, in Debian's headless Chromium with real WebGPU (SwiftShader)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from webnet_magic.broker.thread import BrokerThread
+from webnet_magic.client import session as sessions
+from webnet_magic.errors import WorkerError, WorkerLost
+from webnet_magic.ops import matmul
+from webnet_magic.program import Buffer, Kernel, Program, Step
+
+from .conftest import wait_until
+
+
+def open_worker(page, url: str, broker: BrokerThread, count: int = 1) -> dict:
+    page.goto(url)
+    devices = wait_until(lambda: len(broker.devices()) >= count and broker.devices(), 30, "the page to join")
+    page.wait_for_function("window.webnet && window.webnet.deviceId !== null", timeout=10_000)
+    return devices[-1]
+
+
+def status(page) -> str:
+    return page.inner_text("#status")
+
+
+def test_the_page_joins_under_its_own_csp_and_shows_its_state(chromium, broker: BrokerThread) -> None:
+    """With its strict CSP enforced, the page joins with its adapter and limits and says idle."""
+    context = chromium.new_context()  # no bypass_csp: the page as a phone sees it
+    try:
+        page = context.new_page()
+        page.goto(broker.url)
+        (device,) = wait_until(broker.devices, 30, "the page to join")
+        assert device["runtime"] == "browser"
+        assert "swiftshader" in device["adapter"].lower()
+        assert device["limits"]["maxStorageBufferBindingSize"] >= 128 * 2**20
+        wait_until(lambda: status(page) == "idle", 10, "the page to say idle")
+        assert "d1" in page.inner_text("#device")
+    finally:
+        context.close()
+
+
+def test_the_magic_runs_on_the_browser_worker(page, shell) -> None:
+    """From a real IPython shell, `%%webnet matmul A B -> C` runs on the page's WebGPU."""
+    shell.run_cell("%webnet start")
+    session = sessions.current()
+    open_worker(page, session.url, session.broker)
+    shell.run_cell("import numpy as np\nA = np.random.rand(300, 129)\nB = np.random.rand(129, 77)")
+    result = shell.run_cell("%%webnet matmul A B -> C")
+    assert result.success, result.error_in_exec
+    ns = shell.user_ns
+    np.testing.assert_allclose(ns["C"], ns["A"] @ ns["B"], rtol=1e-5, atol=1e-4)
+    page.wait_for_function("window.webnet.jobsDone === 1")
+    assert "1 job done" in page.inner_text("#jobs")
+    assert session.devices()[0]["last_job_ms"] > 0
+
+
+def test_a_compile_error_names_the_wgsl_line(page, broker: BrokerThread) -> None:
+    """The browser's compilation info (line:column) comes back as WorkerError within seconds."""
+    open_worker(page, broker.url, broker)
+    kernel = Kernel("@compute @workgroup_size(1)\nfn main() { let x: f32 = true; }")
+    started = time.monotonic()
+    with pytest.raises(WorkerError, match=r"compile error: line 2:") as info:
+        broker.submit(Program((), (Buffer(4),), (Step(kernel, (0,), (1, 1, 1)),), ())).future.result(30)
+    assert info.value.kind == "compile" and time.monotonic() - started < 3
+    assert status(page) == "idle"
+
+
+def test_closing_the_page_mid_job_fails_the_job_at_once(page, broker: BrokerThread) -> None:
+    """A tab closed while its job runs turns into WorkerLost, not a wait for the timeout."""
+    open_worker(page, broker.url, broker)
+    x = np.ones((1024, 1024), np.float32)
+    handle = broker.submit(matmul.plan(x, x).program)
+    page.wait_for_function("window.webnet.status === 'running'")
+    page.close()
+    started = time.monotonic()
+    with pytest.raises(WorkerLost, match="disconnected while running"):
+        handle.future.result(30)
+    assert time.monotonic() - started < 2
+
+
+def test_a_lost_gpu_device_fails_the_job_and_the_page_recovers(page, broker: BrokerThread) -> None:
+    """GPUDevice.destroy() mid-job reports device-lost; the page gets a new device and works again."""
+    open_worker(page, broker.url, broker)
+    x = np.ones((768, 768), np.float32)
+    handle = broker.submit(matmul.plan(x, x).program)
+    page.wait_for_function("window.webnet.status === 'running'")
+    page.evaluate("window.webnetWorker.gpu.device.destroy()")
+    with pytest.raises(WorkerError) as info:
+        handle.future.result(30)
+    assert info.value.kind in ("device-lost", "validation", "internal")
+    page.wait_for_function("window.webnet.status === 'idle'", timeout=15_000)
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    plan = matmul.plan(a, a.T)
+    np.testing.assert_allclose(plan.finish(broker.submit(plan.program).future.result(30)), a @ a.T)
+
+
+def test_an_insecure_page_says_webgpu_needs_https_and_the_notebook_hears_it(
+    page, broker: BrokerThread
+) -> None:
+    """Reached by a non-localhost http name the page has no WebGPU: it says why, and tells the broker."""
+    page.goto(broker.url.replace("127.0.0.1", "insecure.webnet.test"))
+    (device,) = wait_until(broker.devices, 30, "the insecure page to join")
+    assert device["state"] == "no WebGPU"
+    assert "https" in device["reason"] and "localhost" in device["reason"]
+    page.wait_for_function("window.webnet.deviceId !== null")
+    assert status(page) == "no WebGPU" and "https" in page.inner_text("#detail")
+
+
+def test_a_wrong_token_is_shown_on_the_page(page, broker: BrokerThread) -> None:
+    page.goto(broker.url.replace("token=", "token=stale"))
+    page.wait_for_function("window.webnet.status === 'refused'")
+    assert "%webnet url" in page.inner_text("#detail")
+    assert broker.devices() == []
+
+
+def test_a_link_without_a_token_says_so(page, broker: BrokerThread) -> None:
+    page.goto(broker.url.split("?")[0])
+    page.wait_for_function("window.webnet.status === 'no token'")
+    assert broker.devices() == []
+
+
+def test_the_page_reconnects_after_a_dropped_link(page, broker: BrokerThread) -> None:
+    """When the link drops (not a deliberate stop) the page reconnects with backoff and works again."""
+    open_worker(page, broker.url, broker)
+    broker.call(lambda: [s.close(4008, "simulated drop") for s in list(broker.broker.sockets)])
+    wait_until(lambda: [d for d in broker.devices() if d["id"] == "d2"], 15, "the page to rejoin")
+    a = np.eye(4, dtype=np.float32)
+    plan = matmul.plan(a, a)
+    np.testing.assert_array_equal(plan.finish(broker.submit(plan.program).future.result(30)), a)
+
+
+def test_the_page_says_when_the_notebook_stopped_the_broker(page) -> None:
+    thread = BrokerThread().start()
+    open_worker(page, thread.url, thread)
+    thread.stop()
+    page.wait_for_function("window.webnet.status === 'session ended'")
+    assert "%webnet start" in page.inner_text("#detail")
