@@ -1,0 +1,207 @@
+"""The extension in a real ipykernel, driven over ZMQ by jupyter_client as a front end would."""
+
+from __future__ import annotations
+
+import json
+import queue
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from jupyter_client.manager import KernelManager
+
+from .conftest import Workers
+
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+
+
+@dataclass
+class Reply:
+    """What one execution produced on iopub, in order, and its reply."""
+
+    status: str
+    stdout: str = ""
+    stderr: str = ""
+    error: dict[str, Any] | None = None
+    displays: list[dict[str, Any]] = field(default_factory=list)
+    comms: list[dict[str, Any]] = field(default_factory=list)
+    result: str | None = None
+
+
+class Kernel:
+    """A started kernel plus a blocking client."""
+
+    def __init__(self) -> None:
+        self.manager = KernelManager(kernel_name="python3")
+        self.manager.kernel_cmd = None
+        self.manager.start_kernel(extra_arguments=["--HistoryManager.enabled=False"])
+        self.client = self.manager.client()
+        self.client.start_channels()
+        self.client.wait_for_ready(timeout=60)
+        self.comm_log: list[dict[str, Any]] = []
+
+    def execute(self, code: str, timeout: float = 120, on_iopub: Any = None) -> Reply:
+        msg_id = self.client.execute(code)
+        reply = Reply(status="")
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                msg = self.client.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no idle status after {timeout} s for: {code}") from None
+            kind, content = msg["msg_type"], msg["content"]
+            if kind.startswith("comm_"):
+                self.comm_log.append(msg)
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            if on_iopub:
+                on_iopub(msg)
+            if kind == "stream":
+                setattr(reply, content["name"], getattr(reply, content["name"]) + content["text"])
+            elif kind == "display_data":
+                reply.displays.append(content["data"])
+            elif kind.startswith("comm_"):
+                reply.comms.append(msg)
+            elif kind == "execute_result":
+                reply.result = content["data"]["text/plain"]
+            elif kind == "error":
+                reply.error = content
+            elif kind == "status" and content["execution_state"] == "idle":
+                break
+        content = self.client.get_shell_msg(timeout=timeout)["content"]
+        reply.status = content["status"]
+        if reply.status == "error":  # IPython reports UsageError only here and on stderr
+            reply.error = {k: content[k] for k in ("ename", "evalue")}
+        return reply
+
+    def value(self, expression: str) -> Any:
+        reply = self.execute(f"import json as _j; print(_j.dumps({expression}))")
+        assert reply.status == "ok", reply.error
+        return json.loads(reply.stdout)
+
+    def drain_comms(self, seconds: float) -> None:
+        """Collect comm messages the kernel sends while idle (from the broker thread)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                msg = self.client.get_iopub_msg(timeout=0.1)
+            except queue.Empty:
+                continue
+            if msg["msg_type"].startswith("comm_"):
+                self.comm_log.append(msg)
+
+    def shutdown(self) -> None:
+        self.client.stop_channels()
+        self.manager.shutdown_kernel(now=False)
+
+
+@pytest.fixture
+def kernel() -> Iterator[Kernel]:
+    k = Kernel()
+    yield k
+    if k.manager.is_alive():
+        k.shutdown()
+
+
+def started(kernel: Kernel) -> tuple[str, int]:
+    assert kernel.execute("%load_ext webnet_magic").status == "ok"
+    reply = kernel.execute("%webnet start")
+    assert reply.status == "ok", reply.error
+    url = kernel.execute("%webnet url").stdout.strip()
+    return url, int(url.split(":")[2].split("/")[0])
+
+
+def panel_devices(kernel: Kernel) -> list[list[dict[str, Any]]]:
+    """Every `devices` state the widget model was sent, oldest first."""
+    return [
+        m["content"]["data"]["state"]["devices"]
+        for m in kernel.comm_log
+        if m["msg_type"] == "comm_msg" and "devices" in m["content"]["data"].get("state", {})
+    ]
+
+
+def test_start_shows_the_panel_and_a_text_form_with_the_url(kernel: Kernel) -> None:
+    """%webnet start displays the anywidget (QR code + URL in its state) with a text/plain fallback."""
+    assert kernel.execute("%load_ext webnet_magic").status == "ok"
+    reply = kernel.execute("%webnet start")
+    (data,) = reply.displays
+    assert WIDGET_MIME in data
+    assert "?token=" in data["text/plain"]
+    opened = [m for m in reply.comms if m["msg_type"] == "comm_open"]
+    states = [m["content"]["data"]["state"] for m in opened if "url" in m["content"]["data"]["state"]]
+    assert states and states[0]["qr_svg"].startswith("<svg") and states[0]["url"] in data["text/plain"]
+
+
+def test_a_cell_of_only_the_magic_line_runs_on_a_worker_and_the_panel_updates_live(
+    kernel: Kernel, workers: Workers
+) -> None:
+    """The design card's flow in a kernel; the panel hears the join while idle and `busy` mid-cell."""
+    url, _ = started(kernel)
+    workers.start(url)
+    deadline = time.monotonic() + 60
+    while not any(panel_devices(kernel)) and time.monotonic() < deadline:
+        kernel.drain_comms(0.5)  # the kernel is idle: updates come from the broker thread
+    assert any(panel_devices(kernel)), "the widget never heard of the worker"
+    assert (
+        kernel.execute("import numpy as np\nA = np.random.rand(300, 129)\nB = np.random.rand(129, 77)").status
+        == "ok"
+    )
+    reply = kernel.execute("%%webnet matmul A B -> C")
+    assert reply.status == "ok", reply.error
+    assert kernel.value("float(abs(C - A @ B).max())") < 1e-3
+    assert kernel.value("str(C.dtype)") == "float32"
+    kernel.execute("X = np.ones((512, 512), np.float32)")
+    reply = kernel.execute("%webnet matmul X X -> Y")
+    assert reply.status == "ok"
+    seen_busy_in_log = any(d and d[0]["state"] == "busy" for d in panel_devices(kernel))
+    assert seen_busy_in_log, "the panel never showed the device busy while the cell blocked"
+    assert panel_devices(kernel)[-1][0]["jobs_done"] == 2
+
+
+def test_bad_input_in_the_kernel_is_a_usage_error_and_leaves_variables(kernel: Kernel) -> None:
+    started(kernel)
+    kernel.execute("import numpy as np\nA = np.ones((3, 4))\nC = 'untouched'")
+    reply = kernel.execute("%webnet matmul A A -> C")
+    assert reply.status == "error" and reply.error["ename"] == "UsageError"
+    assert "inner dimensions 4 and 3" in reply.error["evalue"]
+    assert kernel.value("C") == "untouched"
+
+
+def test_interrupting_the_kernel_cancels_the_waiting_job(kernel: Kernel) -> None:
+    """Ctrl-C (a kernel interrupt) while the cell waits: KeyboardInterrupt, no job left, nothing bound."""
+    started(kernel)
+    kernel.execute("import numpy as np\nA = np.ones((2, 2), np.float32)")
+
+    def interrupt_when_waiting(msg: dict[str, Any]) -> None:
+        if msg["msg_type"] == "stream" and "waiting for a device" in msg["content"]["text"]:
+            kernel.manager.interrupt_kernel()
+
+    reply = kernel.execute(
+        "%webnet matmul A A -> C --timeout 60", timeout=30, on_iopub=interrupt_when_waiting
+    )
+    assert reply.status == "error" and reply.error["ename"] == "KeyboardInterrupt"
+    assert kernel.value("'C' in globals()") is False
+    kernel.execute("from webnet_magic.client.session import current")
+    assert kernel.value("len(current().broker.broker.scheduler.jobs)") == 0
+
+
+def test_kernel_shutdown_frees_the_port(kernel: Kernel) -> None:
+    """No broker outlives its kernel: after shutdown the port refuses connections."""
+    _, port = started(kernel)
+    with socket.create_connection(("127.0.0.1", port), timeout=5):
+        pass
+    kernel.shutdown()
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=5):
+        pass
+
+
+def test_the_kernel_uses_this_python(kernel: Kernel) -> None:
+    """Guard: the kernel imports the package under test, not another install."""
+    import webnet_magic
+
+    assert kernel.value("__import__('webnet_magic').__file__") == webnet_magic.__file__
+    assert kernel.value("__import__('sys').executable") == sys.executable
