@@ -1,0 +1,87 @@
+"""``python -m webnet_magic.demo``: the whole path on this machine, with figures.
+
+It does what a notebook user does, through the same magics: ``%webnet start``
+(a broker in this process), a local worker joins (headless Chromium's WebGPU
+where Chromium is installed, else the native wgpu-py worker), then
+``%webnet matmul A B -> C`` runs on it and the result is checked against numpy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+
+import numpy as np
+
+from .client import session as sessions
+from .ops import matmul
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m webnet_magic.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", choices=["auto", "browser", "native"], default="auto")
+    parser.add_argument("--shape", type=int, nargs=3, default=(1024, 512, 256), metavar=("M", "K", "N"))
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs after the first")
+    args = parser.parse_args(argv)
+    m, k, n = args.shape
+
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    warnings.simplefilter("ignore", sessions.PrecisionWarning)  # the demo's inputs are float32 anyway
+
+    def cell(code: str) -> None:
+        result = shell.run_cell(code, store_history=False)
+        if not result.success:
+            raise SystemExit(f"demo failed at: {code}")
+
+    print("webnet_magic demo: a notebook's matmul on a local WebGPU worker\n")
+    cell("%load_ext webnet_magic")
+    cell("%webnet start")
+    session = sessions.current()
+    assert session is not None
+    started = time.perf_counter()
+    worker = session.local_worker(args.worker)
+    (device,) = session.wait_for_devices(1, timeout=90)[:1]
+    joined = time.perf_counter() - started
+
+    rng = np.random.default_rng(0)
+    shell.user_ns["A"] = A = rng.standard_normal((m, k)).astype(np.float32)
+    shell.user_ns["B"] = B = rng.standard_normal((k, n)).astype(np.float32)
+    cell("%webnet matmul A B -> C")  # the first run compiles the kernel on the device
+    times = []
+    for _ in range(args.repeat):
+        t0 = time.perf_counter()
+        cell("%webnet matmul A B -> C")
+        times.append(time.perf_counter() - t0)
+    C = shell.user_ns["C"]
+    t0 = time.perf_counter()
+    expected = A @ B
+    numpy_s = time.perf_counter() - t0
+    error = float(np.abs(C - expected).max())
+    tolerance = matmul.tolerance(A, B)
+    device = session.devices()[0]
+    flops = 2 * m * k * n
+    best = min(times) if times else float("nan")
+
+    verdict = "ok" if error <= tolerance else "FAIL"
+    rows = {
+        "worker": f"{worker.kind}: {device['name']} / {device['adapter']} (joined in {joined:.1f} s)",
+        "op": f"%webnet matmul A B -> C   A {A.shape} @ B {B.shape} -> C {C.shape} {C.dtype}",
+        "accuracy": f"max |C - A@B| = {error:.2e}   (float32 bound {tolerance:.2e})   {verdict}",
+        "time": f"end to end {best * 1e3:.1f} ms (best of {len(times)}), "
+        f"GPU kernel {device['last_job_ms']:.1f} ms, numpy here {numpy_s * 1e3:.1f} ms",
+        "rate": f"{flops / best / 1e9:.2f} GFLOP/s end to end, "
+        f"{flops / device['last_job_ms'] / 1e6:.2f} GFLOP/s in the kernel",
+    }
+    print()
+    for label, text in rows.items():
+        print(f"  {label:<9} {text}")
+    cell("%webnet stop")
+    return 0 if error <= tolerance else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
