@@ -131,7 +131,8 @@ class Worker {
       this.silenceLimit = 10000 * f.heartbeat;
       show(this.gpu ? "idle" : "no WebGPU", this.noGpu);
     } else if (message.type === "ping") {
-      this.send({ type: "pong", fields: { t: f.t } });
+      // A pong echoes its ping, arrays included: the notebook measures the link with it.
+      this.send({ type: "pong", fields: f, arrays: message.arrays });
     } else if (message.type === "job") {
       this.queue = this.queue.then(() => this.runJob(message));
     } else if (message.type === "cancel") {

@@ -139,3 +139,11 @@ def test_the_page_says_when_the_notebook_stopped_the_broker(page) -> None:
     thread.stop()
     page.wait_for_function("window.webnet.status === 'session ended'")
     assert "%webnet start" in page.inner_text("#detail")
+
+
+def test_the_page_echoes_a_ping_with_arrays_bit_exact(page, broker: BrokerThread) -> None:
+    """The link probe through the browser: 10 MB in several frames, back unchanged."""
+    open_worker(page, broker.url, broker)
+    data = np.random.default_rng(0).standard_normal(10 * 2**20 // 4).astype(np.float32)
+    (back,) = broker.echo([data])
+    np.testing.assert_array_equal(back, data)

@@ -106,3 +106,11 @@ def test_a_malformed_worker_url_is_refused_before_connecting(url: str, workers: 
     process = workers.start(url)
     assert process.wait(30) == 1
     assert "%webnet url" in process.stderr.read().decode()
+
+
+def test_a_ping_with_arrays_comes_back_bit_exact(broker: BrokerThread, workers: Workers) -> None:
+    """The link probe: 10 MB (several frames) to the worker and back, unchanged, no GPU involved."""
+    join_native(broker, workers)
+    data = np.random.default_rng(0).integers(0, 2**31, 10 * 2**20 // 4, dtype=np.int32)
+    (back,) = broker.echo([data])
+    np.testing.assert_array_equal(back, data)

@@ -60,7 +60,7 @@ SCHEMA: Mapping[str, Mapping[str, type | tuple[type, ...]]] = {
     "hello": {"runtime": str, "name": str, "webgpu": bool, "adapter": dict, "limits": dict},
     "result": {"job": str, "timings": dict},
     "error": {"job": str, "kind": str, "message": str},
-    "pong": {"t": (int, float)},
+    "pong": {"t": (int, float)},  # echoes its ping's fields and arrays
     # broker -> worker
     "welcome": {"device": str, "heartbeat": (int, float)},
     "job": {"job": str, "kernels": dict, "buffers": list, "steps": list, "outputs": list},

@@ -19,9 +19,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import tornado.web
 import tornado.websocket
 
+from ..errors import WebnetError
 from ..protocol import (
     CLOSE_BAD_TOKEN,
     CLOSE_GOING_AWAY,
@@ -63,6 +65,8 @@ class Broker:
         self.max_message_bytes = max_message_bytes
         self.scheduler = Scheduler(on_change or (lambda: None))
         self.sockets: set[WorkerSocket] = set()
+        self.probes: dict[str, asyncio.Future[list[np.ndarray]]] = {}
+        self._probe_ids = itertools.count(1)
         self._heartbeat_task: asyncio.Task[None] | None = None
 
     def token_ok(self, offered: str | None) -> bool:
@@ -101,6 +105,25 @@ class Broker:
                     sock.forget("stopped answering heartbeats")
                 else:
                     sock.spawn(sock.send(Message("ping", {"t": time.time()})))
+
+    async def echo(self, device_id: str | None, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """Send ``arrays`` to a worker in a ping and await them back in its pong.
+
+        Measures the link alone (no GPU involved): the benchmark's transport figure,
+        and a way to check a device's bandwidth before giving it large work.
+        """
+        socks = [s for s in self.sockets if s.device and (device_id is None or s.device.id == device_id)]
+        if not socks:
+            raise WebnetError(
+                f"no device {device_id!r} is connected" if device_id else "no device is connected"
+            )
+        probe = f"p{next(self._probe_ids)}"
+        self.probes[probe] = answer = asyncio.get_running_loop().create_future()
+        try:
+            await socks[0].send(Message("ping", {"t": time.time(), "probe": probe}, arrays))
+            return await answer
+        finally:
+            self.probes.pop(probe, None)
 
     async def shutdown(self) -> None:
         if self._heartbeat_task:
@@ -204,7 +227,11 @@ class WorkerSocket(tornado.websocket.WebSocketHandler):
             scheduler.result(self.device, f["job"], list(m.arrays), f["timings"])
         elif m.type == "error":
             scheduler.error(self.device, f["job"], f["kind"], f["message"])
-        elif m.type != "pong":
+        elif m.type == "pong":
+            answer = self.broker.probes.get(str(f.get("probe")))
+            if answer is not None and not answer.done():
+                answer.set_result(list(m.arrays))
+        else:
             raise ProtocolError(f"a worker may not send {m.type!r}")
 
     async def send(self, message: Message) -> None:

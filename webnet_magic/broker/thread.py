@@ -171,6 +171,12 @@ class BrokerThread:
 
         return JobHandle(job.id, asyncio.run_coroutine_threadsafe(outputs(), self._loop))
 
+    def echo(
+        self, arrays: list[np.ndarray], device: str | None = None, timeout: float = 60.0
+    ) -> list[np.ndarray]:
+        """``arrays`` to a worker and back, through its WebSocket only (see :meth:`Broker.echo`)."""
+        return asyncio.run_coroutine_threadsafe(self.broker.echo(device, arrays), self._loop).result(timeout)
+
     def cancel(self, job_id: str) -> None:
         if self.running:
             self.call(self.broker.scheduler.cancel, job_id)

@@ -134,8 +134,8 @@ class NativeWorker:
                     self.device_id = f["device"]
                     self._silence_limit = 10 * float(f["heartbeat"])
                     log.info("joined as device %s", self.device_id)
-                elif message.type == "ping":
-                    await self._send(conn, Message("pong", {"t": f["t"]}))
+                elif message.type == "ping":  # a pong echoes its ping: fields and any arrays
+                    await self._send(conn, Message("pong", f, message.arrays))
                 elif message.type == "job":
                     try:
                         jobs.put_nowait((f["job"], Program.from_message(message)))
