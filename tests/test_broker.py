@@ -109,7 +109,7 @@ def test_a_wrong_or_missing_token_is_refused(broker: BrokerThread, token: str) -
     [
         (["a text frame"], "text frames"),
         ([b"garbage that is not a frame"], "WN"),
-        ([encode(Message("result", {"job": "j1", "timings": {}}), 1)[0]], "before hello"),
+        ([next(encode(Message("result", {"job": "j1", "timings": {}}), 1))], "before hello"),
         (
             [*encode(Message("hello", HELLO), 1), *encode(Message("ping", {"t": 0}), 2)],
             "may not send 'ping'",

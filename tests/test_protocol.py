@@ -28,7 +28,7 @@ arrays = wire_dtypes.flatmap(
 
 def roundtrip(message: Message, chunk: int = 1024) -> Message:
     assembler = Assembler()
-    frames = encode(message, 7, chunk)
+    frames = list(encode(message, 7, chunk))
     results = [assembler.feed(f) for f in frames]
     assert all(r is None for r in results[:-1])
     assert results[-1] is not None and assembler.pending == 0
@@ -49,7 +49,7 @@ def test_arrays_survive_any_chunking(items: list[np.ndarray], chunk: int) -> Non
 def test_frames_are_bounded_by_the_chunk_size() -> None:
     """A 10 MB array travels as frames of at most chunk + header bytes, never one giant frame."""
     big = np.arange(10 * 2**20 // 4, dtype=np.float32)
-    frames = encode(Message("result", {"job": "j", "timings": {}}, [big]), 1, 2**20)
+    frames = list(encode(Message("result", {"job": "j", "timings": {}}, [big]), 1, 2**20))
     assert len(frames) == 10
     assert max(len(f) for f in frames[1:]) == 2**20 + 8
 
@@ -65,8 +65,8 @@ def test_interleaved_messages_assemble_separately() -> None:
     """Frames of two messages may interleave on one connection; each is reassembled whole."""
     a = np.arange(3000, dtype=np.float32)
     b = np.arange(5000, dtype=np.int32)
-    fa = encode(Message("result", {"job": "a", "timings": {}}, [a]), 1, 1000)
-    fb = encode(Message("result", {"job": "b", "timings": {}}, [b]), 2, 1000)
+    fa = list(encode(Message("result", {"job": "a", "timings": {}}, [a]), 1, 1000))
+    fb = list(encode(Message("result", {"job": "b", "timings": {}}, [b]), 2, 1000))
     assembler, done = Assembler(), []
     for i in range(max(len(fa), len(fb))):
         for frames in (fa, fb):

@@ -118,8 +118,12 @@ def _wire_array(a: np.ndarray) -> np.ndarray:
     return np.asarray(a, dtype=WIRE_DTYPES[name], order="C")
 
 
-def encode(message: Message, message_id: int, chunk_size: int = DEFAULT_CHUNK) -> list[bytes]:
-    """Frames that carry ``message``; send them in order on one connection."""
+def encode(message: Message, message_id: int, chunk_size: int = DEFAULT_CHUNK) -> Iterator[bytes]:
+    """Frames that carry ``message``, made one at a time as they are sent; send them in order.
+
+    The header is checked here, at once; each frame is then built with a single copy of
+    its share of the array bytes, so a large message never exists twice in memory.
+    """
     if chunk_size <= 0:
         raise ValueError("chunk_size must be positive")
     arrays = [_wire_array(a) for a in message.arrays]
@@ -131,29 +135,32 @@ def encode(message: Message, message_id: int, chunk_size: int = DEFAULT_CHUNK) -
     head_json = json.dumps(head, separators=(",", ":"), allow_nan=False).encode()
     if len(head_json) > MAX_HEAD_JSON:
         raise ProtocolError(f"message header is {len(head_json)} bytes; the limit is {MAX_HEAD_JSON}")
-    chunks = _chunks([memoryview(a).cast("B") for a in arrays if a.nbytes], chunk_size)
-    first = next(chunks, b"")
-    frames = [
-        _PREFIX.pack(MAGIC, VERSION, HEAD, message_id) + _JSON_LEN.pack(len(head_json)) + head_json + first
-    ]
-    frames.extend(_PREFIX.pack(MAGIC, VERSION, DATA, message_id) + chunk for chunk in chunks)
-    return frames
+    head_prefix = _PREFIX.pack(MAGIC, VERSION, HEAD, message_id) + _JSON_LEN.pack(len(head_json)) + head_json
+    data_prefix = _PREFIX.pack(MAGIC, VERSION, DATA, message_id)
+    views = [memoryview(a).cast("B") for a in arrays if a.nbytes]
+    return _frames(head_prefix, data_prefix, views, chunk_size)
 
 
-def _chunks(views: list[memoryview], size: int) -> Iterator[bytes]:
-    """The concatenation of ``views`` cut into pieces of ``size`` bytes, copying each byte once."""
-    piece = bytearray()
-    for view in views:
-        start = 0
-        while start < len(view):
-            take = min(size - len(piece), len(view) - start)
-            piece += view[start : start + take]
-            start += take
-            if len(piece) == size:
-                yield bytes(piece)
-                piece = bytearray()
-    if piece:
-        yield bytes(piece)
+def _frames(head: bytes, data: bytes, views: list[memoryview], chunk_size: int) -> Iterator[bytes]:
+    remaining = sum(len(v) for v in views)
+    pieces = iter(views)
+    piece, at = next(pieces, memoryview(b"")), 0
+    prefix = head
+    while True:
+        size = min(chunk_size, remaining)
+        parts: list[bytes | memoryview] = [prefix]
+        wanted = size
+        while wanted:  # views of the next `size` payload bytes, across array boundaries
+            take = min(wanted, len(piece) - at)
+            parts.append(piece[at : at + take])
+            wanted, at = wanted - take, at + take
+            if at == len(piece):
+                piece, at = next(pieces, memoryview(b"")), 0
+        yield b"".join(parts)  # the one copy of these bytes on this side
+        remaining -= size
+        if not remaining:
+            return
+        prefix = data
 
 
 @dataclass

@@ -1,0 +1,178 @@
+"""End-to-end ``%webnet matmul`` against its parts and references, all measured in one run.
+
+1. Matmul, n x n float32, for each size: the magic end to end (notebook -> broker ->
+   worker -> back, result bound), the kernel alone as timed by the same worker, and
+   numpy on this CPU.
+2. Transport alone: a 64 MB array to the worker and back through the broker (a ping
+   carrying the array; no GPU), beside a plain tornado WebSocket echo of the same bytes
+   on loopback, in the same frame size and as one message.
+
+    python benchmarks/end_to_end.py [--worker native|browser] [--sizes 256 1024 2048]
+
+Figures vary with the machine; ratios to the references measured here are what carry over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import platform
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+import tornado.httpserver
+import tornado.netutil
+import tornado.web
+import tornado.websocket
+from IPython.core.interactiveshell import InteractiveShell
+
+from webnet_magic.client import session as sessions
+from webnet_magic.protocol import DEFAULT_CHUNK
+
+
+def best_of(repeat: int, fn: Callable[[], object]) -> float:
+    """Fastest of ``repeat`` runs, in seconds (the least disturbed by other load)."""
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def matmul_figures(shell: InteractiveShell, session: sessions.Session, sizes: list[int], repeat: int) -> None:
+    print(f"\nmatmul n x n float32 on {session.devices()[0]['adapter']}  (best of runs, ms)")
+    columns = ("n", "%webnet e2e", "kernel", "numpy", "e2e/numpy", "kernel/numpy", "max err")
+    widths = (6, 12, 10, 9, 10, 13, 9)
+    print(" ".join(f"{c:>{w}}" for c, w in zip(columns, widths, strict=True)))
+    rng = np.random.default_rng(0)
+    for n in sizes:
+        shell.user_ns["A"] = a = rng.standard_normal((n, n)).astype(np.float32)
+        shell.user_ns["B"] = b = rng.standard_normal((n, n)).astype(np.float32)
+        runs = repeat if n <= 1024 else 1  # a 2048^3 matmul takes a minute on a CPU Vulkan driver
+        shell.run_cell("%webnet matmul A B -> C", store_history=False)  # compile + warm up
+        e2e_s, kernel_ms = [], []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            shell.run_cell("%webnet matmul A B -> C", store_history=False).raise_error()
+            e2e_s.append(time.perf_counter() - t0)
+            kernel_ms.append(session.devices()[0]["last_job_ms"])
+        e2e, kernel = min(e2e_s) * 1e3, min(kernel_ms)
+        cpu = best_of(max(runs, 3), functools.partial(np.matmul, a, b)) * 1e3
+        error = float(np.abs(shell.user_ns["C"] - a @ b).max())
+        values = (n, f"{e2e:.1f}", f"{kernel:.1f}", f"{cpu:.2f}", f"{e2e / cpu:.1f}", f"{kernel / cpu:.1f}")
+        print(" ".join(f"{v:>{w}}" for v, w in zip((*values, f"{error:.1e}"), widths, strict=True)))
+
+
+class Echo(tornado.websocket.WebSocketHandler):
+    def on_message(self, message: str | bytes) -> None:
+        self.write_message(message, binary=True)
+
+
+def plain_echo_server() -> tuple[int, Callable[[], None]]:
+    """A bare tornado WebSocket echo server on loopback, in a thread; returns its port and a stopper."""
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    box: dict[str, object] = {}
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        app = tornado.web.Application([(r"/", Echo)], websocket_max_message_size=2**31)
+        sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
+        server = tornado.httpserver.HTTPServer(app)
+        server.add_sockets(sockets)
+        box["port"] = sockets[0].getsockname()[1]
+        box["server"] = server
+        ready.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    ready.wait()
+
+    def stop() -> None:
+        loop.call_soon_threadsafe(box["server"].stop)  # type: ignore[attr-defined]
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+
+    return int(box["port"]), stop  # type: ignore[arg-type]
+
+
+def plain_echo_seconds(port: int, payload: bytes, frame: int, repeat: int) -> float:
+    """Seconds for ``payload`` to go out and back in frames of ``frame`` bytes (best of ``repeat``)."""
+
+    async def measure() -> float:
+        conn = await tornado.websocket.websocket_connect(f"ws://127.0.0.1:{port}/", max_message_size=2**31)
+        view = memoryview(payload)
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            for start in range(0, len(view), frame):
+                await conn.write_message(bytes(view[start : start + frame]), binary=True)
+            received = 0
+            while received < len(view):
+                received += len(await conn.read_message())  # type: ignore[arg-type]
+            times.append(time.perf_counter() - t0)
+        conn.close()
+        return min(times)
+
+    return asyncio.run(measure())
+
+
+def transport_figures(session: sessions.Session, megabytes: int, repeat: int) -> None:
+    array = np.random.default_rng(1).standard_normal(megabytes * 2**20 // 4).astype(np.float32)
+    moved = 2 * array.nbytes / 1e9  # out and back
+
+    def through_broker() -> None:
+        (back,) = session.broker.echo([array])
+        assert back.nbytes == array.nbytes
+
+    broker_s = best_of(repeat, through_broker)
+    (back,) = session.broker.echo([array])
+    assert np.array_equal(back, array)
+    port, stop = plain_echo_server()
+    try:
+        chunked_s = plain_echo_seconds(port, array.tobytes(), DEFAULT_CHUNK, repeat)
+        single_s = plain_echo_seconds(port, array.tobytes(), array.nbytes, repeat)
+    finally:
+        stop()
+    print(f"\ntransport: {megabytes} MB to the worker and back on loopback (best of {repeat})")
+    print(f"{'path':<52} {'ms':>8} {'GB/s':>7} {'vs plain':>9}")
+    rows = [
+        (f"broker -> worker -> broker, {DEFAULT_CHUNK >> 20} MiB frames", broker_s),
+        (f"plain tornado WebSocket echo, {DEFAULT_CHUNK >> 20} MiB frames", chunked_s),
+        (f"plain tornado WebSocket echo, one {megabytes} MB message", single_s),
+    ]
+    for label, seconds in rows:
+        print(f"{label:<52} {seconds * 1e3:>8.1f} {moved / seconds:>7.2f} {seconds / chunked_s:>8.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", choices=["native", "browser"], default="native")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 2048])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--transport-mb", type=int, default=64)
+    args = parser.parse_args()
+
+    shell = InteractiveShell.instance()
+    shell.run_cell("%load_ext webnet_magic\n%config WebnetMagics.timeout = 600", store_history=False)
+    session = sessions.start()
+    session.local_worker(args.worker)
+    (device,) = session.wait_for_devices(1, 120)
+    print(f"webnet_magic end-to-end benchmark, {time.strftime('%Y-%m-%d %H:%M')}")
+    python, host = platform.python_version(), f"{platform.node()} {platform.machine()}"
+    print(f"host: {host}, python {python}, numpy {np.__version__}")
+    print(f"worker: {args.worker}, {device['name']} / {device['adapter']}")
+    try:
+        matmul_figures(shell, session, args.sizes, args.repeat)
+        transport_figures(session, args.transport_mb, args.repeat)
+    finally:
+        sessions.stop()
+
+
+if __name__ == "__main__":
+    main()
