@@ -114,6 +114,7 @@ def test_a_wrong_or_missing_token_is_refused(broker: BrokerThread, token: str) -
             [*encode(Message("hello", HELLO), 1), *encode(Message("ping", {"t": 0}), 2)],
             "may not send 'ping'",
         ),
+        ([*encode(Message("hello", {**HELLO, "features": 5}), 1)], "'features' must be a list"),
     ],
 )
 def test_a_malformed_peer_is_disconnected_and_the_broker_keeps_serving(

@@ -169,7 +169,6 @@ class WorkerSocket(tornado.websocket.WebSocketHandler):
         self.device: Device | None = None
         self.assembler = Assembler(max_message_bytes=broker.max_message_bytes)
         self._message_ids = itertools.count(1)
-        self._send_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def check_origin(self, origin: str) -> bool:
@@ -204,13 +203,16 @@ class WorkerSocket(tornado.websocket.WebSocketHandler):
             if self.device is not None:
                 raise ProtocolError("a second hello on one connection")
             limits = {k: v for k, v in f["limits"].items() if isinstance(v, int) and not isinstance(v, bool)}
+            features = f.get("features", [])
+            if not isinstance(features, list):
+                raise ProtocolError("hello field 'features' must be a list")
             self.device = Device(
                 id=scheduler.new_device_id(),
                 name=str(f["name"])[:120],
                 runtime=str(f["runtime"])[:20],
                 adapter={k: str(v)[:200] for k, v in f["adapter"].items()},
                 limits=limits,
-                features=[str(x) for x in f.get("features", [])][:100],
+                features=[str(x) for x in features][:100],
                 webgpu=f["webgpu"],
                 reason=str(f.get("reason", ""))[:500],
                 send=self.send,
@@ -235,13 +237,15 @@ class WorkerSocket(tornado.websocket.WebSocketHandler):
             raise ProtocolError(f"a worker may not send {m.type!r}")
 
     async def send(self, message: Message) -> None:
-        """Send a message as frames; the lock keeps one message's frames together."""
-        frames = encode(message, next(self._message_ids) & 0xFFFFFFFF, self.broker.chunk_size)
-        async with self._send_lock:
-            for frame in frames:
-                await self.write_message(frame, binary=True)
-                if self.device is not None:
-                    self.device.bytes_out += len(frame)
+        """Send a message as frames, waiting on each write (backpressure).
+
+        Frames of concurrent sends may interleave; each message's stay in order and the
+        receiving assembler keeps them apart, so a ping is never stuck behind a large job.
+        """
+        for frame in encode(message, next(self._message_ids) & 0xFFFFFFFF, self.broker.chunk_size):
+            await self.write_message(frame, binary=True)
+            if self.device is not None:
+                self.device.bytes_out += len(frame)
 
     def spawn(self, coro: Any) -> None:
         """Run ``coro`` in the background; a failed send closes this connection."""
