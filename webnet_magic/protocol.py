@@ -137,7 +137,7 @@ def encode(message: Message, message_id: int, chunk_size: int = DEFAULT_CHUNK) -
         raise ProtocolError(f"message header is {len(head_json)} bytes; the limit is {MAX_HEAD_JSON}")
     head_prefix = _PREFIX.pack(MAGIC, VERSION, HEAD, message_id) + _JSON_LEN.pack(len(head_json)) + head_json
     data_prefix = _PREFIX.pack(MAGIC, VERSION, DATA, message_id)
-    views = [memoryview(a).cast("B") for a in arrays if a.nbytes]
+    views = [a.data.cast("B") for a in arrays if a.nbytes]
     return _frames(head_prefix, data_prefix, views, chunk_size)
 
 

@@ -14,7 +14,7 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +44,7 @@ class Device:
     adapter: dict[str, Any]
     limits: dict[str, int]
     features: list[str]
-    send: Callable[[Message], Awaitable[None]]
+    send: Callable[[Message], Coroutine[Any, Any, None]]
     close: Callable[[int, str], None]
     webgpu: bool = True
     reason: str = ""

@@ -141,10 +141,15 @@ class WebnetMagics(Magics):
             raise UsageError(str(exc)) from None
         if not command.outputs:
             return result
-        self.shell.user_ns[command.outputs[0]] = result
+        self._namespace[command.outputs[0]] = result
         return None
 
     # -- helpers -----------------------------------------------------------------------------
+
+    @property
+    def _namespace(self) -> dict[str, Any]:
+        assert self.shell is not None, "the magics are registered with a shell"
+        return self.shell.user_ns
 
     def _session(self) -> sessions.Session:
         session = sessions.current()
@@ -155,7 +160,7 @@ class WebnetMagics(Magics):
     def _evaluate(self, expr: str) -> Any:
         """An operand's value in the notebook's namespace; a clear error if it has none."""
         try:
-            return eval(expr, self.shell.user_ns)  # the user's own expression, like $var expansion
+            return eval(expr, self._namespace)  # the user's own expression, like $var expansion
         except NameError as exc:
             raise UsageError(f"webnet: {exc.name or expr!r} is not defined in the notebook") from None
         except Exception as exc:
@@ -172,8 +177,9 @@ def unload(shell: InteractiveShell) -> None:
     sessions.stop()
     if bodyless_cell in shell.input_transformers_cleanup:
         shell.input_transformers_cleanup.remove(bodyless_cell)
-    for kind in ("line", "cell"):
-        shell.magics_manager.magics[kind].pop("webnet", None)
+    if shell.magics_manager is not None:
+        for kind in ("line", "cell"):
+            shell.magics_manager.magics[kind].pop("webnet", None)
 
 
 __all__ = ["WebnetMagics", "bodyless_cell", "load", "unload"]

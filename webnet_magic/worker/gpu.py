@@ -131,7 +131,7 @@ class WgpuExecutor:
                 buf = device.create_buffer(size=spec.size, usage=uniform if spec.uniform else storage)
                 buffers.append(buf)
                 if spec.input is not None:
-                    data = memoryview(np.asarray(program.inputs[spec.input], order="C")).cast("B")
+                    data = np.asarray(program.inputs[spec.input], order="C").data.cast("B")
                     if len(data) % 4:
                         data = memoryview(bytes(data) + bytes(-len(data) % 4))
                     if len(data):
