@@ -147,3 +147,17 @@ def test_the_page_echoes_a_ping_with_arrays_bit_exact(page, broker: BrokerThread
     data = np.random.default_rng(0).standard_normal(10 * 2**20 // 4).astype(np.float32)
     (back,) = broker.echo([data])
     np.testing.assert_array_equal(back, data)
+
+
+def test_the_notebook_repeats_why_a_connected_page_has_no_webgpu(page, shell, capsys) -> None:
+    """While an op waits, the cell names the page that joined without WebGPU and its reason."""
+    shell.run_cell("%webnet start")
+    session = sessions.current()
+    page.goto(session.url.replace("127.0.0.1", "insecure.webnet.test"))
+    wait_until(session.devices, 30, "the insecure page to join")
+    shell.run_cell("import numpy as np\nA = np.ones((2, 2), np.float32)")
+    capsys.readouterr()
+    result = shell.run_cell("%webnet matmul A A -> C --timeout 1")
+    out = capsys.readouterr().out
+    assert "joined without WebGPU" in out and "https" in out
+    assert type(result.error_in_exec).__name__ == "NoDeviceError"
