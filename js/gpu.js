@@ -32,8 +32,8 @@ const REPORTED = [
 export function missingWebGPU() {
   if (!window.isSecureContext) {
     return (
-      `WebGPU needs a secure page: https, or localhost. This page is ${location.protocol}//${location.host}; ` +
-      "use the https link (tunnel or LAN mode) the notebook shows."
+      `WebGPU needs a secure page: https, or localhost. This page is ${location.protocol}//${location.host}, ` +
+      "so open the link in a browser on the notebook's own machine (or reach it over https)."
     );
   }
   if (!navigator.gpu) {

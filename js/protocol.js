@@ -48,7 +48,8 @@ export function arrayBytes(dtype, shape) {
   return shape.reduce((a, b) => a * b, 1) * ITEMSIZE[dtype];
 }
 
-// The frames (ArrayBuffers) that carry one message; send them in order.
+// The frames (ArrayBuffers) that carry one message, made one at a time as they are sent
+// (a phone's tab must not hold a large result twice); send them in order.
 export function encode(message, id, chunkSize = DEFAULT_CHUNK) {
   validateFields(message.type, message.fields);
   const arrays = message.arrays || [];
@@ -64,8 +65,11 @@ export function encode(message, id, chunkSize = DEFAULT_CHUNK) {
       throw new ProtocolError(`array of ${a.bytes.byteLength} bytes does not match ${a.dtype}${JSON.stringify(a.shape)}`);
     }
   }
+  return frames(head, arrays, id, chunkSize);
+}
+
+function* frames(head, arrays, id, chunkSize) {
   const total = arrays.reduce((n, a) => n + a.bytes.byteLength, 0);
-  const frames = [];
   let arrayIndex = 0;
   let arrayOffset = 0;
   let sent = 0;
@@ -92,15 +96,14 @@ export function encode(message, id, chunkSize = DEFAULT_CHUNK) {
   new DataView(headFrame.buffer).setUint32(PREFIX, head.length, true);
   headFrame.set(head, PREFIX + 4);
   fill(headFrame.subarray(PREFIX + 4 + head.length));
-  frames.push(headFrame.buffer);
+  yield headFrame.buffer;
   while (sent < total) {
     const size = Math.min(chunkSize, total - sent);
     const frame = new Uint8Array(PREFIX + size);
     writePrefix(frame, DATA, id);
     fill(frame.subarray(PREFIX));
-    frames.push(frame.buffer);
+    yield frame.buffer;
   }
-  return frames;
 }
 
 function writePrefix(frame, kind, id) {

@@ -19,6 +19,7 @@ const state = {
   job: null,
 };
 
+const HIGH_WATER = 8 * 1024 * 1024; // bytes queued on the socket before send() waits
 const TONES = { idle: "ok", running: "busy", starting: "wait", connecting: "wait", reconnecting: "wait" };
 
 // What the page shows (and what tests read from window.webnet).
@@ -134,15 +135,16 @@ class Worker {
       // A pong echoes its ping, arrays included: the notebook measures the link with it.
       this.send({ type: "pong", fields: f, arrays: message.arrays });
     } else if (message.type === "job") {
-      this.queue = this.queue.then(() => this.runJob(message));
+      const socket = this.socket;
+      this.queue = this.queue.then(() => this.runJob(message, socket));
     } else if (message.type === "cancel") {
       this.cancelled.add(f.job);
     }
   }
 
-  async runJob(message) {
+  async runJob(message, socket) {
     const job = message.fields.job;
-    const socket = this.socket;
+    if (socket !== this.socket) return; // it came on a link that has dropped; the notebook failed it
     if (this.cancelled.has(job)) return this.fail(job, "cancelled", "cancelled before it started");
     if (!this.executor) return this.fail(job, "no-webgpu", this.noGpu || "this page has no WebGPU device");
     state.job = job;
@@ -151,7 +153,7 @@ class Worker {
       const { outputs, timings } = await this.executor.run(message);
       if (socket !== this.socket) return; // the link dropped meanwhile; the notebook already failed the job
       if (this.cancelled.has(job)) return this.fail(job, "cancelled", "cancelled while running");
-      this.send({ type: "result", fields: { job, timings }, arrays: outputs });
+      await this.send({ type: "result", fields: { job, timings }, arrays: outputs });
       state.jobsDone += 1;
       state.lastJobMs = timings.kernel;
     } catch (e) {
@@ -166,9 +168,18 @@ class Worker {
     this.send({ type: "error", fields: { job, kind, message: text } });
   }
 
-  send(message) {
-    if (!this.socket || this.socket.readyState !== WebSocket.OPEN) return;
-    for (const frame of encode(message, this.ids++)) this.socket.send(frame);
+  // Sends frame by frame, waiting while the socket's buffer is full: a large result then
+  // never sits in memory twice, and a pong can slip in between its frames.
+  async send(message) {
+    const socket = this.socket;
+    if (!socket || socket.readyState !== WebSocket.OPEN) return;
+    for (const frame of encode(message, this.ids++)) {
+      while (socket.bufferedAmount > HIGH_WATER) {
+        if (socket.readyState !== WebSocket.OPEN) return;
+        await new Promise((resolve) => setTimeout(resolve, 5));
+      }
+      socket.send(frame);
+    }
   }
 
   deviceLost(why) {

@@ -12,13 +12,14 @@ import socket
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 from tornado.websocket import WebSocketClosedError, websocket_connect
 
 from webnet_magic.broker.thread import BrokerThread
-from webnet_magic.errors import BrokerStopped, DeviceLimitError, WebnetError, WorkerError, WorkerLost
+from webnet_magic.errors import BrokerStopped, DeviceLimitError, DeviceNotFound, WorkerError, WorkerLost
 from webnet_magic.ops import matmul
 from webnet_magic.protocol import (
     CLOSE_BAD_TOKEN,
@@ -152,85 +153,182 @@ def test_an_oversized_frame_is_refused_by_the_server(broker: BrokerThread) -> No
     wait_until(lambda: broker.devices() == [], 5, "the oversized peer to be dropped")
 
 
+class Peer:
+    """A hand-written worker in a thread of its own.
+
+    It says hello (with ``hello`` overriding the defaults), answers pings unless
+    ``silent``, and hands each job to ``reply(conn, job)``, or leaves it unanswered.
+    """
+
+    def __init__(self, broker: BrokerThread, reply=None, *, silent: bool = False, **hello) -> None:
+        self.url, self.reply, self.silent, self.hello = broker.url, reply, silent, hello
+        self.joined = threading.Event()
+        self.close_code: int | None = None
+        self.jobs: list[Message] = []
+        self.thread = threading.Thread(target=asyncio.run, args=(self._main(),), daemon=True)
+        self.thread.start()
+        assert self.joined.wait(10), "the peer did not join"
+
+    async def _main(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.conn = conn = await connect(self.url)
+        await say_hello(conn, **self.hello)
+        self.joined.set()
+        while (m := await read_message(conn, conn.assembler)) is not None:
+            if m.type == "ping" and not self.silent:
+                await send(conn, Message("pong", m.fields, m.arrays))
+            elif m.type == "job":
+                self.jobs.append(m)
+                if self.reply is not None:
+                    await self.reply(conn, m)
+        self.close_code = conn.close_code
+
+    def stop(self) -> None:
+        if self.thread.is_alive():
+            self.loop.call_soon_threadsafe(self.conn.close)
+            self.thread.join(10)
+
+
+async def send(conn, message: Message) -> None:
+    for frame in encode(message, id(message) & 0xFFFF):
+        await conn.write_message(frame, binary=True)
+
+
+@pytest.fixture
+def peers() -> Iterator[list[Peer]]:
+    made: list[Peer] = []
+    yield made
+    for peer in made:
+        peer.stop()
+
+
 def test_a_peer_that_stops_answering_heartbeats_is_declared_lost_and_its_job_fails(
-    broker: BrokerThread,
+    broker: BrokerThread, peers: list[Peer]
 ) -> None:
     """A worker silent past the limit is dropped; its running job fails with WorkerLost, not a timeout."""
-    joined = threading.Event()
-    release = threading.Event()
-
-    async def silent_worker():
-        conn = await connect(broker.url)
-        await say_hello(conn)
-        joined.set()
-        while not release.is_set():  # read (and so keep the TCP link) but never answer
-            await asyncio.sleep(0.05)
-        conn.close()
-
-    thread = threading.Thread(target=asyncio.run, args=(silent_worker(),))
-    thread.start()
-    try:
-        joined.wait(10)
-        wait_until(broker.devices, 5, "the silent peer to join")
-        started = time.monotonic()
-        handle = broker.submit(small_program())
-        with pytest.raises(WorkerLost, match="stopped answering heartbeats"):
-            handle.future.result(10)
-        assert time.monotonic() - started < 5  # silence limit 1.5 s + one heartbeat period
-        assert broker.devices() == []
-    finally:
-        release.set()
-        thread.join(10)
+    peers.append(Peer(broker, silent=True))
+    started = time.monotonic()
+    handle = broker.submit(small_program())
+    with pytest.raises(WorkerLost, match="stopped answering heartbeats"):
+        handle.future.result(10)
+    assert time.monotonic() - started < 5  # silence limit 1.5 s + one heartbeat period
+    assert broker.devices() == []
 
 
-def test_a_result_of_the_wrong_shape_is_refused(broker: BrokerThread) -> None:
+def test_a_result_of_the_wrong_shape_is_refused(broker: BrokerThread, peers: list[Peer]) -> None:
     """Nothing from a worker is trusted: a wrong-shaped result fails the job with the reason."""
 
-    async def lying_worker():
-        conn = await connect(broker.url)
-        await say_hello(conn)
-        while (m := await read_message(conn, conn.assembler)) is not None:
-            if m.type == "job":
-                bogus = Message("result", {"job": m.fields["job"], "timings": {}}, [np.zeros(3, np.float32)])
-                for frame in encode(bogus, 2):
-                    await conn.write_message(frame, binary=True)
-                return
+    async def lie(conn, job: Message) -> None:
+        await send(
+            conn, Message("result", {"job": job.fields["job"], "timings": {}}, [np.zeros(3, np.float32)])
+        )
 
-    thread = threading.Thread(target=asyncio.run, args=(lying_worker(),))
-    thread.start()
-    wait_until(broker.devices, 5, "the lying peer to join")
+    peers.append(Peer(broker, lie))
     with pytest.raises(WorkerError, match=r"returned output 0 as float32\[3\], expected float32\[4, 2\]"):
         broker.submit(small_program()).future.result(10)
-    thread.join(10)
 
 
-def test_a_job_larger_than_every_device_is_refused_naming_the_limit(broker: BrokerThread) -> None:
-    """Work that cannot fit the connected devices fails at once, naming the limit, before sending."""
+def test_data_nobody_asked_for_is_refused_before_it_is_stored(
+    broker: BrokerThread, peers: list[Peer]
+) -> None:
+    """A result for a job the worker does not hold, carrying arrays, closes the connection at its head."""
 
-    async def tiny_device(ready: threading.Event, done: threading.Event):
-        conn = await connect(broker.url)
-        await say_hello(conn, limits={"maxStorageBufferBindingSize": 1024, "maxBufferSize": 1024})
-        ready.set()
-        while not done.is_set():
-            await asyncio.sleep(0.05)
-        conn.close()
+    async def flood(conn, job: Message) -> None:
+        junk = np.zeros(1 << 20, np.uint8)
+        await send(conn, Message("result", {"job": "j999", "timings": {}}, [junk]))
 
-    ready, done = threading.Event(), threading.Event()
-    thread = threading.Thread(target=asyncio.run, args=(tiny_device(ready, done),))
-    thread.start()
+    peer = Peer(broker, flood)
+    peers.append(peer)
+    with pytest.raises(WorkerLost):
+        broker.submit(small_program()).future.result(10)
+    wait_until(lambda: peer.close_code == CLOSE_PROTOCOL, 5, "the flooding peer to be closed")
+
+
+def test_nonsense_timings_do_not_stop_a_result(broker: BrokerThread, peers: list[Peer]) -> None:
+    """A kernel time that is not a finite number is dropped; the outputs are still bound."""
+
+    async def answer(conn, job: Message) -> None:
+        fields = {"job": job.fields["job"], "timings": {"kernel": 10**400}}
+        await send(conn, Message("result", fields, [np.full((4, 2), 3, np.float32)]))
+
+    peers.append(Peer(broker, answer))
+    (out,) = broker.submit(small_program()).future.result(10)
+    np.testing.assert_array_equal(out, np.full((4, 2), 3, np.float32))
+    assert broker.devices()[0]["last_job_ms"] is None and broker.devices()[0]["state"] == "idle"
+
+
+def test_a_device_that_ignores_a_cancel_is_dropped(broker: BrokerThread, peers: list[Peer]) -> None:
+    """A device must acknowledge a cancelled job; one that never does is dropped after a grace period."""
+    peers.append(Peer(broker))  # answers pings, never answers jobs
+    handle = broker.submit(small_program())
+    wait_until(lambda: broker.devices()[0]["state"] == "busy", 5, "the job to be sent")
+    broker.cancel(handle.id)
+    wait_until(handle.future.cancelled, 5, "the cancellation")
+    wait_until(lambda: broker.devices() == [], 10, "the device to be dropped after the grace period")
+
+
+def test_a_queued_job_fails_when_the_device_that_joins_cannot_hold_it(
+    broker: BrokerThread, peers: list[Peer]
+) -> None:
+    """Waiting for a device, then one joins whose limits are too small: the job fails, naming the limit."""
+    plan = matmul.plan(np.ones((64, 64), np.float32), np.ones((64, 64), np.float32))
+    handle = broker.submit(plan.program)
+    time.sleep(0.2)
+    assert not handle.future.done()
+    peers.append(Peer(broker, limits={"maxStorageBufferBindingSize": 1024, "maxBufferSize": 1024}))
+    with pytest.raises(
+        DeviceLimitError, match="16384, above device d1's maxStorageBufferBindingSize of 1024"
+    ):
+        handle.future.result(5)
+    with pytest.raises(DeviceNotFound, match="no device 'd9' is connected"):
+        broker.submit(small_program(), "d9").future.result(5)
+
+
+def test_a_job_pinned_to_a_device_fails_when_that_device_leaves(
+    broker: BrokerThread, peers: list[Peer]
+) -> None:
+    busy, spare = Peer(broker), Peer(broker)
+    peers += [busy, spare]
+    first = broker.submit(small_program(), "d1")
+    wait_until(lambda: busy.jobs, 5, "d1 to get its job")
+    second = broker.submit(small_program(), "d1")  # waits for d1, which is busy
+    busy.stop()
+    with pytest.raises(WorkerLost):
+        first.future.result(5)
+    with pytest.raises(DeviceNotFound, match="no device 'd1' is connected"):
+        second.future.result(5)
+    assert broker.devices()[0]["id"] == "d2"
+
+
+def test_a_probe_fails_when_its_device_leaves(broker: BrokerThread, peers: list[Peer]) -> None:
+    """An echo in flight to a device that disconnects raises WorkerLost instead of hanging."""
+    peer = Peer(broker, silent=True)
+    peers.append(peer)
+    probe = threading.Thread(target=lambda: probe_result.append(_try(broker.echo, [np.zeros(4, np.float32)])))
+    probe_result: list[object] = []
+    probe.start()
+    time.sleep(0.2)
+    peer.stop()
+    probe.join(10)
+    assert isinstance(probe_result[0], WorkerLost)
+
+
+def _try(fn, *args):
     try:
-        ready.wait(10)
-        wait_until(broker.devices, 5, "the tiny device")
-        plan = matmul.plan(np.ones((64, 64), np.float32), np.ones((64, 64), np.float32))
-        with pytest.raises(
-            DeviceLimitError, match="16384, above device d1's maxStorageBufferBindingSize of 1024"
-        ):
-            broker.submit(plan.program).future.result(5)
-        with pytest.raises(WebnetError, match="no device 'd9' is connected"):
-            broker.submit(small_program(), "d9").future.result(5)
-    finally:
-        done.set()
-        thread.join(10)
+        return fn(*args)
+    except Exception as exc:
+        return exc
+
+
+def test_a_connection_that_never_says_hello_is_closed(broker: BrokerThread) -> None:
+    async def mute():
+        conn = await connect(broker.url)
+        while await conn.read_message() is not None:
+            pass
+        return conn.close_code, conn.close_reason
+
+    code, reason = asyncio.run(mute())
+    assert code == CLOSE_PROTOCOL and "no hello within 1.5 s" in reason
 
 
 def test_stop_fails_waiting_jobs_and_frees_the_thread_and_port() -> None:

@@ -11,7 +11,7 @@ import pytest
 from webnet_magic.broker.thread import BrokerThread
 from webnet_magic.errors import WorkerError, WorkerLost
 from webnet_magic.ops import matmul
-from webnet_magic.program import Buffer, Kernel, Program, Step
+from webnet_magic.program import Buffer, Kernel, Output, Program, Step
 
 from .conftest import Workers, join_native, wait_until
 
@@ -114,3 +114,51 @@ def test_a_ping_with_arrays_comes_back_bit_exact(broker: BrokerThread, workers: 
     data = np.random.default_rng(0).integers(0, 2**31, 10 * 2**20 // 4, dtype=np.int32)
     (back,) = broker.echo([data])
     np.testing.assert_array_equal(back, data)
+
+
+def test_the_token_can_come_from_the_environment_instead_of_the_command_line(
+    broker: BrokerThread, workers: Workers, monkeypatch
+) -> None:
+    """`WEBNET_TOKEN` keeps the token out of `ps`; the URL then carries none."""
+    from webnet_magic.worker.native import TOKEN_ENV, split_token
+
+    page, token = split_token(broker.url)
+    assert "token" not in page
+    monkeypatch.setenv(TOKEN_ENV, token)
+    workers.start(page)
+    wait_until(broker.devices, 60, "the worker to join with the token from its environment")
+
+
+def test_outputs_that_are_not_a_multiple_of_four_bytes_come_back(
+    broker: BrokerThread, workers: Workers
+) -> None:
+    """Workers are generic: a 3-byte uint8 output is read back (padded on the GPU, trimmed after)."""
+    join_native(broker, workers)
+    source = """
+@group(0) @binding(0) var<storage, read_write> out: array<u32>;
+@compute @workgroup_size(1) fn main() { out[0] = 0x00030201u; }
+"""
+    program = Program((), (Buffer(4),), (Step(Kernel(source), (0,), (1, 1, 1)),), (Output(0, "uint8", (3,)),))
+    (out,) = broker.submit(program).future.result(60)
+    np.testing.assert_array_equal(out, np.array([1, 2, 3], np.uint8))
+
+
+def test_a_local_worker_that_dies_is_reported_with_its_last_words(monkeypatch) -> None:
+    """A local worker on a machine without a GPU driver fails the wait at once, saying why."""
+    from webnet_magic.client.session import Session
+    from webnet_magic.errors import NoDeviceError
+
+    for name in ("VK_ICD_FILENAMES", "VK_DRIVER_FILES"):  # no Vulkan driver for the child process
+        monkeypatch.setenv(name, "/nonexistent/icd.json")
+    monkeypatch.setenv("WGPU_BACKEND_TYPE", "Vulkan")
+    session = Session()
+    try:
+        session.local_worker("native")
+        started = time.monotonic()
+        with pytest.raises(
+            NoDeviceError, match=r"local native worker exited: status 1: .*no GPU adapter found"
+        ):
+            session.wait_for_devices(1, timeout=60)
+        assert time.monotonic() - started < 30
+    finally:
+        session.stop()

@@ -34,10 +34,11 @@ def test_without_an_arrow_an_op_has_no_outputs() -> None:
     assert parse("matmul A B").outputs == ()
 
 
-def test_several_outputs_are_read_with_or_without_commas() -> None:
-    """`-> H, Y` and `-> H Y` name the same two outputs."""
-    assert parse("matmul A B -> H, Y").outputs == ("H", "Y")
-    assert parse("matmul A B -> H Y").outputs == ("H", "Y")
+def test_outputs_are_read_with_or_without_commas() -> None:
+    """`-> H, Y` and `-> H Y` name the same outputs (as many as the op gives)."""
+    assert parse("matmul A B -> Y").outputs == ("Y",)
+    with pytest.raises(MagicSyntaxError, match="gives 1 result"):
+        parse("matmul A B -> H, Y")
 
 
 def test_start_takes_port_and_host() -> None:
@@ -56,9 +57,13 @@ def test_start_takes_port_and_host() -> None:
         ("matmul A B -> 1C", "cannot bind to '1C'"),
         ("matmul A B -> class", "cannot bind to 'class'"),
         ("matmul A B( -> C", "not a Python expression"),
-        ("matmul A B -> C --timeout soon", "invalid float value"),
+        ("matmul A B -> C --timeout soon", "positive number of seconds, not 'soon'"),
         ("matmul A B -> C --bogus", "unrecognized arguments"),
         ("stop -> C", "takes no '->' output"),
+        ("matmul A B -> C D", "gives 1 result"),
+        ("matmul A B -> C --timeout nan", "positive number of seconds, not 'nan'"),
+        ("matmul A B -> C --timeout -1", "positive number of seconds, not '-1'"),
+        ("start --port 70000", "0 to 65535, not '70000'"),
         ("matmul 'A B -> C", "cannot split the line"),
     ],
 )

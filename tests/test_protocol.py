@@ -100,6 +100,12 @@ def head_frame(header: object, payload: bytes = b"", raw_json: bytes | None = No
         (b"WN\x01\x01" + struct.pack("<I", 5) + b"data", "unknown message 5"),
         (b"WN\x01\x00" + struct.pack("<II", 1, 999) + b"{}", "does not hold"),
         (head_frame(None, raw_json=b"{not json"), "not valid JSON"),
+        (head_frame(None, raw_json=b"\xff\xfe"), "not valid JSON"),
+        (
+            head_frame(None, raw_json=b'{"type": "pong", "fields": {"t": ' + b"9" * 5000 + b"}}"),
+            "not valid JSON",
+        ),
+        (head_frame(None, raw_json=b"[" * 100_000 + b"]" * 100_000), "not valid JSON"),
         (head_frame([1, 2]), "must be an object"),
         (head_frame({"type": "launch_missiles", "fields": {}}), "unknown message type"),
         (head_frame({"type": "pong", "fields": {}}), "missing field 't'"),
@@ -127,6 +133,12 @@ def head_frame(header: object, payload: bytes = b"", raw_json: bytes | None = No
         ),
         (
             head_frame(
+                {"type": "result", "fields": {"job": "j", "timings": {}}, "arrays": [{"dtype": ["f"]}]}
+            ),
+            "cannot cross the wire",
+        ),
+        (
+            head_frame(
                 {
                     "type": "result",
                     "fields": {"job": "j", "timings": {}},
@@ -151,8 +163,18 @@ def test_declared_sizes_are_checked_before_memory_is_reserved() -> None:
         "fields": {"job": "j", "timings": {}},
         "arrays": [{"dtype": "uint8", "shape": [2**40]}],
     }
-    with pytest.raises(ProtocolError, match="exceeds this side's limit"):
-        Assembler(max_message_bytes=2**30).feed(head_frame(header))
+    with pytest.raises(ProtocolError, match=r"'result' message of 1099511627776 bytes; at most 1073741824"):
+        Assembler(budget=lambda type_, fields: 2**30).feed(head_frame(header))
+
+
+def test_the_budget_sees_the_type_and_fields_of_each_message() -> None:
+    """A receiver can allow exactly what it asked for: here 12 bytes for job j1 and nothing else."""
+    budget = lambda type_, fields: 12 if (type_, fields.get("job")) == ("result", "j1") else 0  # noqa: E731
+    ok = Message("result", {"job": "j1", "timings": {}}, [np.zeros(3, np.float32)])
+    assert Assembler(budget).feed(next(encode(ok, 1))) is not None
+    unasked = Message("result", {"job": "j2", "timings": {}}, [np.zeros(3, np.float32)])
+    with pytest.raises(ProtocolError, match="at most 0 were expected"):
+        Assembler(budget).feed(next(encode(unasked, 1)))
 
 
 def test_too_many_unfinished_messages_are_refused() -> None:

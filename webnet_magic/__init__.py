@@ -12,8 +12,8 @@ From Python::
     session = wm.start()          # broker in a background thread; open session.url on a device
     C = session.matmul(A, B)
 
-Imports stay lazy so ``%load_ext`` is cheap and a missing optional extra (wgpu,
-pyngrok) only matters when its feature is used.
+Imports stay lazy so ``%load_ext`` is cheap and a missing optional extra (wgpu for
+the native worker) only matters when its feature is used.
 """
 
 from __future__ import annotations

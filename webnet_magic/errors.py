@@ -24,6 +24,10 @@ class DeviceLimitError(WebnetError, ValueError):
     """A job larger than a device's reported limits (buffer size, dispatch size)."""
 
 
+class DeviceNotFound(WebnetError, LookupError):
+    """``--device ID`` names no connected device (see ``%webnet devices``)."""
+
+
 class NoDeviceError(WebnetError, TimeoutError):
     """No worker connected before the timeout; open the worker URL on a device with WebGPU."""
 

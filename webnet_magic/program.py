@@ -85,8 +85,12 @@ class Program:
         return max(b.size for b in self.buffers)
 
     @property
-    def device_bytes(self) -> int:
-        return sum(b.size for b in self.buffers)
+    def input_bytes(self) -> int:
+        return sum(a.nbytes for a in self.inputs)
+
+    @property
+    def output_bytes(self) -> int:
+        return sum(o.nbytes for o in self.outputs)
 
     @property
     def workgroups_max(self) -> int:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import math
 import struct
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,14 +36,19 @@ VERSION = 1
 MAGIC = b"WN"
 HEAD, DATA = 0, 1
 DEFAULT_CHUNK = 4 * 1024 * 1024
-#: A frame can never be larger than a chunk plus its header; servers size their limit from this.
+#: The largest chunk either side may send; a receiver accepts frames up to MAX_FRAME bytes.
+MAX_CHUNK = 16 * 1024 * 1024
 MAX_HEAD_JSON = 1024 * 1024
+MAX_FRAME = 16 + MAX_HEAD_JSON + MAX_CHUNK
+#: The most payload one message may carry; larger work is split before it is sent.
+MAX_MESSAGE_BYTES = 2**31 - 1
 
 #: WebSocket close codes both workers act on.
 CLOSE_GOING_AWAY = 1001  # the broker stopped: do not reconnect
 CLOSE_PROTOCOL = 1002  # a malformed frame or message
 CLOSE_BAD_TOKEN = 4003  # wrong or missing session token: do not reconnect; tell the user
 CLOSE_SILENT = 4008  # heartbeats stopped; the side that closes expects the other to reconnect
+CLOSE_TRY_LATER = 1013  # too many connections: reconnect later
 
 _PREFIX = struct.Struct("<2sBBI")  # magic, version, kind, message id
 _JSON_LEN = struct.Struct("<I")
@@ -101,7 +106,7 @@ def validate_fields(type_: str, fields: Mapping[str, Any]) -> None:
 
 def array_nbytes(dtype: str, shape: Sequence[int]) -> int:
     """Bytes of an array of ``dtype`` and ``shape`` as described by a peer (validated)."""
-    if dtype not in WIRE_DTYPES:
+    if not isinstance(dtype, str) or dtype not in WIRE_DTYPES:
         raise ProtocolError(f"dtype {dtype!r} cannot cross the wire (allowed: {sorted(WIRE_DTYPES)})")
     if not isinstance(shape, list | tuple) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
@@ -124,8 +129,8 @@ def encode(message: Message, message_id: int, chunk_size: int = DEFAULT_CHUNK) -
     The header is checked here, at once; each frame is then built with a single copy of
     its share of the array bytes, so a large message never exists twice in memory.
     """
-    if chunk_size <= 0:
-        raise ValueError("chunk_size must be positive")
+    if not 0 < chunk_size <= MAX_CHUNK:
+        raise ValueError(f"chunk_size must be between 1 and {MAX_CHUNK}")
     arrays = [_wire_array(a) for a in message.arrays]
     head = {
         "type": message.type,
@@ -172,16 +177,21 @@ class _Partial:
     filled: int = 0
 
 
+#: How many payload bytes a message of this type and these fields may carry.
+Budget = Callable[[str, Mapping[str, Any]], int]
+
+
 class Assembler:
     """Turns incoming frames back into messages, one connection's worth.
 
     Frames of different messages may interleave; each message's own frames must
     arrive in order (a WebSocket guarantees that).  Every size a peer declares is
-    checked before memory is set aside for it.
+    checked against ``budget`` before memory is set aside for it: a receiver that
+    knows what it asked for (the broker knows each job's outputs) allows exactly that.
     """
 
-    def __init__(self, max_message_bytes: int = 2**31, max_pending: int = 8) -> None:
-        self.max_message_bytes = max_message_bytes
+    def __init__(self, budget: Budget | None = None, max_pending: int = 8) -> None:
+        self.budget: Budget = budget or (lambda type_, fields: MAX_MESSAGE_BYTES)
         self.max_pending = max_pending
         self._pending: dict[int, _Partial] = {}
 
@@ -237,8 +247,8 @@ class Assembler:
             raise ProtocolError(f"head frame declares a {json_len}-byte header it does not hold")
         try:
             head = json.loads(bytes(body[_JSON_LEN.size : _JSON_LEN.size + json_len]))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ProtocolError(f"message header is not valid JSON: {exc}") from None
+        except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, huge integers, deep nesting
+            raise ProtocolError(f"message header is not valid JSON: {str(exc)[:200]}") from None
         if not isinstance(head, dict) or not isinstance(head.get("type"), str):
             raise ProtocolError("message header must be an object with a string 'type'")
         fields, arrays = head.get("fields", {}), head.get("arrays", [])
@@ -252,10 +262,9 @@ class Assembler:
             dtype, shape = spec.get("dtype"), spec.get("shape")
             total += array_nbytes(dtype, shape)  # type: ignore[arg-type]
             specs.append((WIRE_DTYPES[dtype], tuple(shape)))  # type: ignore[index, arg-type]
-        if total > self.max_message_bytes:
-            raise ProtocolError(
-                f"message of {total} bytes exceeds this side's limit of {self.max_message_bytes}"
-            )
+        allowed = self.budget(head["type"], fields)
+        if total > allowed:
+            raise ProtocolError(f"{head['type']!r} message of {total} bytes; at most {allowed} were expected")
         partial = _Partial(head["type"], fields, specs, bytearray(total))
         self._pending[message_id] = partial
         return partial, body[_JSON_LEN.size + json_len :]

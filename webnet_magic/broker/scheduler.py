@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -20,18 +21,22 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BrokerStopped, DeviceLimitError, WebnetError, WorkerError, WorkerLost
+from ..errors import BrokerStopped, DeviceLimitError, DeviceNotFound, WebnetError, WorkerError, WorkerLost
 from ..program import Program
-from ..protocol import Message, ProtocolError
+from ..protocol import CLOSE_SILENT, MAX_MESSAGE_BYTES, Message, ProtocolError
 
 log = logging.getLogger(__name__)
 
-#: The device limits a program is checked against before it is sent, with what each bounds.
+#: The limits a program is checked against before it is sent, with what each bounds.  Device
+#: limits come from the worker's hello; the message limit is the wire protocol's own.
 LIMIT_CHECKS: tuple[tuple[str, str, Callable[[Program], int]], ...] = (
     ("maxStorageBufferBindingSize", "largest buffer (bytes)", lambda p: p.largest_buffer),
     ("maxBufferSize", "largest buffer (bytes)", lambda p: p.largest_buffer),
     ("maxComputeWorkgroupsPerDimension", "workgroups in one dimension", lambda p: p.workgroups_max),
+    ("maxMessageBytes", "input bytes in one message", lambda p: p.input_bytes),
+    ("maxMessageBytes", "output bytes in one message", lambda p: p.output_bytes),
 )
+WIRE_LIMITS = {"maxMessageBytes": MAX_MESSAGE_BYTES}
 
 
 @dataclass
@@ -63,7 +68,7 @@ class Device:
     def refusal(self, program: Program) -> str | None:
         """Why this device cannot run ``program`` (naming the limit), or None if it can."""
         for limit, what, measure in LIMIT_CHECKS:
-            have, need = self.limits.get(limit), measure(program)
+            have, need = self.limits.get(limit, WIRE_LIMITS.get(limit)), measure(program)
             if have is not None and need > have:
                 return f"{what} is {need}, above device {self.id}'s {limit} of {have}"
         return None
@@ -97,22 +102,31 @@ class Job:
     future: asyncio.Future[list[np.ndarray]]
     device_id: str | None = None
     device: Device | None = None
-    started: float | None = None
 
 
 class Scheduler:
-    """Pairs queued jobs with idle devices; ``on_change`` is called after every visible change."""
+    """Pairs queued jobs with idle devices; ``on_change`` is called after every visible change.
 
-    def __init__(self, on_change: Callable[[], None] = lambda: None) -> None:
+    ``cancel_grace`` is how long a device may take to acknowledge a cancelled job
+    before it is dropped: a worker that answers pings but never finishes its job
+    would otherwise stay busy forever.
+    """
+
+    def __init__(self, on_change: Callable[[], None] = lambda: None, *, cancel_grace: float = 30.0) -> None:
         self.devices: dict[str, Device] = {}
         self.queue: deque[Job] = deque()
         self.jobs: dict[str, Job] = {}
+        self.cancel_grace = cancel_grace
         self._on_change = on_change
-        self._job_ids = (f"j{n}" for n in itertools.count(1))
-        self._device_ids = (f"d{n}" for n in itertools.count(1))
+        self._job_ids = itertools.count(1)
+        self._device_ids = itertools.count(1)
 
     def new_device_id(self) -> str:
-        return next(self._device_ids)
+        return f"d{next(self._device_ids)}"
+
+    def new_job_id(self) -> str:
+        """A fresh job id; safe to call from any thread (``next`` on a count is atomic)."""
+        return f"j{next(self._job_ids)}"
 
     # -- devices ---------------------------------------------------------------------------
 
@@ -143,28 +157,30 @@ class Scheduler:
 
     # -- jobs ------------------------------------------------------------------------------
 
-    def submit(self, program: Program, device_id: str | None = None) -> Job:
+    def submit(self, program: Program, device_id: str | None = None, job_id: str | None = None) -> Job:
         """Queue ``program``; the returned job's future resolves to its outputs."""
-        job = Job(next(self._job_ids), program, asyncio.get_running_loop().create_future(), device_id)
+        job = Job(job_id or self.new_job_id(), program, asyncio.get_running_loop().create_future(), device_id)
         self.jobs[job.id] = job
-        problem = self._unrunnable(job)
-        if problem is not None:
-            self._finish(job, error=problem)
-            return job
         self.queue.append(job)
         self._pump()
         self._changed()
         return job
 
     def cancel(self, job_id: str) -> None:
-        """Stop a job: drop it from the queue, or tell its device to drop it; nothing is bound."""
+        """Stop a job: drop it from the queue, or tell its device to drop it; nothing is bound.
+
+        A device told to drop its job stays busy until it says it has; one that does not
+        within ``cancel_grace`` seconds is disconnected.
+        """
         job = self.jobs.get(job_id)
         if job is None:
             return
         if job in self.queue:
             self.queue.remove(job)
         elif job.device is not None:
-            self._send(job.device, Message("cancel", {"job": job.id}))
+            device = job.device
+            self._send(device, Message("cancel", {"job": job.id}))
+            asyncio.get_running_loop().call_later(self.cancel_grace, self._cancel_overdue, device, job.id)
         self._finish(job, cancelled=True)
 
     def result(self, device: Device, job_id: str, arrays: list[np.ndarray], timings: dict[str, Any]) -> None:
@@ -174,20 +190,18 @@ class Scheduler:
         try:
             outputs = job.program.check_results(arrays)
         except ProtocolError as exc:
-            self._finish(
-                job, error=WorkerError(f"device {device.id}: {exc}", kind="bad-result", device=device.id)
-            )
+            error = WorkerError(f"device {device.id}: {exc}", kind="bad-result", device=device.id)
+            self._finish(job, error=error)
             return
         device.jobs_done += 1
-        kernel = timings.get("kernel")
-        device.last_job_ms = float(kernel) if isinstance(kernel, int | float) else None
+        device.last_job_ms = _milliseconds(timings.get("kernel"))
         self._finish(job, outputs=outputs)
 
     def error(self, device: Device, job_id: str, kind: str, message: str) -> None:
         job = self._release(device, job_id)
         if job is not None:
-            text = f"device {device.id} ({device.name}) reported a {kind} error: {message}"
-            self._finish(job, error=WorkerError(text, kind=kind, device=device.id))
+            text = f"device {device.id} ({device.name}) reported a {kind[:40]} error: {message[:4000]}"
+            self._finish(job, error=WorkerError(text, kind=kind[:40], device=device.id))
 
     def stop(self) -> None:
         """Fail every unfinished job; the broker is going away."""
@@ -201,12 +215,13 @@ class Scheduler:
     # -- internals -------------------------------------------------------------------------
 
     def _unrunnable(self, job: Job) -> WebnetError | None:
-        """An error for a job no connected device could ever run; None while one could (or may join)."""
+        """Why no connected device could ever run ``job``; None while one could (or may yet join)."""
         if job.device_id is not None:
             device = self.devices.get(job.device_id)
-            if device is None:
-                known = ", ".join(self.devices) or "none"
-                return WebnetError(f"no device {job.device_id!r} is connected (connected: {known})")
+            if device is None or not device.usable:
+                known = ", ".join(d.id for d in self.usable_devices()) or "none"
+                what = "is connected" if device is None else "has WebGPU"
+                return DeviceNotFound(f"no device {job.device_id!r} {what} (usable devices: {known})")
             candidates = [device]
         else:
             candidates = self.usable_devices()
@@ -216,8 +231,13 @@ class Scheduler:
         return None
 
     def _pump(self) -> None:
-        """Send queued jobs, oldest first, to idle devices that can hold them."""
+        """Fail queued jobs no device can run; send the rest, oldest first, to idle devices that fit."""
         for job in list(self.queue):
+            problem = self._unrunnable(job)
+            if problem is not None:
+                self.queue.remove(job)
+                self._finish(job, error=problem)
+                continue
             device = next(
                 (
                     d
@@ -231,9 +251,15 @@ class Scheduler:
             if device is None:
                 continue
             self.queue.remove(job)
-            job.device, job.started = device, time.monotonic()
+            job.device = device
             device.job, device.state = job, "busy"
             self._send(device, job.program.to_message(job.id))
+
+    def _cancel_overdue(self, device: Device, job_id: str) -> None:
+        if device.job is not None and device.job.id == job_id and device.id in self.devices:
+            log.warning("device %s did not drop cancelled job %s; disconnecting it", device.id, job_id)
+            device.close(CLOSE_SILENT, "did not acknowledge a cancelled job")
+            self.leave(device.id, "did not acknowledge a cancelled job")
 
     def _release(self, device: Device, job_id: str) -> Job | None:
         """The device is free again; return its job if ``job_id`` is still the one it was given."""
@@ -278,3 +304,14 @@ class Scheduler:
             self._on_change()
         except Exception:  # a broken panel must never break scheduling
             log.exception("device panel update failed")
+
+
+def _milliseconds(value: Any) -> float | None:
+    """A worker-reported duration, or None if it is not a finite, non-negative number."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        ms = float(value)
+    except OverflowError:
+        return None
+    return ms if math.isfinite(ms) and ms >= 0 else None

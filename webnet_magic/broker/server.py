@@ -6,7 +6,8 @@ does HTTP and WebSocket natively and already ships with ipykernel.
 
 Every WebSocket must present the session token (compared in constant time);
 every frame goes through :class:`~webnet_magic.protocol.Assembler`, whose
-size limits and schema checks run before anything reaches the scheduler.
+schema checks and size budget run before anything reaches the scheduler: a
+worker may send only as many bytes as the broker asked it for.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import hmac
 import itertools
 import logging
 import time
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +25,15 @@ import numpy as np
 import tornado.web
 import tornado.websocket
 
-from ..errors import WebnetError
+from ..errors import DeviceNotFound, WorkerLost
 from ..protocol import (
     CLOSE_BAD_TOKEN,
     CLOSE_GOING_AWAY,
     CLOSE_PROTOCOL,
     CLOSE_SILENT,
+    CLOSE_TRY_LATER,
     DEFAULT_CHUNK,
-    MAX_HEAD_JSON,
+    MAX_FRAME,
     Assembler,
     Message,
     ProtocolError,
@@ -43,8 +46,12 @@ log = logging.getLogger(__name__)
 STATIC_FILES = ("worker.js", "protocol.js", "gpu.js", "worker.css")
 
 
+#: Worker connections beyond this many are refused (each may hold a job's buffers in flight).
+MAX_SOCKETS = 64
+
+
 class Broker:
-    """State shared by all connections: token, scheduler, heartbeat timing, byte counters."""
+    """State shared by all connections: token, scheduler, heartbeat timing."""
 
     def __init__(
         self,
@@ -54,19 +61,15 @@ class Broker:
         heartbeat: float = 3.0,
         silence_limit: float = 30.0,
         chunk_size: int = DEFAULT_CHUNK,
-        max_message_bytes: int = 2**31,
-        on_change: Any = None,
+        on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self.token = token
         self.static_dir = static_dir
         self.heartbeat = heartbeat
         self.silence_limit = silence_limit
         self.chunk_size = chunk_size
-        self.max_message_bytes = max_message_bytes
-        self.scheduler = Scheduler(on_change or (lambda: None))
+        self.scheduler = Scheduler(on_change, cancel_grace=silence_limit)
         self.sockets: set[WorkerSocket] = set()
-        self.probes: dict[str, asyncio.Future[list[np.ndarray]]] = {}
-        self._probe_ids = itertools.count(1)
         self._heartbeat_task: asyncio.Task[None] | None = None
 
     def token_ok(self, offered: str | None) -> bool:
@@ -84,9 +87,9 @@ class Broker:
                     {"path": str(self.static_dir)},
                 ),
             ],
-            # A frame is one chunk plus its header; anything larger is refused by tornado itself.
-            websocket_max_message_size=self.chunk_size + MAX_HEAD_JSON + 64,
+            websocket_max_message_size=MAX_FRAME,  # larger frames are refused by tornado itself
             websocket_ping_interval=None,  # heartbeats are application messages, visible to JS
+            log_function=_log_without_query,
         )
 
     def start_heartbeat(self) -> None:
@@ -114,16 +117,10 @@ class Broker:
         """
         socks = [s for s in self.sockets if s.device and (device_id is None or s.device.id == device_id)]
         if not socks:
-            raise WebnetError(
+            raise DeviceNotFound(
                 f"no device {device_id!r} is connected" if device_id else "no device is connected"
             )
-        probe = f"p{next(self._probe_ids)}"
-        self.probes[probe] = answer = asyncio.get_running_loop().create_future()
-        try:
-            await socks[0].send(Message("ping", {"t": time.time(), "probe": probe}, arrays))
-            return await answer
-        finally:
-            self.probes.pop(probe, None)
+        return await socks[0].probe(arrays)
 
     async def shutdown(self) -> None:
         if self._heartbeat_task:
@@ -131,6 +128,12 @@ class Broker:
         self.scheduler.stop()
         for sock in list(self.sockets):
             sock.close(CLOSE_GOING_AWAY, "the notebook stopped the broker")
+
+
+def _log_without_query(handler: tornado.web.RequestHandler) -> None:
+    """Tornado's access log, minus the query string: it holds the session token."""
+    request = handler.request
+    log.debug("%d %s %s (%s)", handler.get_status(), request.method, request.path, request.remote_ip)
 
 
 class WorkerPage(tornado.web.RequestHandler):
@@ -167,9 +170,11 @@ class WorkerSocket(tornado.websocket.WebSocketHandler):
     def initialize(self, broker: Broker) -> None:
         self.broker = broker
         self.device: Device | None = None
-        self.assembler = Assembler(max_message_bytes=broker.max_message_bytes)
+        self.assembler = Assembler(budget=self._budget)
+        self.probes: dict[str, tuple[int, asyncio.Future[list[np.ndarray]]]] = {}
         self._message_ids = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._hello_timer: asyncio.TimerHandle | None = None
 
     def check_origin(self, origin: str) -> bool:
         # The session token is the credential; the page may be reached through a tunnel's host name.
@@ -180,7 +185,14 @@ class WorkerSocket(tornado.websocket.WebSocketHandler):
             log.warning("refused a worker with a wrong or missing token from %s", self.request.remote_ip)
             self.close(CLOSE_BAD_TOKEN, "wrong or missing session token: open the link from %webnet url")
             return
+        if len(self.broker.sockets) >= MAX_SOCKETS:
+            self.close(CLOSE_TRY_LATER, f"this notebook already has {MAX_SOCKETS} worker connections")
+            return
         self.broker.sockets.add(self)
+        limit = self.broker.silence_limit  # a peer silent this long is gone, hello or not
+        self._hello_timer = asyncio.get_running_loop().call_later(
+            limit, lambda: self._refuse(f"no hello within {limit:g} s")
+        )
 
     async def on_message(self, frame: str | bytes) -> None:
         if self not in self.broker.sockets:
@@ -196,31 +208,29 @@ class WorkerSocket(tornado.websocket.WebSocketHandler):
                 self._handle(message)
         except ProtocolError as exc:
             self._refuse(str(exc))
+        except Exception as exc:  # kept from tornado's log, which would print the URL's token
+            log.exception("closing a worker connection after an unexpected error")
+            self._refuse(f"unexpected error: {type(exc).__name__}")
+
+    def _budget(self, type_: str, fields: Mapping[str, Any]) -> int:
+        """Payload bytes this worker may send: its job's declared outputs, a probe's own size, else none."""
+        job = self.device.job if self.device else None
+        if type_ == "result" and job is not None and fields.get("job") == job.id:
+            return job.program.output_bytes
+        if type_ == "pong":
+            return self.probes.get(str(fields.get("probe")), (0, None))[0]
+        return 0
 
     def _handle(self, m: Message) -> None:
         f, scheduler = m.fields, self.broker.scheduler
         if m.type == "hello":
             if self.device is not None:
                 raise ProtocolError("a second hello on one connection")
-            limits = {k: v for k, v in f["limits"].items() if isinstance(v, int) and not isinstance(v, bool)}
-            features = f.get("features", [])
-            if not isinstance(features, list):
-                raise ProtocolError("hello field 'features' must be a list")
-            self.device = Device(
-                id=scheduler.new_device_id(),
-                name=str(f["name"])[:120],
-                runtime=str(f["runtime"])[:20],
-                adapter={k: str(v)[:200] for k, v in f["adapter"].items()},
-                limits=limits,
-                features=[str(x) for x in features][:100],
-                webgpu=f["webgpu"],
-                reason=str(f.get("reason", ""))[:500],
-                send=self.send,
-                close=self.close,
-            )
-            self.spawn(
-                self.send(Message("welcome", {"device": self.device.id, "heartbeat": self.broker.heartbeat}))
-            )
+            if self._hello_timer is not None:
+                self._hello_timer.cancel()
+            self.device = self._device(f)
+            welcome = {"device": self.device.id, "heartbeat": self.broker.heartbeat}
+            self.spawn(self.send(Message("welcome", welcome)))
             scheduler.join(self.device)
             return
         if self.device is None:
@@ -230,11 +240,40 @@ class WorkerSocket(tornado.websocket.WebSocketHandler):
         elif m.type == "error":
             scheduler.error(self.device, f["job"], f["kind"], f["message"])
         elif m.type == "pong":
-            answer = self.broker.probes.get(str(f.get("probe")))
+            _, answer = self.probes.pop(str(f.get("probe")), (0, None))
             if answer is not None and not answer.done():
                 answer.set_result(list(m.arrays))
         else:
             raise ProtocolError(f"a worker may not send {m.type!r}")
+
+    def _device(self, f: Mapping[str, Any]) -> Device:
+        """The scheduler's record of this worker, from its hello (strings cut to sane lengths)."""
+        features = f.get("features", [])
+        if not isinstance(features, list):
+            raise ProtocolError("hello field 'features' must be a list")
+        return Device(
+            id=self.broker.scheduler.new_device_id(),
+            name=str(f["name"])[:120],
+            runtime=str(f["runtime"])[:20],
+            adapter={str(k)[:40]: str(v)[:200] for k, v in list(f["adapter"].items())[:20]},
+            limits={k: v for k, v in f["limits"].items() if isinstance(v, int) and not isinstance(v, bool)},
+            features=[str(x)[:60] for x in features][:100],
+            webgpu=f["webgpu"],
+            reason=str(f.get("reason", ""))[:500],
+            send=self.send,
+            close=self.close,
+        )
+
+    async def probe(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """``arrays`` out in a ping and back in its pong (see :meth:`Broker.echo`)."""
+        probe = f"p{next(self._message_ids)}"
+        answer: asyncio.Future[list[np.ndarray]] = asyncio.get_running_loop().create_future()
+        self.probes[probe] = (sum(a.nbytes for a in arrays), answer)
+        try:
+            await self.send(Message("ping", {"t": time.time(), "probe": probe}, arrays))
+            return await answer
+        finally:
+            self.probes.pop(probe, None)
 
     async def send(self, message: Message) -> None:
         """Send a message as frames, waiting on each write (backpressure).
@@ -247,7 +286,7 @@ class WorkerSocket(tornado.websocket.WebSocketHandler):
             if self.device is not None:
                 self.device.bytes_out += len(frame)
 
-    def spawn(self, coro: Any) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run ``coro`` in the background; a failed send closes this connection."""
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
@@ -264,7 +303,14 @@ class WorkerSocket(tornado.websocket.WebSocketHandler):
         self.forget(f"sent a malformed message ({reason})")
 
     def forget(self, reason: str) -> None:
+        """This connection is over: its device leaves (failing its job), its probes fail."""
         self.broker.sockets.discard(self)
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
+        for _, answer in self.probes.values():
+            if not answer.done():
+                answer.set_exception(WorkerLost(f"the device {reason} before answering a probe"))
+        self.probes.clear()
         if self.device is not None:
             self.device.state = "closing"
             self.broker.scheduler.leave(self.device.id, reason)

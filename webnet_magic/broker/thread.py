@@ -164,18 +164,28 @@ class BrokerThread:
         return done.result(timeout)
 
     def submit(self, program: Program, device: str | None = None) -> JobHandle:
-        job = self.call(self.broker.scheduler.submit, program, device)
+        """Queue ``program`` without waiting for the broker thread.
 
-        async def outputs() -> list[np.ndarray]:
-            return await job.future
+        The id is made here, so the handle exists before the job does and a Ctrl-C at any
+        point can cancel it: the broker thread runs the submit before any later cancel.
+        """
+        handle = JobHandle(self.broker.scheduler.new_job_id(), concurrent.futures.Future())
+        self._loop.call_soon_threadsafe(self._submit, handle, program, device)
+        return handle
 
-        return JobHandle(job.id, asyncio.run_coroutine_threadsafe(outputs(), self._loop))
+    def _submit(self, handle: JobHandle, program: Program, device: str | None) -> None:
+        job = self.broker.scheduler.submit(program, device, job_id=handle.id)
+        job.future.add_done_callback(lambda done: _settle(handle.future, done))
 
     def echo(
         self, arrays: list[np.ndarray], device: str | None = None, timeout: float = 60.0
     ) -> list[np.ndarray]:
         """``arrays`` to a worker and back, through its WebSocket only (see :meth:`Broker.echo`)."""
-        return asyncio.run_coroutine_threadsafe(self.broker.echo(device, arrays), self._loop).result(timeout)
+        future = asyncio.run_coroutine_threadsafe(self.broker.echo(device, arrays), self._loop)
+        try:
+            return future.result(timeout)
+        finally:
+            future.cancel()  # a no-op once done; otherwise stops waiting for the pong
 
     def cancel(self, job_id: str) -> None:
         if self.running:
@@ -195,3 +205,13 @@ class BrokerThread:
         snapshot = self._snapshot()
         for listener in self._listeners:
             listener(snapshot)
+
+
+def _settle(target: concurrent.futures.Future[T], source: asyncio.Future[T]) -> None:
+    """Copy an asyncio future's outcome into a concurrent one (which another thread waits on)."""
+    if source.cancelled():
+        target.cancel()
+    elif (error := source.exception()) is not None:
+        target.set_exception(error)
+    else:
+        target.set_result(source.result())

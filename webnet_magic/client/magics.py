@@ -21,7 +21,7 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_exp
 from IPython.display import display
 from traitlets import Float, Int, Unicode
 
-from ..errors import DeviceLimitError, DtypeError, ShapeError
+from ..errors import DeviceLimitError, DeviceNotFound, DtypeError, ShapeError
 from ..ops import OPS
 from . import session as sessions
 from .parsing import Command, MagicSyntaxError, help_text, parse
@@ -137,7 +137,7 @@ class WebnetMagics(Magics):
                     timeout=options.get("timeout", self.timeout),
                     device=options.get("device"),
                 )
-        except (ShapeError, DtypeError, DeviceLimitError) as exc:
+        except (ShapeError, DtypeError, DeviceLimitError, DeviceNotFound) as exc:
             raise UsageError(str(exc)) from None
         if not command.outputs:
             return result

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import keyword
+import math
 import shlex
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -56,18 +57,34 @@ SUBCOMMANDS = {
 }
 
 
+def _port(text: str) -> int:
+    if not (text.isdigit() and 0 <= int(text) <= 65535):
+        raise argparse.ArgumentTypeError(f"--port must be 0 to 65535, not {text!r}")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise argparse.ArgumentTypeError(f"--timeout must be a positive number of seconds, not {text!r}")
+    return seconds
+
+
 def _build() -> _Parser:
     parser = _Parser(prog="%webnet", add_help=False)
     sub = parser.add_subparsers(dest="name", metavar="COMMAND", parser_class=_Parser)
     start = sub.add_parser("start", prog="%webnet start", add_help=False)
-    start.add_argument("--port", type=int, help="port to listen on (0: any free port)")
+    start.add_argument("--port", type=_port, help="port to listen on (0: any free port)")
     start.add_argument("--host", help="address to bind (default 127.0.0.1: this machine only)")
     for name in ("stop", "status", "devices", "url", "help"):
         sub.add_parser(name, prog=f"%webnet {name}", add_help=False)
     for name in OPS:
         op = sub.add_parser(name, prog=f"%webnet {name}", add_help=False)
         op.add_argument("operands", nargs="*", metavar="X")
-        op.add_argument("--timeout", type=float, help="seconds to wait for a device and the result")
+        op.add_argument("--timeout", type=_seconds, help="seconds to wait for a device and the result")
         op.add_argument("--device", help="run on this device id (see %%webnet devices)")
         op.add_argument("--local", action="store_true", help="compute with numpy here, no device")
     return parser
@@ -100,12 +117,18 @@ def parse(line: str) -> Command:
     operands = tuple(getattr(namespace, "operands", ()) or ())
     if arrow and namespace.name not in OPS:
         raise MagicSyntaxError(f"%webnet {namespace.name} takes no '->' output")
-    if namespace.name in OPS and len(operands) != OPS[namespace.name].ARITY:
+    if namespace.name in OPS:
         op = OPS[namespace.name]
-        raise MagicSyntaxError(
-            f"%webnet {namespace.name} takes {op.ARITY} operands, got {len(operands)}: "
-            f"%webnet {namespace.name} {op.USAGE}"
-        )
+        if len(operands) != op.ARITY:
+            raise MagicSyntaxError(
+                f"%webnet {namespace.name} takes {op.ARITY} operands, got {len(operands)}: "
+                f"%webnet {namespace.name} {op.USAGE}"
+            )
+        if len(outputs) > op.RESULTS:
+            raise MagicSyntaxError(
+                f"%webnet {namespace.name} gives {op.RESULTS} result(s); name that many after '->', "
+                f"not {len(outputs)}"
+            )
     for expr in operands:
         _check_expression(expr)
     for name in outputs:

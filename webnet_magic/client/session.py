@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import math
 import sys
 import threading
 import time
@@ -94,12 +95,20 @@ class Session:
         return worker
 
     def wait_for_devices(self, count: int = 1, timeout: float = 60.0) -> list[dict[str, Any]]:
-        """Block until ``count`` devices with WebGPU are connected; returns them."""
-        deadline = time.monotonic() + timeout
+        """Block until ``count`` devices with WebGPU are connected; returns them.
+
+        A local worker that dies meanwhile (no GPU adapter, no display, ...) is reported
+        at once with its own last words, rather than as a timeout.
+        """
+        deadline = time.monotonic() + _checked_timeout(timeout)
         while True:
             usable = [d for d in self.devices() if d["state"] != "no WebGPU"]
             if len(usable) >= count:
                 return usable
+            for worker in self._local_workers:
+                if worker.process.poll() is not None:
+                    self._local_workers.remove(worker)
+                    raise NoDeviceError(f"the local {worker.kind} worker exited: {worker.last_words()}")
             if time.monotonic() > deadline:
                 raise NoDeviceError(f"{len(usable)} of {count} device(s) connected after {timeout:g} s")
             time.sleep(POLL)
@@ -157,8 +166,8 @@ class Session:
         if not self.running:
             raise BrokerStopped("the webnet broker is not running; start it with %webnet start")
         assert plan.program is not None
+        deadline = time.monotonic() + _checked_timeout(timeout)
         handle = self.broker.submit(plan.program, device)
-        deadline = time.monotonic() + timeout
         told = False
         try:
             while True:
@@ -174,6 +183,8 @@ class Session:
                     told = True
                 if time.monotonic() > deadline:
                     self.broker.cancel(handle.id)
+                    if handle.future.done() and not handle.future.cancelled():
+                        return handle.future.result()  # it arrived just before the cancel
                     if not usable:
                         raise NoDeviceError(
                             f"no WebGPU device connected within {timeout:g} s. Open {self.url} on a device "
@@ -200,6 +211,12 @@ class Session:
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"<webnet Session {state} at {self.url}, {len(self.devices())} device(s)>"
+
+
+def _checked_timeout(timeout: float) -> float:
+    if not (isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0):
+        raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+    return float(timeout)
 
 
 def prepare(op: str, operands: Sequence[Any], names: Sequence[str] | None = None) -> Plan:

@@ -19,8 +19,6 @@ from .._assets import static_dir
 if TYPE_CHECKING:
     from .session import Session
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
 
 def qr_svg(url: str) -> str:
     """The QR code of ``url`` as an inline SVG (no image library, no network)."""
@@ -40,12 +38,11 @@ class DevicePanel(anywidget.AnyWidget):
     devices = traitlets.List(traitlets.Dict()).tag(sync=True)
 
     def __init__(self, session: Session, **kwargs: Any) -> None:
-        note = ""
-        if session.broker.host in LOOPBACK:
-            note = (
-                "This link works in a browser on this machine (WebGPU needs https or localhost). "
-                "Other devices cannot reach 127.0.0.1."
-            )
+        # Every link is plain http for now, and WebGPU needs https unless the page is on localhost.
+        note = (
+            "This link works in a browser on this machine only: WebGPU needs https or localhost, "
+            "and other devices cannot reach 127.0.0.1."
+        )
         super().__init__(
             url=session.url, qr_svg=qr_svg(session.url), note=note, devices=session.devices(), **kwargs
         )

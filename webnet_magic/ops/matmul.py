@@ -13,6 +13,7 @@ from .base import Plan
 from .operands import numeric, to_float32
 
 ARITY = 2
+RESULTS = 1
 USAGE = "X Y -> Z   Z = X @ Y on a device"
 KERNEL = Kernel(files(__package__).joinpath("matmul.wgsl").read_text())
 TILE = 64  # rows and columns of C per workgroup, as in matmul.wgsl

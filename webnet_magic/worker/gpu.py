@@ -7,13 +7,15 @@ the native twin of ``js/gpu.js``; keep the two in step.
 
 from __future__ import annotations
 
+import math
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ..program import Kernel, Program
+from ..program import Kernel, Program, padded
 
 #: Limits asked of the device at their adapter maximum, so large buffers fit; reported in hello.
 RAISED_LIMITS = (
@@ -68,16 +70,21 @@ class WgpuExecutor:
                 "the native worker needs wgpu-py: pip install 'webnet-magic[native]'"
             ) from None
         self._wgpu = wgpu
-        adapter = wgpu.gpu.request_adapter_sync(power_preference=power_preference)
-        if adapter is None:
+        hint = "install a Vulkan driver (Debian: mesa-vulkan-drivers), or use Metal on macOS"
+        try:
+            adapter = wgpu.gpu.request_adapter_sync(power_preference=power_preference)
+        except Exception as exc:  # wgpu-native's own error types, depending on the backend
             raise RuntimeError(
-                "no GPU adapter found; install a Vulkan driver (Debian: mesa-vulkan-drivers) or use macOS"
-            )
+                f"no GPU adapter found ({str(exc).strip().splitlines()[-1]}); {hint}"
+            ) from None
+        if adapter is None:
+            raise RuntimeError(f"no GPU adapter found; {hint}")
         self.adapter = adapter
         self.device = adapter.request_device_sync(
             required_limits={name: adapter.limits[name] for name in RAISED_LIMITS}
         )
         self._pipelines: dict[str, Any] = {}
+        self._busy = threading.Lock()
 
     def describe(self) -> dict[str, Any]:
         """The adapter, limits and features a worker reports in its hello."""
@@ -96,13 +103,18 @@ class WgpuExecutor:
         }
 
     def run(self, program: Program) -> tuple[list[np.ndarray], dict[str, float]]:
-        """Upload, dispatch and read back; returns the outputs and per-phase milliseconds."""
-        prepared = self.prepare(program)
-        try:
-            self.dispatch(prepared)
-            outputs = self.read(prepared)
-        finally:
-            self.release(prepared)
+        """Upload, dispatch and read back; returns the outputs and per-phase milliseconds.
+
+        One program at a time: a job left running by a dropped connection finishes
+        before the next connection's first job starts.
+        """
+        with self._busy:
+            prepared = self.prepare(program)
+            try:
+                self.dispatch(prepared)
+                outputs = self.read(prepared)
+            finally:
+                self.release(prepared)
         return outputs, prepared.timings
 
     def prepare(self, program: Program) -> Prepared:
@@ -155,8 +167,8 @@ class WgpuExecutor:
                 passes.append((pipeline, group, step.workgroups))
         return passes
 
-    def dispatch(self, prepared: Prepared) -> float:
-        """Run every step once and wait for the GPU; returns the milliseconds it took."""
+    def dispatch(self, prepared: Prepared) -> None:
+        """Run every step once and wait for the GPU; the milliseconds go to ``prepared.timings``."""
         t0 = time.perf_counter()
         with self._errors("validation"):
             encoder = self.device.create_command_encoder()
@@ -168,9 +180,7 @@ class WgpuExecutor:
             compute.end()
             self.device.queue.submit([encoder.finish()])
             self._wait(prepared.buffers)
-        ms = (time.perf_counter() - t0) * 1e3
-        prepared.timings["kernel"] = ms
-        return ms
+        prepared.timings["kernel"] = (time.perf_counter() - t0) * 1e3
 
     def read(self, prepared: Prepared) -> list[np.ndarray]:
         t0 = time.perf_counter()
@@ -180,8 +190,10 @@ class WgpuExecutor:
                 if out.nbytes == 0:
                     outputs.append(np.empty(out.shape, out.dtype))
                     continue
-                raw = self.device.queue.read_buffer(prepared.buffers[out.buffer], 0, out.nbytes)
-                outputs.append(np.frombuffer(raw, dtype=out.dtype).reshape(out.shape))
+                # Copies must be multiples of 4 bytes; read the padded size and keep what was asked.
+                raw = self.device.queue.read_buffer(prepared.buffers[out.buffer], 0, padded(out.nbytes))
+                values = np.frombuffer(raw, dtype=out.dtype, count=math.prod(out.shape))
+                outputs.append(values.reshape(out.shape))
         prepared.timings["download"] = (time.perf_counter() - t0) * 1e3
         return outputs
 

@@ -15,6 +15,9 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
+from typing import IO
+
+from .native import TOKEN_ENV, split_token
 
 #: Chromium flags for a headless worker.  WebGPU on Linux is behind --enable-unsafe-webgpu;
 #: SwiftShader (a CPU implementation) gives an adapter on machines without a GPU.  The
@@ -63,10 +66,22 @@ class LocalWorker:
 
     kind: str
     process: subprocess.Popen[bytes]
-    _profile: tempfile.TemporaryDirectory[str] | None = field(default=None, repr=False)
+    log: IO[bytes] = field(repr=False)  # the process's output, for last_words()
+    profile: tempfile.TemporaryDirectory[str] | None = field(default=None, repr=False)
+    _stopped: bool = field(default=False, repr=False)
+
+    def last_words(self, lines: int = 5) -> str:
+        """The exit status and the last lines the process printed: why it stopped."""
+        self.log.seek(0)
+        text = self.log.read().decode(errors="replace")
+        tail = [line.strip() for line in text.splitlines() if line.strip()]
+        return f"status {self.process.poll()}: " + (" | ".join(tail[-lines:]) or "(it printed nothing)")
 
     def stop(self, timeout: float = 5.0) -> None:
         """End the worker and every process it started (Chromium's renderer and GPU processes)."""
+        if self._stopped:  # its process group id may belong to someone else by now
+            return
+        self._stopped = True
         for sig in (signal.SIGTERM, signal.SIGKILL):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, sig)
@@ -75,8 +90,9 @@ class LocalWorker:
                 break
             except subprocess.TimeoutExpired:
                 continue
-        if self._profile is not None:
-            self._profile.cleanup()
+        if self.profile is not None:
+            self.profile.cleanup()
+        self.log.close()
 
 
 def launch(
@@ -90,18 +106,22 @@ def launch(
         if chromium is None:
             raise RuntimeError("no Chromium found; install it (Debian: apt-get install chromium)")
         profile = tempfile.TemporaryDirectory(prefix="webnet-chromium-", ignore_cleanup_errors=True)
-        args = [chromium, *chromium_flags(software_gpu), f"--user-data-dir={profile.name}", url]
-        return LocalWorker("browser", _spawn(args), profile)
+        flags = [*chromium_flags(software_gpu), f"--user-data-dir={profile.name}"]
+        process, log = _spawn([chromium, *flags, url])
+        return LocalWorker("browser", process, log, profile)
     if not native_available():
         raise RuntimeError(
             "no local worker possible: install Chromium, or wgpu-py (pip install 'webnet-magic[native]')"
         )
-    args = [sys.executable, "-m", "webnet_magic.worker", url] + (["--name", name] if name else [])
-    return LocalWorker("native", _spawn(args))
+    # The token travels in the environment, not on the command line, which other local users can read.
+    page, token = split_token(url)
+    args = [sys.executable, "-m", "webnet_magic.worker", page] + (["--name", name] if name else [])
+    process, log = _spawn(args, {**os.environ, TOKEN_ENV: token})
+    return LocalWorker("native", process, log)
 
 
-def _spawn(args: list[str]) -> subprocess.Popen[bytes]:
-    # A session of its own, so stop() can end the whole process group.
-    return subprocess.Popen(
-        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
+def _spawn(args: list[str], env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], IO[bytes]]:
+    """The process (in a session of its own, so stop() can end its whole group) and its log file."""
+    log = tempfile.TemporaryFile()  # noqa: SIM115 (it outlives this call; LocalWorker.stop closes it)
+    process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    return process, log

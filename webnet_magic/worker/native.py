@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import platform
 import random
 import threading
@@ -20,7 +21,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
-from tornado.websocket import WebSocketClientConnection, websocket_connect
+from tornado.iostream import StreamClosedError
+from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, websocket_connect
 
 from ..program import Program
 from ..protocol import (
@@ -28,8 +30,7 @@ from ..protocol import (
     CLOSE_GOING_AWAY,
     CLOSE_PROTOCOL,
     CLOSE_SILENT,
-    DEFAULT_CHUNK,
-    MAX_HEAD_JSON,
+    MAX_FRAME,
     Assembler,
     Message,
     ProtocolError,
@@ -47,15 +48,32 @@ class TokenRefused(RuntimeError):
     """The broker refused this worker's token; reconnecting would not help."""
 
 
+#: Where the native worker looks for the session token when its URL has none.  Passing it here
+#: keeps it off the command line, which every local user can read (``ps``, /proc/*/cmdline).
+TOKEN_ENV = "WEBNET_TOKEN"
+
+
+def split_token(page_url: str) -> tuple[str, str]:
+    """``http://h:p/?token=T`` -> (``http://h:p/``, ``T``); the token is "" when the URL has none."""
+    parts = urlsplit(page_url)
+    token = parse_qs(parts.query).get("token", [""])[0]
+    return urlunsplit((parts.scheme, parts.netloc, parts.path or "/", "", "")), token
+
+
 def socket_url(page_url: str) -> str:
-    """The WebSocket URL for a worker page URL: ``http://h:p/?token=T`` -> ``ws://h:p/ws?token=T``."""
+    """The WebSocket URL for a worker page URL: ``http://h:p/?token=T`` -> ``ws://h:p/ws?token=T``.
+
+    Without ``?token=`` in the URL, the token comes from the ``WEBNET_TOKEN`` environment variable.
+    """
     parts = urlsplit(page_url)
     schemes = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}
     if parts.scheme not in schemes or not parts.netloc:
         raise ValueError(f"{page_url!r} is not a worker URL; copy it from %webnet url")
-    token = parse_qs(parts.query).get("token", [""])[0]
+    token = split_token(page_url)[1] or os.environ.get(TOKEN_ENV, "")
     if not token:
-        raise ValueError(f"{page_url!r} has no ?token=...; copy the whole link from %webnet url")
+        raise ValueError(
+            f"{page_url!r} has no ?token=... and {TOKEN_ENV} is not set; copy the whole link from %webnet url"
+        )
     path = parts.path.rstrip("/")
     path = path if path.endswith("/ws") else path + "/ws"
     return urlunsplit((schemes[parts.scheme], parts.netloc, path, urlencode({"token": token}), ""))
@@ -95,7 +113,7 @@ class NativeWorker:
         backoff = 0.25
         while True:
             try:
-                conn = await websocket_connect(self.url, max_message_size=DEFAULT_CHUNK + MAX_HEAD_JSON + 64)
+                conn = await websocket_connect(self.url, max_message_size=MAX_FRAME)
             except OSError as exc:
                 log.warning("cannot reach the broker (%s); retrying in %.1f s", exc, backoff)
             else:
@@ -146,6 +164,8 @@ class NativeWorker:
         except ProtocolError as exc:
             log.error("closing: the broker broke the protocol: %s", exc)
             conn.close(CLOSE_PROTOCOL, str(exc)[:120])
+        except (WebSocketClosedError, StreamClosedError):
+            pass  # the link dropped while answering; run() reconnects
         finally:
             for task in tasks:
                 task.cancel()
