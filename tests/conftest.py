@@ -71,9 +71,7 @@ def join_native(broker: BrokerThread, workers: Workers, count: int = 1) -> list[
     before = len(broker.devices())
     for _ in range(count):
         workers.start(broker.url)
-    return wait_until(
-        lambda: len(broker.devices()) >= before + count and broker.devices(), 60, "native workers"
-    )  # type: ignore[return-value]
+    return wait_until(lambda: len(broker.devices()) >= before + count and broker.devices(), 60, "native workers")  # type: ignore[return-value]
 
 
 @pytest.fixture(scope="session")

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from tornado.websocket import WebSocketClosedError, websocket_connect
 
+from webnet_magic import ops
 from webnet_magic.broker.thread import BrokerThread
 from webnet_magic.errors import BrokerStopped, DeviceLimitError, DeviceNotFound, WorkerError, WorkerLost
-from webnet_magic.ops import matmul
 from webnet_magic.protocol import (
     CLOSE_BAD_TOKEN,
     CLOSE_GOING_AWAY,
@@ -43,9 +43,7 @@ HELLO = {
 
 
 def small_program():
-    plan = matmul.plan(np.ones((4, 3), np.float32), np.ones((3, 2), np.float32))
-    assert plan.program is not None
-    return plan.program
+    return ops.plan("matmul", np.ones((4, 3), np.float32), np.ones((3, 2), np.float32)).program
 
 
 async def connect(url: str):
@@ -219,18 +217,14 @@ def test_a_result_of_the_wrong_shape_is_refused(broker: BrokerThread, peers: lis
     """Nothing from a worker is trusted: a wrong-shaped result fails the job with the reason."""
 
     async def lie(conn, job: Message) -> None:
-        await send(
-            conn, Message("result", {"job": job.fields["job"], "timings": {}}, [np.zeros(3, np.float32)])
-        )
+        await send(conn, Message("result", {"job": job.fields["job"], "timings": {}}, [np.zeros(3, np.float32)]))
 
     peers.append(Peer(broker, lie))
     with pytest.raises(WorkerError, match=r"returned output 0 as float32\[3\], expected float32\[4, 2\]"):
         broker.submit(small_program()).future.result(10)
 
 
-def test_data_nobody_asked_for_is_refused_before_it_is_stored(
-    broker: BrokerThread, peers: list[Peer]
-) -> None:
+def test_data_nobody_asked_for_is_refused_before_it_is_stored(broker: BrokerThread, peers: list[Peer]) -> None:
     """A result for a job the worker does not hold, carrying arrays, closes the connection at its head."""
 
     async def flood(conn, job: Message) -> None:
@@ -267,26 +261,19 @@ def test_a_device_that_ignores_a_cancel_is_dropped(broker: BrokerThread, peers: 
     wait_until(lambda: broker.devices() == [], 10, "the device to be dropped after the grace period")
 
 
-def test_a_queued_job_fails_when_the_device_that_joins_cannot_hold_it(
-    broker: BrokerThread, peers: list[Peer]
-) -> None:
+def test_a_queued_job_fails_when_the_device_that_joins_cannot_hold_it(broker: BrokerThread, peers: list[Peer]) -> None:
     """Waiting for a device, then one joins whose limits are too small: the job fails, naming the limit."""
-    plan = matmul.plan(np.ones((64, 64), np.float32), np.ones((64, 64), np.float32))
-    handle = broker.submit(plan.program)
+    handle = broker.submit(ops.plan("matmul", np.ones((64, 64), np.float32), np.ones((64, 64), np.float32)).program)
     time.sleep(0.2)
     assert not handle.future.done()
     peers.append(Peer(broker, limits={"maxStorageBufferBindingSize": 1024, "maxBufferSize": 1024}))
-    with pytest.raises(
-        DeviceLimitError, match="16384, above device d1's maxStorageBufferBindingSize of 1024"
-    ):
+    with pytest.raises(DeviceLimitError, match="16384, above device d1's maxStorageBufferBindingSize of 1024"):
         handle.future.result(5)
     with pytest.raises(DeviceNotFound, match="no device 'd9' is connected"):
         broker.submit(small_program(), "d9").future.result(5)
 
 
-def test_a_job_pinned_to_a_device_fails_when_that_device_leaves(
-    broker: BrokerThread, peers: list[Peer]
-) -> None:
+def test_a_job_pinned_to_a_device_fails_when_that_device_leaves(broker: BrokerThread, peers: list[Peer]) -> None:
     busy, spare = Peer(broker), Peer(broker)
     peers += [busy, spare]
     first = broker.submit(small_program(), "d1")

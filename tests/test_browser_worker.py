@@ -7,10 +7,10 @@ import time
 import numpy as np
 import pytest
 
+from webnet_magic import ops
 from webnet_magic.broker.thread import BrokerThread
 from webnet_magic.client import session as sessions
 from webnet_magic.errors import WorkerError, WorkerLost
-from webnet_magic.ops import matmul
 from webnet_magic.program import Buffer, Kernel, Program, Step
 
 from .conftest import wait_until
@@ -73,7 +73,7 @@ def test_closing_the_page_mid_job_fails_the_job_at_once(page, broker: BrokerThre
     """A tab closed while its job runs turns into WorkerLost, not a wait for the timeout."""
     open_worker(page, broker.url, broker)
     x = np.ones((1024, 1024), np.float32)
-    handle = broker.submit(matmul.plan(x, x).program)
+    handle = broker.submit(ops.plan("matmul", x, x).program)
     page.wait_for_function("window.webnet.status === 'running'")
     page.close()
     started = time.monotonic()
@@ -86,7 +86,7 @@ def test_a_lost_gpu_device_fails_the_job_and_the_page_recovers(page, broker: Bro
     """GPUDevice.destroy() mid-job reports device-lost; the page gets a new device and works again."""
     open_worker(page, broker.url, broker)
     x = np.ones((768, 768), np.float32)
-    handle = broker.submit(matmul.plan(x, x).program)
+    handle = broker.submit(ops.plan("matmul", x, x).program)
     page.wait_for_function("window.webnet.status === 'running'")
     page.evaluate("window.webnetWorker.gpu.device.destroy()")
     with pytest.raises(WorkerError) as info:
@@ -94,13 +94,11 @@ def test_a_lost_gpu_device_fails_the_job_and_the_page_recovers(page, broker: Bro
     assert info.value.kind in ("device-lost", "validation", "internal")
     page.wait_for_function("window.webnet.status === 'idle'", timeout=15_000)
     a = np.arange(6, dtype=np.float32).reshape(2, 3)
-    plan = matmul.plan(a, a.T)
-    np.testing.assert_allclose(plan.finish(broker.submit(plan.program).future.result(30)), a @ a.T)
+    plan = ops.plan("matmul", a, a.T)
+    np.testing.assert_allclose(plan.finish(broker.submit(plan.program).future.result(30))[0], a @ a.T)
 
 
-def test_an_insecure_page_says_webgpu_needs_https_and_the_notebook_hears_it(
-    page, broker: BrokerThread
-) -> None:
+def test_an_insecure_page_says_webgpu_needs_https_and_the_notebook_hears_it(page, broker: BrokerThread) -> None:
     """Reached by a non-localhost http name the page has no WebGPU: it says why, and tells the broker."""
     page.goto(broker.url.replace("127.0.0.1", "insecure.webnet.test"))
     (device,) = wait_until(broker.devices, 30, "the insecure page to join")
@@ -129,8 +127,8 @@ def test_the_page_reconnects_after_a_dropped_link(page, broker: BrokerThread) ->
     broker.call(lambda: [s.close(4008, "simulated drop") for s in list(broker.broker.sockets)])
     wait_until(lambda: [d for d in broker.devices() if d["id"] == "d2"], 15, "the page to rejoin")
     a = np.eye(4, dtype=np.float32)
-    plan = matmul.plan(a, a)
-    np.testing.assert_array_equal(plan.finish(broker.submit(plan.program).future.result(30)), a)
+    plan = ops.plan("matmul", a, a)
+    np.testing.assert_array_equal(plan.finish(broker.submit(plan.program).future.result(30))[0], a)
 
 
 def test_the_page_says_when_the_notebook_stopped_the_broker(page) -> None:

@@ -147,8 +147,7 @@ def test_a_cell_of_only_the_magic_line_runs_on_a_worker_and_the_panel_updates_li
         kernel.drain_comms(0.5)  # the kernel is idle: updates come from the broker thread
     assert any(panel_devices(kernel)), "the widget never heard of the worker"
     assert (
-        kernel.execute("import numpy as np\nA = np.random.rand(300, 129)\nB = np.random.rand(129, 77)").status
-        == "ok"
+        kernel.execute("import numpy as np\nA = np.random.rand(300, 129)\nB = np.random.rand(129, 77)").status == "ok"
     )
     reply = kernel.execute("%%webnet matmul A B -> C")
     assert reply.status == "ok", reply.error
@@ -180,9 +179,7 @@ def test_interrupting_the_kernel_cancels_the_waiting_job(kernel: Kernel) -> None
         if msg["msg_type"] == "stream" and "waiting for a device" in msg["content"]["text"]:
             kernel.manager.interrupt_kernel()
 
-    reply = kernel.execute(
-        "%webnet matmul A A -> C --timeout 60", timeout=30, on_iopub=interrupt_when_waiting
-    )
+    reply = kernel.execute("%webnet matmul A A -> C --timeout 60", timeout=30, on_iopub=interrupt_when_waiting)
     assert reply.status == "error" and reply.error["ename"] == "KeyboardInterrupt"
     assert kernel.value("'C' in globals()") is False
     kernel.execute("from webnet_magic.client.session import current")

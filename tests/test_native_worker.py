@@ -8,9 +8,9 @@ import time
 import numpy as np
 import pytest
 
+from webnet_magic import ops
 from webnet_magic.broker.thread import BrokerThread
 from webnet_magic.errors import WorkerError, WorkerLost
-from webnet_magic.ops import matmul
 from webnet_magic.program import Buffer, Kernel, Output, Program, Step
 
 from .conftest import Workers, join_native, wait_until
@@ -29,9 +29,9 @@ def test_matmul_of_any_shape_runs_on_the_native_worker(broker: BrokerThread, wor
     join_native(broker, workers)
     rng = np.random.default_rng(1)
     a, b = rng.random((300, 129)), rng.random((129, 77))
-    plan = matmul.plan(a, b)
-    c = plan.finish(broker.submit(plan.program).future.result(60))
-    np.testing.assert_allclose(c, a @ b, rtol=0, atol=matmul.tolerance(a, b) + 1e-5)
+    plan = ops.plan("matmul", a, b)
+    (c,) = plan.finish(broker.submit(plan.program).future.result(60))
+    assert ops.error_ratio(plan.nodes[0], c) <= 1
     devices = broker.devices()
     assert devices[0]["jobs_done"] == 1 and devices[0]["last_job_ms"] > 0
 
@@ -57,7 +57,7 @@ def test_a_worker_killed_mid_job_fails_the_job_at_once(broker: BrokerThread, wor
     """Killing the worker process during a multi-second job raises WorkerLost within a second or two."""
     join_native(broker, workers)
     x = np.ones((1024, 1024), np.float32)
-    plan = matmul.plan(x, x)  # several seconds on lavapipe
+    plan = ops.plan("matmul", x, x)  # several seconds on lavapipe
     handle = broker.submit(plan.program)
     wait_until(lambda: broker.devices()[0]["state"] == "busy", 10, "the job to start")
     time.sleep(0.3)
@@ -74,13 +74,13 @@ def test_a_cancelled_job_frees_the_worker_and_its_late_result_is_dropped(
     """After cancel, the device finishes, reports, and runs the next job correctly."""
     join_native(broker, workers)
     x = np.ones((512, 512), np.float32)
-    first = broker.submit(matmul.plan(x, x).program)
+    first = broker.submit(ops.plan("matmul", x, x).program)
     wait_until(lambda: broker.devices()[0]["state"] == "busy", 10, "the job to start")
     broker.cancel(first.id)
     wait_until(first.future.cancelled, 5, "the cancellation")
     a, b = np.eye(3, dtype=np.float32), np.arange(9, dtype=np.float32).reshape(3, 3)
-    plan = matmul.plan(a, b)
-    np.testing.assert_array_equal(plan.finish(broker.submit(plan.program).future.result(60)), b)
+    plan = ops.plan("matmul", a, b)
+    np.testing.assert_array_equal(plan.finish(broker.submit(plan.program).future.result(60))[0], b)
     assert broker.devices()[0]["jobs_done"] == 1  # the cancelled job did not count
 
 
@@ -92,9 +92,7 @@ def test_the_worker_exits_cleanly_when_the_broker_stops(workers: Workers) -> Non
     assert workers.processes[0].wait(15) == 0
 
 
-def test_a_worker_with_a_wrong_token_exits_with_a_clear_message(
-    broker: BrokerThread, workers: Workers
-) -> None:
+def test_a_worker_with_a_wrong_token_exits_with_a_clear_message(broker: BrokerThread, workers: Workers) -> None:
     """The CLI says it was refused, points at %webnet url, and exits with status 2."""
     process = workers.start(broker.url.replace("token=", "token=x"))
     assert process.wait(30) == 2
@@ -129,9 +127,7 @@ def test_the_token_can_come_from_the_environment_instead_of_the_command_line(
     wait_until(broker.devices, 60, "the worker to join with the token from its environment")
 
 
-def test_outputs_that_are_not_a_multiple_of_four_bytes_come_back(
-    broker: BrokerThread, workers: Workers
-) -> None:
+def test_outputs_that_are_not_a_multiple_of_four_bytes_come_back(broker: BrokerThread, workers: Workers) -> None:
     """Workers are generic: a 3-byte uint8 output is read back (padded on the GPU, trimmed after)."""
     join_native(broker, workers)
     source = """
@@ -155,9 +151,7 @@ def test_a_local_worker_that_dies_is_reported_with_its_last_words(monkeypatch) -
     try:
         session.local_worker("native")
         started = time.monotonic()
-        with pytest.raises(
-            NoDeviceError, match=r"local native worker exited: status 1: .*no GPU adapter found"
-        ):
+        with pytest.raises(NoDeviceError, match=r"local native worker exited: status 1: .*no GPU adapter found"):
             session.wait_for_devices(1, timeout=60)
         assert time.monotonic() - started < 30
     finally:

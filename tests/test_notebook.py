@@ -22,7 +22,5 @@ def test_quickstart_runs_top_to_bottom() -> None:
     assert "max |C - A@B| =" in texts
     assert "inner dimensions 129 and 300 must be equal" in texts  # the deliberate error cell
     assert "broker stopped" in texts
-    widgets = [
-        o for cell_outputs in outputs.values() for o in cell_outputs if o.get("output_type") == "display_data"
-    ]
+    widgets = [o for cell_outputs in outputs.values() for o in cell_outputs if o.get("output_type") == "display_data"]
     assert any("application/vnd.jupyter.widget-view+json" in o["data"] for o in widgets)

@@ -1,4 +1,5 @@
-"""Op planning (shapes, dtypes) on arrays alone, and the matmul kernel on a real GPU adapter."""
+"""Every op against numpy, on the native worker's executor (wgpu-py on lavapipe), plus the
+checks an op makes before anything is sent (shapes, dtypes, options)."""
 
 from __future__ import annotations
 
@@ -7,73 +8,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from webnet_magic import ops
 from webnet_magic.errors import DtypeError, ShapeError
-from webnet_magic.ops import matmul
-from webnet_magic.ops.operands import conversion_note
+from webnet_magic.ops.dtypes import to_wire
+
+from .op_cases import CASES
 
 
-@pytest.mark.parametrize(
-    ("a", "b"),
-    [((3, 4), (4, 5)), ((4,), (4, 5)), ((3, 4), (4,)), ((4,), (4,)), ((0, 4), (4, 5)), ((3, 0), (0, 5))],
-)
-def test_result_shapes_follow_numpy(a: tuple[int, ...], b: tuple[int, ...]) -> None:
-    """1-D operands are promoted and squeezed as numpy's @ does."""
-    assert matmul.plan(np.ones(a), np.ones(b)).shape == np.matmul(np.ones(a), np.ones(b)).shape
-
-
-def test_empty_products_need_no_device() -> None:
-    """A zero-sized dimension yields numpy's zeros without a program to run."""
-    plan = matmul.plan(np.ones((3, 0)), np.ones((0, 5)))
-    assert plan.program is None
-    np.testing.assert_array_equal(plan.finish([]), np.zeros((3, 5), np.float32))
-
-
-def test_mismatched_inner_dimensions_name_both_operands() -> None:
-    with pytest.raises(ShapeError, match=r"A has shape \(3, 4\) and B has shape \(5, 2\).*4 and 5"):
-        matmul.plan(np.ones((3, 4)), np.ones((5, 2)), names=("A", "B"))
-
-
-def test_three_dimensional_operands_are_refused_for_now() -> None:
-    with pytest.raises(ShapeError, match="1-D or 2-D"):
-        matmul.plan(np.ones((2, 3, 4)), np.ones((4, 5)))
-
-
-@pytest.mark.parametrize(
-    ("value", "complaint"),
-    [
-        (np.ones((2, 2), np.complex64), "no complex numbers"),
-        (np.array([["a", "b"]]), "WGSL cannot hold"),
-        (np.array([[object()]]), "WGSL cannot hold"),
-        (np.array(["2020-01-01"], dtype="datetime64[D]"), "WGSL cannot hold"),
-        ("not an array", "is a str"),
-        (None, "is a NoneType"),
-    ],
-)
-def test_dtypes_wgsl_cannot_hold_are_refused(value: object, complaint: str) -> None:
-    with pytest.raises(DtypeError, match=complaint):
-        matmul.plan(value, np.ones((2, 2)))
-
-
-def test_float64_int_and_bool_are_converted_and_reported_once() -> None:
-    """Conversions to float32 are named in one short note; float32 input needs none."""
-    plan = matmul.plan(np.ones((2, 2)), np.ones((2, 2), np.int64), names=("A", "B"))
-    assert (
-        plan.note
-        == "webnet computes in float32 (WGSL has no float64): converted A from float64, B from int64"
-    )
-    assert all(o.array.dtype == np.float32 for o in plan.operands)
-    assert matmul.plan(np.ones((2, 2), np.float32), np.ones((2, 2), bool)).note.endswith("from bool")
-    assert (
-        conversion_note(list(matmul.plan(np.ones((2, 2), np.float32), np.ones((2, 2), np.float32)).operands))
-        is None
-    )
-
-
-def test_non_contiguous_operands_are_made_contiguous() -> None:
-    a = np.arange(20, dtype=np.float32).reshape(4, 5).T
-    plan = matmul.plan(a, np.ones((4, 3), np.float32))
-    assert plan.operands[0].array.flags.c_contiguous
-    np.testing.assert_array_equal(plan.operands[0].array, a)
+def test_every_op_has_generated_cases() -> None:
+    """A new op without hypothesis cases would go untested on both workers."""
+    assert set(CASES) == set(ops.OPS)
 
 
 @pytest.fixture(scope="module")
@@ -83,37 +27,116 @@ def executor():
     return WgpuExecutor()
 
 
-def run_matmul(executor, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    plan = matmul.plan(a, b)
-    if plan.program is None:
-        return plan.finish([])
+def run_on(executor, plan: ops.Plan) -> list[np.ndarray]:
     outputs, _ = executor.run(plan.program)
     return plan.finish(plan.program.check_results(outputs))
 
 
-@settings(max_examples=25, deadline=None)
-@given(st.integers(1, 150), st.integers(1, 150), st.integers(1, 150), st.integers(0, 2**32 - 1))
-def test_matmul_kernel_matches_numpy_for_any_size(executor, m: int, k: int, n: int, seed: int) -> None:
-    """The tiled WGSL kernel on lavapipe agrees with numpy for sizes on and off the 64-tile grid."""
-    rng = np.random.default_rng(seed)
-    a = rng.standard_normal((m, k)).astype(np.float32)
-    b = rng.standard_normal((k, n)).astype(np.float32)
-    c = run_matmul(executor, a, b)
-    assert c.shape == (m, n) and c.dtype == np.float32
-    np.testing.assert_allclose(c, matmul.reference(a, b), rtol=0, atol=matmul.tolerance(a, b))
+@pytest.mark.parametrize("op", sorted(CASES))
+@settings(max_examples=12, deadline=None)
+@given(data=st.data())
+def test_op_matches_numpy_within_its_tolerance(executor, op: str, data: st.DataObject) -> None:
+    """Each op, on generated shapes and values, agrees with numpy within its stated tolerance."""
+    arrays, options = data.draw(CASES[op](), label="arguments")
+    plan = ops.plan(op, *arrays, **options)
+    (got,) = run_on(executor, plan)
+    node = plan.nodes[0]
+    assert got.shape == node.shape and got.dtype == node.dtype
+    assert ops.error_ratio(node, got) <= 1
 
 
-@pytest.mark.parametrize(("m", "k", "n"), [(1, 1, 1), (64, 64, 64), (65, 16, 63), (1, 300, 1), (200, 1, 129)])
-def test_matmul_kernel_edge_sizes(executor, m: int, k: int, n: int) -> None:
-    """One-element, exact-tile and one-past-tile sizes; vectors in either position."""
-    rng = np.random.default_rng(m * k * n)
-    a, b = rng.random((m, k), np.float32), rng.random((k, n), np.float32)
-    np.testing.assert_allclose(run_matmul(executor, a, b), a @ b, rtol=0, atol=matmul.tolerance(a, b))
-    v = rng.random(k, np.float32)
-    np.testing.assert_allclose(run_matmul(executor, v, b), v @ b, rtol=0, atol=matmul.tolerance(v[None], b))
-    np.testing.assert_allclose(
-        run_matmul(executor, a, v), a @ v, rtol=0, atol=matmul.tolerance(a, v[:, None])
+@pytest.mark.parametrize(
+    ("op", "shapes"),
+    [("matmul", [(0, 4), (4, 5)]), ("matmul", [(3, 0), (0, 5)]), ("add", [(0, 3), (3,)]), ("sum", [(0, 3)])],
+)
+def test_empty_arrays_give_numpys_empty_or_zero_results(executor, op: str, shapes) -> None:
+    arrays = [np.ones(s, np.float32) for s in shapes]
+    (got,) = run_on(executor, ops.plan(op, *arrays))
+    expected = (
+        getattr(np, {"add": "add", "sum": "sum", "matmul": "matmul"}[op])(*arrays) if op != "sum" else arrays[0].sum()
     )
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize(
+    ("op", "arrays", "options", "complaint"),
+    [
+        ("matmul", [(3, 4), (5, 2)], {}, r"inner dimensions 4 and 5 must be equal"),
+        ("matmul", [(2, 3, 4), (3, 4, 5)], {}, r"batch dimensions"),
+        ("add", [(3, 4), (5,)], {}, r"shapes \(3, 4\) and \(5,\) do not broadcast"),
+        ("sum", [(3, 4)], {"axis": 2}, r"axis 2 is out of range"),
+        ("max", [(0, 4)], {"axis": 0}, r"empty axis"),
+        ("transpose", [(3, 4)], {"axes": (0, 0)}, r"not a permutation"),
+        ("layernorm", [(3, 4), (5,)], {}, r"gamma must have shape \(4,\)"),
+        ("conv2d", [(1, 3, 8, 8), (2, 4, 3, 3)], {}, r"x has 3 channels but w expects 4"),
+        ("conv2d", [(1, 1, 2, 2), (1, 1, 5, 5)], {}, r"does not fit"),
+        ("conv2d", [(1, 1, 4, 4), (1, 1, 2, 2)], {"stride": 0}, r"stride must be an int >= 1"),
+        ("softmax", [(3, 4)], {"axis": 0}, r"softmax has no option 'axis'"),
+        ("relu", [(3,), (3,)], {}, r"relu takes 1 array arguments, got 2"),
+    ],
+)
+def test_bad_calls_are_refused_before_anything_is_sent(op, arrays, options, complaint) -> None:
+    with pytest.raises(ShapeError, match=complaint):
+        ops.plan(op, *[np.ones(s, np.float32) for s in arrays], **options)
+
+
+@pytest.mark.parametrize(
+    ("value", "complaint"),
+    [
+        (np.ones((2, 2), np.complex64), "no complex numbers"),
+        (np.array([["a", "b"]]), "WGSL cannot hold"),
+        (np.array([[object()]]), "WGSL cannot hold"),
+        (np.array(["2020-01-01"], dtype="datetime64[D]"), "WGSL cannot hold"),
+        (np.array([2**40], np.int64), r"values in \[1099511627776, 1099511627776\], beyond int32"),
+        (np.array([2**33], np.uint64), "beyond uint32"),
+        ("not an array", "is a str"),
+        (None, "is a NoneType"),
+    ],
+)
+def test_dtypes_wgsl_cannot_hold_are_refused(value: object, complaint: str) -> None:
+    with pytest.raises(DtypeError, match=complaint):
+        to_wire("A", value)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "wire", "converted"),
+    [
+        ("float64", "float32", "float64"),
+        ("float32", "float32", None),
+        ("float16", "float16", None),
+        ("int64", "int32", "int64"),
+        ("int32", "int32", None),
+        ("uint64", "uint32", "uint64"),
+        ("int8", "int32", "int8"),
+        ("bool", "int32", "bool"),
+    ],
+)
+def test_what_each_dtype_travels_as(dtype: str, wire: str, converted: str | None) -> None:
+    leaf = to_wire("A", np.ones((2, 3), dtype))
+    assert leaf.array.dtype == wire and leaf.converted_from == converted and leaf.array.flags.c_contiguous
+
+
+def test_conversions_are_named_in_one_note() -> None:
+    plan = ops.plan("matmul", np.ones((2, 2)), np.ones((2, 2), np.int64), names=("A", "B"))
+    assert plan.note == (
+        "webnet computes in 32 bits (WGSL has no float64 or int64): converted A from float64, B from int64"
+    )
+    assert ops.plan("matmul", np.ones((2, 2), np.float32), np.ones((2, 2), np.float32)).note is None
+
+
+def test_float16_travels_as_half_the_bytes_and_is_widened_on_the_device(executor) -> None:
+    x = np.linspace(-4, 4, 1001).astype(np.float16)
+    plan = ops.plan("exp", x)
+    assert plan.program.input_bytes < x.size * 4  # the array went as float16
+    (got,) = run_on(executor, plan)
+    assert got.dtype == np.float32 and ops.error_ratio(plan.nodes[0], got) <= 1
+
+
+def test_integer_arithmetic_stays_integer_and_wraps_like_numpy(executor) -> None:
+    a = np.array([2**31 - 1, 5, -7], np.int32)
+    (got,) = run_on(executor, ops.plan("add", a, np.array([1, 2, 3], np.int32)))
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, a + np.array([1, 2, 3], np.int32))
 
 
 def test_a_wgsl_compile_error_carries_the_compilers_message(executor) -> None:

@@ -9,10 +9,9 @@ from webnet_magic.client.parsing import MagicSyntaxError, help_text, parse
 
 
 def test_an_op_line_splits_on_the_arrow_before_argparse_sees_it() -> None:
-    """`->` is not an option: operands before it, outputs after it, options anywhere."""
+    """`->` is not an option: the op and its operands before it, outputs and options after it."""
     command = parse("matmul A B -> C --timeout 5 --device d2")
-    assert command.name == "matmul"
-    assert command.operands == ("A", "B")
+    assert command.name == "run" and command.expression == "matmul(A, B)"
     assert command.outputs == ("C",)
     assert command.options == {"timeout": 5.0, "device": "d2", "local": False}
 
@@ -20,25 +19,33 @@ def test_an_op_line_splits_on_the_arrow_before_argparse_sees_it() -> None:
 def test_options_may_come_before_the_arrow_and_spaces_are_optional() -> None:
     """`matmul A B --local ->C` parses like the spaced form."""
     command = parse("matmul A B --local ->C")
-    assert command.operands == ("A", "B") and command.outputs == ("C",) and command.options["local"]
+    assert command.expression == "matmul(A, B)" and command.outputs == ("C",) and command.options["local"]
 
 
-def test_operands_are_python_expressions() -> None:
-    """Attribute access, calls and subscripts (quoted when they hold spaces) are operands."""
-    command = parse("matmul A.T 'X[:, :10]' -> C")
-    assert command.operands == ("A.T", "X[:, :10]")
+def test_an_expression_is_kept_whole() -> None:
+    """Anything that is not a sub-command or an op with bare operands is an expression, spaces and all."""
+    command = parse("relu(X @ W1 + b1) @ W2 -> Y --timeout 2")
+    assert command.expression == "relu(X @ W1 + b1) @ W2"
+    assert command.outputs == ("Y",) and command.options["timeout"] == 2.0
+    assert parse("sum(X, axis=1)").expression == "sum(X, axis=1)"
+    assert parse("A @ B").outputs == ()
 
 
-def test_without_an_arrow_an_op_has_no_outputs() -> None:
-    """`C = %webnet matmul A B` returns the result instead of binding it."""
-    assert parse("matmul A B").outputs == ()
+def test_op_operands_may_be_expressions() -> None:
+    """Operands such as A.T or a quoted subscript become the call's arguments."""
+    assert parse("matmul A.T 'X[:, :10]' -> C").expression == "matmul(A.T, X[:, :10])"
 
 
-def test_outputs_are_read_with_or_without_commas() -> None:
-    """`-> H, Y` and `-> H Y` name the same outputs (as many as the op gives)."""
-    assert parse("matmul A B -> Y").outputs == ("Y",)
-    with pytest.raises(MagicSyntaxError, match="gives 1 result"):
-        parse("matmul A B -> H, Y")
+def test_several_outputs_are_read_with_or_without_commas() -> None:
+    assert parse("A, B -> H, Y").outputs == ("H", "Y")
+    assert parse("A, B -> H Y").outputs == ("H", "Y")
+
+
+def test_a_cell_body_is_the_program() -> None:
+    """`%%webnet -> H, Y` with assignments in the body."""
+    command = parse("-> H, Y --local", "H = relu(X)\nY = H @ W\n")
+    assert command.expression == "H = relu(X)\nY = H @ W" and command.outputs == ("H", "Y")
+    assert command.options["local"]
 
 
 def test_start_takes_port_and_host() -> None:
@@ -49,21 +56,18 @@ def test_start_takes_port_and_host() -> None:
 @pytest.mark.parametrize(
     ("line", "complaint"),
     [
-        ("", "needs a command"),
-        ("frobnicate A", "unknown command 'frobnicate'"),
-        ("matmul A -> C", "takes 2 operands, got 1"),
-        ("matmul A B C -> D", "takes 2 operands, got 3"),
+        ("", "needs a command or an expression"),
+        ("A B -> C", "is not a Python expression"),
         ("matmul A B ->", "nothing after '->'"),
         ("matmul A B -> 1C", "cannot bind to '1C'"),
         ("matmul A B -> class", "cannot bind to 'class'"),
-        ("matmul A B( -> C", "not a Python expression"),
+        ("matmul A B( -> C", "is not a Python expression"),
         ("matmul A B -> C --timeout soon", "positive number of seconds, not 'soon'"),
-        ("matmul A B -> C --bogus", "unrecognized arguments"),
-        ("stop -> C", "takes no '->' output"),
-        ("matmul A B -> C D", "gives 1 result"),
         ("matmul A B -> C --timeout nan", "positive number of seconds, not 'nan'"),
         ("matmul A B -> C --timeout -1", "positive number of seconds, not '-1'"),
+        ("matmul A B -> C --bogus", "unrecognized arguments"),
         ("start --port 70000", "0 to 65535, not '70000'"),
+        ("stop -> C", "takes no '->' output"),
         ("matmul 'A B -> C", "cannot split the line"),
     ],
 )
@@ -73,9 +77,18 @@ def test_bad_lines_say_what_is_wrong(line: str, complaint: str) -> None:
         parse(line)
 
 
-def test_help_lists_every_command() -> None:
+def test_a_line_and_a_body_together_are_refused() -> None:
+    with pytest.raises(MagicSyntaxError, match="not both"):
+        parse("A @ B -> C", "X = 1")
+    with pytest.raises(MagicSyntaxError, match="takes no cell body"):
+        parse("stop", "X = 1")
+
+
+def test_help_lists_every_command_and_op() -> None:
+    from webnet_magic.ops import OPS
+
     text = help_text()
-    for name in ("start", "stop", "status", "devices", "url", "matmul", "help"):
+    for name in ("start", "stop", "status", "devices", "url", "help", *OPS):
         assert f"  {name}" in text
 
 

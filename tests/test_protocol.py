@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from webnet_magic.ops import matmul
+from webnet_magic import ops
 from webnet_magic.program import Program
 from webnet_magic.protocol import (
     Assembler,
@@ -78,8 +78,7 @@ def test_interleaved_messages_assemble_separately() -> None:
 
 def test_a_job_message_round_trips_to_the_same_program() -> None:
     """A matmul program survives encode/decode with its kernel, buffers and dispatch intact."""
-    plan = matmul.plan(np.ones((5, 3), np.float32), np.ones((3, 2), np.float32))
-    assert plan.program is not None
+    plan = ops.plan("matmul", np.ones((5, 3), np.float32), np.ones((3, 2), np.float32))
     back = Program.from_message(roundtrip(plan.program.to_message("j9")))
     assert back.steps == plan.program.steps and back.buffers == plan.program.buffers
     assert back.outputs == plan.program.outputs
@@ -132,9 +131,7 @@ def head_frame(header: object, payload: bytes = b"", raw_json: bytes | None = No
             "non-negative integers",
         ),
         (
-            head_frame(
-                {"type": "result", "fields": {"job": "j", "timings": {}}, "arrays": [{"dtype": ["f"]}]}
-            ),
+            head_frame({"type": "result", "fields": {"job": "j", "timings": {}}, "arrays": [{"dtype": ["f"]}]}),
             "cannot cross the wire",
         ),
         (
@@ -187,20 +184,15 @@ def test_too_many_unfinished_messages_are_refused() -> None:
     }
     for message_id in (1, 2):
         assembler.feed(
-            b"WN\x01\x00"
-            + struct.pack("<II", message_id, len(json.dumps(header)))
-            + json.dumps(header).encode()
+            b"WN\x01\x00" + struct.pack("<II", message_id, len(json.dumps(header))) + json.dumps(header).encode()
         )
     with pytest.raises(ProtocolError, match="in flight"):
-        assembler.feed(
-            b"WN\x01\x00" + struct.pack("<II", 3, len(json.dumps(header))) + json.dumps(header).encode()
-        )
+        assembler.feed(b"WN\x01\x00" + struct.pack("<II", 3, len(json.dumps(header))) + json.dumps(header).encode())
 
 
 def test_a_result_must_match_the_programs_outputs() -> None:
     """A worker's result with the wrong shape or dtype is refused, not bound."""
-    plan = matmul.plan(np.ones((4, 3), np.float32), np.ones((3, 2), np.float32))
-    assert plan.program is not None
+    plan = ops.plan("matmul", np.ones((4, 3), np.float32), np.ones((3, 2), np.float32))
     with pytest.raises(ProtocolError, match="expected float32"):
         plan.program.check_results([np.zeros((2, 4), np.float32)])
     with pytest.raises(ProtocolError, match="expected 1"):
@@ -220,8 +212,7 @@ def test_a_result_must_match_the_programs_outputs() -> None:
 )
 def test_a_worker_refuses_an_inconsistent_job(change: object, complaint: str) -> None:
     """Indices, sizes and kernel hashes in a job are all checked before anything touches the GPU."""
-    plan = matmul.plan(np.ones((4, 3), np.float32), np.ones((3, 2), np.float32))
-    assert plan.program is not None
+    plan = ops.plan("matmul", np.ones((4, 3), np.float32), np.ones((3, 2), np.float32))
     message = plan.program.to_message("j")
     fields = json.loads(json.dumps(message.fields))
     change(fields)  # type: ignore[operator]

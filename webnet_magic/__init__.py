@@ -11,6 +11,7 @@ From Python::
     import webnet_magic as wm
     session = wm.start()          # broker in a background thread; open session.url on a device
     C = session.matmul(A, B)
+    Y = wm.run("relu(X @ W1 + b1) @ W2", X=X, W1=W1, b1=b1, W2=W2)   # one job
 
 Imports stay lazy so ``%load_ext`` is cheap and a missing optional extra (wgpu for
 the native worker) only matters when its feature is used.
@@ -35,6 +36,19 @@ def start(**options: Any) -> Session:
     return _start(**options)
 
 
+def run(expression: str, /, *, timeout: float = 60.0, device: str | None = None, local: bool = False,
+        **arrays: Any) -> Any:  # fmt: skip
+    """Evaluate ``expression`` as one job on a connected device, its names bound from ``arrays``.
+
+    ``run("relu(X @ W1 + b1) @ W2", X=X, W1=W1, b1=b1, W2=W2)`` sends the four arrays once,
+    keeps ``X @ W1 + b1`` and its relu on the device, and returns only the product.  A tuple
+    expression returns a tuple.  ``local=True`` computes with numpy instead (no broker needed).
+    """
+    from .client.session import evaluate_expression
+
+    return evaluate_expression(expression, arrays, local=local, timeout=timeout, device=device)
+
+
 def stop() -> None:
     """Stop this process's broker, closing every worker connection and freeing its port."""
     from .client.session import stop as _stop
@@ -56,4 +70,4 @@ def unload_ipython_extension(ipython: InteractiveShell) -> None:
     unload(ipython)
 
 
-__all__ = ["__version__", "load_ipython_extension", "start", "stop", "unload_ipython_extension"]
+__all__ = ["__version__", "load_ipython_extension", "run", "start", "stop", "unload_ipython_extension"]

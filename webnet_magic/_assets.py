@@ -12,6 +12,4 @@ def static_dir() -> Path:
     for candidate in (_PACKAGE / "static", _PACKAGE.parent / "js"):
         if (candidate / "worker.html").is_file():
             return candidate
-    raise FileNotFoundError(
-        "webnet_magic's worker page is missing (no static/ or js/ folder); reinstall the package"
-    )
+    raise FileNotFoundError("webnet_magic's worker page is missing (no static/ or js/ folder); reinstall the package")

@@ -112,9 +112,7 @@ class Program:
                     }
                     for s in self.steps
                 ],
-                "outputs": [
-                    {"buffer": o.buffer, "dtype": o.dtype, "shape": list(o.shape)} for o in self.outputs
-                ],
+                "outputs": [{"buffer": o.buffer, "dtype": o.dtype, "shape": list(o.shape)} for o in self.outputs],
             },
             self.inputs,
         )
@@ -124,9 +122,7 @@ class Program:
         """The program a ``job`` message describes; every index and size is checked."""
         f = message.fields
         try:
-            kernels = {
-                h: Kernel(_str(k["source"]), _str(k.get("entry", "main"))) for h, k in f["kernels"].items()
-            }
+            kernels = {h: Kernel(_str(k["source"]), _str(k.get("entry", "main"))) for h, k in f["kernels"].items()}
             buffers = tuple(
                 Buffer(
                     _int(b["size"]),
@@ -136,12 +132,10 @@ class Program:
                 for b in f["buffers"]
             )
             steps = tuple(
-                Step(kernels[s["kernel"]], tuple(map(_int, s["bindings"])), _dims(s["workgroups"]))
-                for s in f["steps"]
+                Step(kernels[s["kernel"]], tuple(map(_int, s["bindings"])), _dims(s["workgroups"])) for s in f["steps"]
             )
             outputs = tuple(
-                Output(_int(o["buffer"]), _str(o["dtype"]), tuple(map(_int, o["shape"])))
-                for o in f["outputs"]
+                Output(_int(o["buffer"]), _str(o["dtype"]), tuple(map(_int, o["shape"]))) for o in f["outputs"]
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ProtocolError(f"malformed job description: {exc!r}") from None
@@ -157,8 +151,7 @@ class Program:
         for i, (a, o) in enumerate(zip(arrays, self.outputs, strict=True)):
             if a.dtype != np.dtype(o.dtype) or a.shape != o.shape:
                 raise ProtocolError(
-                    f"worker returned output {i} as {a.dtype}{list(a.shape)}, "
-                    f"expected {o.dtype}{list(o.shape)}"
+                    f"worker returned output {i} as {a.dtype}{list(a.shape)}, expected {o.dtype}{list(o.shape)}"
                 )
         return list(arrays)
 

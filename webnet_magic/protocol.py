@@ -209,9 +209,7 @@ class Assembler:
         if magic != MAGIC:
             raise ProtocolError("frame does not start with b'WN'; is this a webnet worker?")
         if version != VERSION:
-            raise ProtocolError(
-                f"protocol version {version}, this side speaks {VERSION}; upgrade webnet_magic"
-            )
+            raise ProtocolError(f"protocol version {version}, this side speaks {VERSION}; upgrade webnet_magic")
         body = frame[_PREFIX.size :]
         if kind == HEAD:
             partial, data = self._start(message_id, body)

@@ -242,9 +242,7 @@ class Scheduler:
                 (
                     d
                     for d in self.usable_devices()
-                    if d.state == "idle"
-                    and (job.device_id in (None, d.id))
-                    and d.refusal(job.program) is None
+                    if d.state == "idle" and (job.device_id in (None, d.id)) and d.refusal(job.program) is None
                 ),
                 None,
             )

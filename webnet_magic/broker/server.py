@@ -117,9 +117,7 @@ class Broker:
         """
         socks = [s for s in self.sockets if s.device and (device_id is None or s.device.id == device_id)]
         if not socks:
-            raise DeviceNotFound(
-                f"no device {device_id!r} is connected" if device_id else "no device is connected"
-            )
+            raise DeviceNotFound(f"no device {device_id!r} is connected" if device_id else "no device is connected")
         return await socks[0].probe(arrays)
 
     async def shutdown(self) -> None:
@@ -146,9 +144,7 @@ class WorkerPage(tornado.web.RequestHandler):
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
         host = self.request.host
-        self.set_header(
-            "Content-Security-Policy", f"default-src 'self'; connect-src 'self' ws://{host} wss://{host}"
-        )
+        self.set_header("Content-Security-Policy", f"default-src 'self'; connect-src 'self' ws://{host} wss://{host}")
         self.write((self.broker.static_dir / "worker.html").read_bytes())
 
 

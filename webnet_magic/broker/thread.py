@@ -177,9 +177,7 @@ class BrokerThread:
         job = self.broker.scheduler.submit(program, device, job_id=handle.id)
         job.future.add_done_callback(lambda done: _settle(handle.future, done))
 
-    def echo(
-        self, arrays: list[np.ndarray], device: str | None = None, timeout: float = 60.0
-    ) -> list[np.ndarray]:
+    def echo(self, arrays: list[np.ndarray], device: str | None = None, timeout: float = 60.0) -> list[np.ndarray]:
         """``arrays`` to a worker and back, through its WebSocket only (see :meth:`Broker.echo`)."""
         future = asyncio.run_coroutine_threadsafe(self.broker.echo(device, arrays), self._loop)
         try:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import numpy as np
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
@@ -22,8 +21,9 @@ from IPython.display import display
 from traitlets import Float, Int, Unicode
 
 from ..errors import DeviceLimitError, DeviceNotFound, DtypeError, ShapeError
-from ..ops import OPS
+from ..ops import Graph, Node
 from . import session as sessions
+from .expressions import ExpressionError, namespace_resolver, parse_program
 from .parsing import Command, MagicSyntaxError, help_text, parse
 
 _BODYLESS = re.compile(r"^%%webnet(\s|$)")
@@ -44,35 +44,30 @@ class WebnetMagics(Magics):
     """
 
     port = Int(0, help="Port of the broker (0: any free port).").tag(config=True)
-    host = Unicode("127.0.0.1", help="Address the broker binds; 127.0.0.1 is this machine only.").tag(
-        config=True
-    )
+    host = Unicode("127.0.0.1", help="Address the broker binds; 127.0.0.1 is this machine only.").tag(config=True)
     timeout = Float(60.0, help="Seconds an op waits for a device and its result.").tag(config=True)
     heartbeat = Float(3.0, help="Seconds between heartbeats to each worker.").tag(config=True)
-    silence_limit = Float(30.0, help="Seconds of silence after which a worker is declared lost.").tag(
-        config=True
-    )
+    silence_limit = Float(30.0, help="Seconds of silence after which a worker is declared lost.").tag(config=True)
 
     @no_var_expand
     @line_cell_magic
     def webnet(self, line: str, cell: str | None = None) -> Any:
-        """Offload numpy work to WebGPU devices. ``%webnet help`` lists the commands.
+        """Offload numpy work to WebGPU devices. ``%webnet help`` lists the commands and ops.
 
         ::
 
-            %webnet start                   # broker + QR code + live device panel
-            %webnet matmul A B -> C         # C = A @ B on a connected device
-            %%webnet matmul A B -> C        # the same, as a cell of its own
-            C = %webnet matmul A B          # the same, returning the result
+            %webnet start                        # broker + QR code + live device panel
+            %webnet matmul A B -> C              # C = A @ B on a connected device
+            %%webnet matmul A B -> C             # the same, as a cell of its own
+            %webnet relu(X @ W1 + b1) @ W2 -> Y  # one job; intermediates stay on the device
+            C = %webnet A @ B                    # without '->' the result is returned
         """
         try:
-            command = parse(line)
+            command = parse(line, cell)
         except MagicSyntaxError as exc:
             raise UsageError(str(exc)) from None
-        if cell is not None and cell.strip():
-            raise UsageError(f"%%webnet {command.name} takes no cell body; put nothing under the first line")
-        if command.name in OPS:
-            return self._op(command)
+        if command.name == "run":
+            return self._run(command)
         return getattr(self, f"_{command.name}")(command)
 
     # -- sub-commands ------------------------------------------------------------------------
@@ -123,26 +118,40 @@ class WebnetMagics(Magics):
     def _help(self, command: Command) -> None:
         print(help_text())
 
-    def _op(self, command: Command) -> np.ndarray | None:
-        operands = [self._evaluate(expr) for expr in command.operands]
+    def _run(self, command: Command) -> Any:
+        """Read the expression into a graph, run it as one job, then bind every output at once."""
         options = command.options
         try:
+            nodes = self._results(command)
             if options.get("local"):
-                result = sessions.compute_local(command.name, *operands, names=command.operands)
+                results = sessions.run_local(nodes)
             else:
-                result = self._session().compute(
-                    command.name,
-                    *operands,
-                    names=command.operands,
-                    timeout=options.get("timeout", self.timeout),
-                    device=options.get("device"),
-                )
-        except (ShapeError, DtypeError, DeviceLimitError, DeviceNotFound) as exc:
-            raise UsageError(str(exc)) from None
+                timeout = options.get("timeout", self.timeout)
+                results = self._session().run_graph(nodes, timeout=timeout, device=options.get("device"))
+        except (ExpressionError, ShapeError, DtypeError, DeviceLimitError, DeviceNotFound) as exc:
+            raise UsageError(f"webnet: {exc}") from None
         if not command.outputs:
-            return result
-        self._namespace[command.outputs[0]] = result
+            return results[0] if len(results) == 1 else tuple(results)
+        self._namespace.update(zip(command.outputs, results, strict=True))
         return None
+
+    def _results(self, command: Command) -> list[Node]:
+        """The nodes to bring back: the final expression's, or the cell's names listed after ``->``."""
+        bound = parse_program(command.expression, Graph(), namespace_resolver(self._namespace, "in the notebook"))
+        final = bound.pop("", None)
+        outputs = command.outputs
+        if final is not None:
+            if outputs and len(outputs) != len(final):
+                raise ExpressionError(
+                    f"the expression gives {len(final)} result(s) but {len(outputs)} name(s) follow '->'"
+                )
+            return final
+        if not outputs:
+            raise ExpressionError("name the results to bring back after '->', e.g. %%webnet -> H, Y")
+        missing = [name for name in outputs if name not in bound]
+        if missing:
+            raise ExpressionError(f"{', '.join(missing)} is not assigned in the cell")
+        return [bound[name] for name in outputs]
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -156,15 +165,6 @@ class WebnetMagics(Magics):
         if session is None:
             raise UsageError("webnet: no broker is running; start one with %webnet start")
         return session
-
-    def _evaluate(self, expr: str) -> Any:
-        """An operand's value in the notebook's namespace; a clear error if it has none."""
-        try:
-            return eval(expr, self._namespace)  # the user's own expression, like $var expansion
-        except NameError as exc:
-            raise UsageError(f"webnet: {exc.name or expr!r} is not defined in the notebook") from None
-        except Exception as exc:
-            raise UsageError(f"webnet: cannot evaluate {expr!r}: {type(exc).__name__}: {exc}") from None
 
 
 def load(shell: InteractiveShell) -> None:

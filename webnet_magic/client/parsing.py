@@ -1,17 +1,25 @@
-"""Parsing a ``%webnet`` line: ``matmul A B -> C --timeout 5``.
+"""Parsing a ``%webnet`` line: a sub-command, or something to compute and where to put it.
 
-argparse reads ``->`` as an option, so the line is split on the first ``->``
-before argparse sees it (jupysql pre-parses its ``<<`` the same way): what
-comes after is output names, then options.  Operands are Python expressions
-(``A``, ``A.T``, ``X[:, :10]``) checked for syntax here and evaluated later in
-the notebook's namespace; outputs must be plain variable names.
+::
+
+    %webnet start --port 8765                  a sub-command (argparse)
+    %webnet relu(X @ W1 + b1) @ W2 -> Y        an expression, bound to Y
+    %webnet matmul A B -> C --timeout 5        an op with its operands, the same as matmul(A, B)
+    %%webnet -> H, Y                           a cell of assignments; H and Y come back
+
+argparse reads ``->`` as an option, so the line is split on the first ``->`` before
+argparse sees it (jupysql pre-parses its ``<<`` the same way): after it come output
+names, then options.  The expression itself is checked for Python syntax here and
+read into a graph later (:mod:`~webnet_magic.client.expressions`).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import keyword
 import math
+import re
 import shlex
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -25,10 +33,10 @@ class MagicSyntaxError(ValueError):
 
 @dataclass(frozen=True)
 class Command:
-    """One parsed ``%webnet`` line."""
+    """One parsed ``%webnet`` line: ``name`` is a sub-command, or ``run`` for a computation."""
 
     name: str
-    operands: tuple[str, ...] = ()
+    expression: str = ""
     outputs: tuple[str, ...] = ()
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -37,13 +45,11 @@ class _Parser(argparse.ArgumentParser):
     """argparse that raises instead of exiting the kernel."""
 
     def error(self, message: str) -> NoReturn:
-        raise MagicSyntaxError(f"%webnet {self.prog.split()[-1]}: {message}. Try %webnet help")
+        raise MagicSyntaxError(f"{self.prog}: {message}. Try %webnet help")
 
     def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
         raise MagicSyntaxError(message or self.format_usage())
 
-
-_OP_OPTIONS = "[--timeout S] [--device ID] [--local]"
 
 #: One line per sub-command, shown by ``%webnet help``.
 SUBCOMMANDS = {
@@ -52,9 +58,9 @@ SUBCOMMANDS = {
     "status": "the broker's URL and devices",
     "devices": "a table of connected devices",
     "url": "print the worker URL (with its token) as plain text",
-    **{name: f"{op.USAGE}  {_OP_OPTIONS}" for name, op in OPS.items()},
-    "help": "this list",
+    "help": "this text",
 }
+RUN_OPTIONS = "[--timeout S] [--device ID] [--local]"
 
 
 def _port(text: str) -> int:
@@ -73,74 +79,82 @@ def _seconds(text: str) -> float:
     return seconds
 
 
-def _build() -> _Parser:
-    parser = _Parser(prog="%webnet", add_help=False)
-    sub = parser.add_subparsers(dest="name", metavar="COMMAND", parser_class=_Parser)
+def _build() -> tuple[_Parser, _Parser]:
+    commands = _Parser(prog="%webnet", add_help=False)
+    sub = commands.add_subparsers(dest="name", metavar="COMMAND", parser_class=_Parser)
     start = sub.add_parser("start", prog="%webnet start", add_help=False)
     start.add_argument("--port", type=_port, help="port to listen on (0: any free port)")
     start.add_argument("--host", help="address to bind (default 127.0.0.1: this machine only)")
     for name in ("stop", "status", "devices", "url", "help"):
         sub.add_parser(name, prog=f"%webnet {name}", add_help=False)
-    for name in OPS:
-        op = sub.add_parser(name, prog=f"%webnet {name}", add_help=False)
-        op.add_argument("operands", nargs="*", metavar="X")
-        op.add_argument("--timeout", type=_seconds, help="seconds to wait for a device and the result")
-        op.add_argument("--device", help="run on this device id (see %%webnet devices)")
-        op.add_argument("--local", action="store_true", help="compute with numpy here, no device")
-    return parser
+    run = _Parser(prog="%webnet", add_help=False)
+    run.add_argument("--timeout", type=_seconds, help="seconds to wait for a device and the result")
+    run.add_argument("--device", help="run on this device id (see %%webnet devices)")
+    run.add_argument("--local", action="store_true", help="compute with numpy here, no device")
+    return commands, run
 
 
-_PARSER = _build()
+_COMMANDS, _RUN = _build()
+_OPTION = re.compile(r"(?:^|\s)(--[A-Za-z])")
 
 
-def parse(line: str) -> Command:
-    """Parse one ``%webnet`` line (without the ``%webnet``)."""
+def parse(line: str, cell: str | None = None) -> Command:
+    """Parse one ``%webnet`` line (without the ``%webnet``); ``cell`` is the body of a ``%%webnet`` cell."""
     left, arrow, right = line.partition("->")
+    expression, left_options = _split_options(left)
     try:
-        tokens = shlex.split(left)
+        option_tokens = shlex.split(left_options)
         after = shlex.split(right)
     except ValueError as exc:
         raise MagicSyntaxError(f"%webnet: cannot split the line: {exc}") from None
-    if not tokens:
-        raise MagicSyntaxError("%webnet needs a command: " + ", ".join(SUBCOMMANDS) + ". Try %webnet help")
-    if tokens[0] not in SUBCOMMANDS:
-        raise MagicSyntaxError(
-            f"%webnet: unknown command {tokens[0]!r}; choose from {', '.join(SUBCOMMANDS)}"
-        )
     outputs: list[str] = []
     while after and not after[0].startswith("-"):
         outputs += [name for name in after.pop(0).split(",") if name]
     if arrow and not outputs:
         raise MagicSyntaxError("%webnet: nothing after '->'; name the variable to bind, e.g. -> C")
-    namespace = _PARSER.parse_args(tokens + after)
-    options = {k: v for k, v in vars(namespace).items() if k not in ("name", "operands") and v is not None}
-    operands = tuple(getattr(namespace, "operands", ()) or ())
-    if arrow and namespace.name not in OPS:
-        raise MagicSyntaxError(f"%webnet {namespace.name} takes no '->' output")
-    if namespace.name in OPS:
-        op = OPS[namespace.name]
-        if len(operands) != op.ARITY:
-            raise MagicSyntaxError(
-                f"%webnet {namespace.name} takes {op.ARITY} operands, got {len(operands)}: "
-                f"%webnet {namespace.name} {op.USAGE}"
-            )
-        if len(outputs) > op.RESULTS:
-            raise MagicSyntaxError(
-                f"%webnet {namespace.name} gives {op.RESULTS} result(s); name that many after '->', "
-                f"not {len(outputs)}"
-            )
-    for expr in operands:
-        _check_expression(expr)
     for name in outputs:
         _check_output(name)
-    return Command(namespace.name, operands, tuple(outputs), options)
+    words = expression.split()
+    if words and words[0] in SUBCOMMANDS:
+        if arrow:
+            raise MagicSyntaxError(f"%webnet {words[0]} takes no '->' output")
+        if cell and cell.strip():
+            raise MagicSyntaxError(f"%%webnet {words[0]} takes no cell body; put nothing under the first line")
+        namespace = _COMMANDS.parse_args(shlex.split(left) + after)
+        return Command(namespace.name, options={k: v for k, v in vars(namespace).items() if k != "name" and v})
+    options = vars(_RUN.parse_args(option_tokens + after))
+    text = _expression(words, expression, cell)
+    return Command("run", text, tuple(outputs), {k: v for k, v in options.items() if v is not None})
 
 
-def _check_expression(expr: str) -> None:
+def _split_options(left: str) -> tuple[str, str]:
+    """(expression, options): the options start at the first ``--name`` token."""
+    match = _OPTION.search(left)
+    return (left, "") if match is None else (left[: match.start(1)], left[match.start(1) :])
+
+
+def _expression(words: list[str], text: str, cell: str | None) -> str:
+    """The Python source to run: an op's operands as a call, the line's expression, or the cell body."""
+    body = (cell or "").strip()
+    if body and words:
+        raise MagicSyntaxError("%%webnet takes either an expression on its line or a cell body, not both")
+    if body:
+        source = body
+    elif not words:
+        raise MagicSyntaxError("%webnet needs a command or an expression. Try %webnet help")
+    elif words[0] in OPS and len(words) > 1 and not words[1].startswith("("):
+        try:  # %webnet matmul A B  is  matmul(A, B); an operand with spaces may be quoted
+            operands = shlex.split(text)[1:]
+        except ValueError as exc:
+            raise MagicSyntaxError(f"%webnet: cannot split the line: {exc}") from None
+        source = f"{words[0]}({', '.join(operands)})"
+    else:
+        source = text.strip()
     try:
-        compile(expr, "<webnet operand>", "eval")
+        ast.parse(source, mode="exec")
     except SyntaxError as exc:
-        raise MagicSyntaxError(f"%webnet: operand {expr!r} is not a Python expression ({exc.msg})") from None
+        raise MagicSyntaxError(f"%webnet: {source!r} is not a Python expression ({exc.msg})") from None
+    return source
 
 
 def _check_output(name: str) -> None:
@@ -150,7 +164,17 @@ def _check_output(name: str) -> None:
 
 def help_text() -> str:
     width = max(map(len, SUBCOMMANDS))
-    lines = ["%webnet COMMAND ...   (also as a cell of one line: %%webnet COMMAND ...)"]
+    lines = ["%webnet COMMAND      (also as a cell of one line: %%webnet COMMAND)"]
     lines += [f"  {name:<{width}}  {text}" for name, text in SUBCOMMANDS.items()]
-    lines.append("Without '-> NAME', an op returns its result: C = %webnet matmul A B")
+    lines += [
+        "",
+        f"%webnet EXPRESSION -> NAMES  {RUN_OPTIONS}",
+        "  e.g. %webnet relu(X @ W1 + b1) @ W2 -> Y   (one job: intermediates stay on the device)",
+        "       %webnet matmul A B -> C                (an op and its operands: matmul(A, B))",
+        "       C = %webnet A @ B                      (without '->' the result is returned)",
+        "  %%webnet -> H, Y  with a cell of 'name = expression' lines: H and Y come back",
+        "",
+        "ops (options as keywords, e.g. sum(X, axis=1)):",
+    ]
+    lines += [f"  {name:<{width + 4}}  {spec.summary}" for name, spec in sorted(OPS.items())]
     return "\n".join(lines)

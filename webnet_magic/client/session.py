@@ -16,16 +16,19 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from ..broker.thread import BrokerThread
 from ..errors import BrokerStopped, JobTimeout, NoDeviceError
-from ..ops import OPS
-from ..ops.base import Plan
+from ..ops import Graph, Node, call, compile_graph, evaluate
+from ..ops.dtypes import conversion_note
+from ..ops.graph import topological
+from ..program import Program
 from ..worker.launch import LocalWorker, launch
+from .expressions import namespace_resolver, parse
 
 _warned: dict[Any, Any] = {}  # warnings registry: each conversion note is shown once
 POLL = 0.1  # seconds between checks while waiting; bounds how late a Ctrl-C or timeout is seen
@@ -122,52 +125,74 @@ class Session:
         if self._panel is not None:
             self._panel.stopped()
 
-    # -- ops -------------------------------------------------------------------------------
+    # -- computing ---------------------------------------------------------------------------
 
-    def matmul(self, a: Any, b: Any, **options: Any) -> np.ndarray:
-        """``a @ b`` on a connected device, in float32; options as for :meth:`compute`."""
-        options.setdefault("names", ("a", "b"))
-        return self.compute("matmul", a, b, **options)
+    def evaluate(
+        self,
+        expression: str,
+        namespace: Mapping[str, Any] | None = None,
+        *,
+        timeout: float = 60.0,
+        device: str | None = None,
+        local: bool = False,
+        on_wait: Callable[[str], None] = _print_waiting,
+    ) -> Any:
+        """An expression such as ``"relu(X @ W1 + b1) @ W2"``, run as one job on a device.
+
+        Names are looked up in ``namespace``; intermediates stay on the device and only the
+        result comes back (a tuple of results for a tuple expression).  Shapes and dtypes are
+        checked before anything is sent.  ``local=True`` computes with numpy here instead,
+        with the same conversions.  Without a device, ``on_wait`` is told once where to open
+        one, and :class:`~webnet_magic.errors.NoDeviceError` is raised at ``timeout``.
+        """
+        outputs = parse(expression, Graph(), namespace_resolver(namespace or {}))
+        results = self.run_graph(outputs, timeout=timeout, device=device, local=local, on_wait=on_wait)
+        return results[0] if len(results) == 1 else tuple(results)
 
     def compute(
         self,
         op: str,
         *operands: Any,
         names: Sequence[str] | None = None,
+        options: Mapping[str, Any] | None = None,
+        **run: Any,
+    ) -> np.ndarray:
+        """One op on arrays, e.g. ``compute("sum", X, options={"axis": 0})``; ``run`` as for :meth:`evaluate`."""
+        return self.run_graph([call(op, *operands, names=names, **(options or {}))], **run)[0]
+
+    def matmul(self, a: Any, b: Any, **run: Any) -> np.ndarray:
+        """``a @ b`` on a connected device, in float32; ``run`` as for :meth:`evaluate`."""
+        return self.compute("matmul", a, b, names=("a", "b"), **run)
+
+    def run_graph(
+        self,
+        outputs: Sequence[Node],
+        *,
         timeout: float = 60.0,
         device: str | None = None,
         local: bool = False,
         on_wait: Callable[[str], None] = _print_waiting,
-    ) -> np.ndarray:
-        """Run ``op`` on ``operands`` and return the result.
-
-        Shapes and dtypes are checked before anything is sent (:class:`~webnet_magic.errors.ShapeError`,
-        :class:`~webnet_magic.errors.DtypeError`).  ``local=True`` computes with numpy
-        instead, with the same conversions.  Without a device, ``on_wait`` is told
-        once where to open one, and :class:`~webnet_magic.errors.NoDeviceError` is
-        raised at ``timeout``.
-        """
+    ) -> list[np.ndarray]:
+        """Compile ``outputs`` into one program, run it, and return the results in order."""
         if local:
-            return compute_local(op, *operands, names=names)
-        plan = prepare(op, operands, names)
-        if plan.program is None:
-            return plan.finish([])
-        return plan.finish(self.run(plan, timeout=timeout, device=device, on_wait=on_wait))
+            return run_local(outputs)
+        plan = compile_graph(outputs)
+        warn_conversions(plan.note)
+        return plan.finish(self.run(plan.program, timeout=timeout, device=device, on_wait=on_wait))
 
     def run(
         self,
-        plan: Plan,
+        program: Program,
         *,
         timeout: float,
         device: str | None = None,
         on_wait: Callable[[str], None] = _print_waiting,
     ) -> list[np.ndarray]:
-        """Submit ``plan``'s program and block until its outputs arrive; Ctrl-C cancels it."""
+        """Submit ``program`` and block until its outputs arrive; Ctrl-C cancels it."""
         if not self.running:
             raise BrokerStopped("the webnet broker is not running; start it with %webnet start")
-        assert plan.program is not None
         deadline = time.monotonic() + _checked_timeout(timeout)
-        handle = self.broker.submit(plan.program, device)
+        handle = self.broker.submit(program, device)
         told = False
         try:
             while True:
@@ -219,26 +244,28 @@ def _checked_timeout(timeout: float) -> float:
     return float(timeout)
 
 
-def prepare(op: str, operands: Sequence[Any], names: Sequence[str] | None = None) -> Plan:
-    """Check and convert ``operands`` for ``op``, warning once if any was converted to float32."""
-    try:
-        module = OPS[op]
-    except KeyError:
-        raise ValueError(f"unknown op {op!r}; available: {', '.join(sorted(OPS))}") from None
-    names = tuple(names) if names else tuple(f"operand {i}" for i in range(len(operands)))
-    plan: Plan = module.plan(*operands, names=names)
-    if plan.note:
-        # Shown once per distinct message and session, under a short name rather than this file's.
-        warnings.warn_explicit(plan.note, PrecisionWarning, "<webnet>", 1, registry=_warned)
-    return plan
+def warn_conversions(note: str | None) -> None:
+    """The one short dtype-conversion warning of a job, shown once per distinct message."""
+    if note:  # under a short name rather than this file's
+        warnings.warn_explicit(note, PrecisionWarning, "<webnet>", 1, registry=_warned)
 
 
-def compute_local(op: str, *operands: Any, names: Sequence[str] | None = None) -> np.ndarray:
-    """``op`` computed here with numpy, after the same checks and float32 conversions as on a device."""
-    plan = prepare(op, operands, names)
-    if plan.program is None:
-        return plan.finish([])
-    return plan.finish([OPS[op].reference(*(o.array for o in plan.operands))])
+def evaluate_expression(expression: str, namespace: Mapping[str, Any], *, local: bool = False, **run: Any) -> Any:
+    """``expression`` on this process's session (or with numpy, ``local=True``, which needs none)."""
+    if local:
+        results = run_local(parse(expression, Graph(), namespace_resolver(namespace)))
+        return results[0] if len(results) == 1 else tuple(results)
+    session = current()
+    if session is None:
+        raise BrokerStopped("no webnet broker is running: call webnet_magic.start() (or pass local=True)")
+    return session.evaluate(expression, namespace, **run)
+
+
+def run_local(outputs: Sequence[Node]) -> list[np.ndarray]:
+    """``outputs`` computed here with numpy, after the same checks and conversions as on a device."""
+    leaves = [n.leaf for n in topological(outputs) if n.leaf is not None]
+    warn_conversions(conversion_note(leaves))
+    return evaluate(outputs)
 
 
 # -- this process's session ----------------------------------------------------------------

@@ -43,9 +43,7 @@ class DevicePanel(anywidget.AnyWidget):
             "This link works in a browser on this machine only: WebGPU needs https or localhost, "
             "and other devices cannot reach 127.0.0.1."
         )
-        super().__init__(
-            url=session.url, qr_svg=qr_svg(session.url), note=note, devices=session.devices(), **kwargs
-        )
+        super().__init__(url=session.url, qr_svg=qr_svg(session.url), note=note, devices=session.devices(), **kwargs)
         session.broker.add_listener(self._update)
 
     def _update(self, devices: list[dict[str, Any]]) -> None:

@@ -1,77 +1,82 @@
-"""``matmul``: numpy's ``A @ B`` for 1-D and 2-D operands, on the tiled kernel in ``matmul.wgsl``."""
+"""``matmul``: numpy's ``A @ B`` (1-D, 2-D and batched with broadcasting) on ``matmul.wgsl``.
+
+Float32 only: integer operands are cast to float32 on the device (and said so by the
+dtype note when they were converted on the way).  Up to 4 batch dimensions.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from importlib.resources import files
+from typing import Any
 
 import numpy as np
 
 from ..errors import ShapeError
-from ..program import Buffer, Kernel, Output, Program, Step, padded, uniform_u32
-from .base import Plan
-from .operands import numeric, to_float32
+from ..program import Kernel
+from .compiler import Builder, Value
+from .graph import Node, OpSpec, Shape, Typed, broadcast, register
 
-ARITY = 2
-RESULTS = 1
-USAGE = "X Y -> Z   Z = X @ Y on a device"
 KERNEL = Kernel(files(__package__).joinpath("matmul.wgsl").read_text())
 TILE = 64  # rows and columns of C per workgroup, as in matmul.wgsl
-
+MAX_BATCH_DIMS = 4
 EPS32 = float(np.finfo(np.float32).eps)
 
 
-def plan(a: object, b: object, names: tuple[str, str] = ("A", "B")) -> Plan:
-    """A program computing ``a @ b`` in float32, with numpy's rules for 1-D operands.
-
-    Shapes are checked before any conversion so a mismatch costs nothing.
-    """
-    x, y = numeric(names[0], a), numeric(names[1], b)
-    for name, arr in zip(names, (x, y), strict=True):
-        if arr.ndim not in (1, 2):
-            raise ShapeError(
-                f"matmul takes 1-D or 2-D arrays; {name} has shape {arr.shape} "
-                f"(batched matmul is not supported yet)"
-            )
-    # numpy: a 1-D left operand is a row vector, a 1-D right operand a column vector.
-    x2 = x.reshape(1, -1) if x.ndim == 1 else x
-    y2 = y.reshape(-1, 1) if y.ndim == 1 else y
-    (m, k), (k2, n) = x2.shape, y2.shape
+def split(a: Shape, b: Shape) -> tuple[Shape, Shape, int, int, int, Shape]:
+    """numpy's matmul shapes: (A's batch, B's batch, M, K, N, result shape), or a ShapeError."""
+    if not a or not b:
+        raise ShapeError(f"matmul needs arrays, not scalars (shapes {a} and {b}); use * for scaling")
+    m, k = (1, a[0]) if len(a) == 1 else a[-2:]
+    k2, n = (b[0], 1) if len(b) == 1 else b[-2:]
     if k != k2:
-        raise ShapeError(
-            f"matmul: {names[0]} has shape {x.shape} and {names[1]} has shape {y.shape}; "
-            f"the inner dimensions {k} and {k2} must be equal"
-        )
-    shape = (m,) * (x.ndim == 2) + (n,) * (y.ndim == 2)
-    A, B = to_float32(names[0], x2), to_float32(names[1], y2)
-    if m * n * k == 0:
-        # An empty product needs no device: numpy's answer is zeros of the result shape.
-        return Plan(None, shape, (A, B))
-    program = Program(
-        inputs=(A.array, B.array, uniform_u32(m, k, n)),
-        buffers=(
-            Buffer(padded(A.array.nbytes), input=0),
-            Buffer(padded(B.array.nbytes), input=1),
-            Buffer(padded(m * n * 4)),
-            Buffer(16, input=2, uniform=True),
-        ),
-        steps=(Step(KERNEL, (0, 1, 2, 3), (math.ceil(n / TILE), math.ceil(m / TILE), 1)),),
-        outputs=(Output(2, "float32", (m, n)),),
-    )
-    return Plan(program, shape, (A, B))
+        raise ShapeError(f"matmul of shapes {a} and {b}: the inner dimensions {k} and {k2} must be equal")
+    a_batch, b_batch = a[:-2], b[:-2]
+    batch = broadcast([a_batch, b_batch], f" (the batch dimensions of matmul shapes {a} and {b})")
+    if len(batch) > MAX_BATCH_DIMS:
+        raise ShapeError(f"matmul supports up to {MAX_BATCH_DIMS} batch dimensions, not {len(batch)}")
+    shape = batch + (m,) * (len(a) > 1) + (n,) * (len(b) > 1)
+    return a_batch, b_batch, m, k, n, shape
+
+
+def infer(args: Sequence[Node], attrs: Mapping[str, Any]) -> Typed:
+    *_, shape = split(args[0].shape, args[1].shape)
+    return Typed(shape, "float32", ("float32", "float32"))
+
+
+def emit(builder: Builder, args: Sequence[Value], out: Value, attrs: Mapping[str, Any]) -> None:
+    a, b = args
+    a_batch, b_batch, m, k, n, _ = split(a.shape, b.shape)
+    batch = broadcast([a_batch, b_batch])
+    batch_shape = (1,) * (MAX_BATCH_DIMS - len(batch)) + batch
+    params = builder.uniform(
+        m, k, n, math.prod(batch), *batch_shape,
+        *_batch_strides(a_batch, batch_shape, m * k), *_batch_strides(b_batch, batch_shape, k * n),
+    )  # fmt: skip
+    groups = (math.ceil(n / TILE), math.ceil(m / TILE), math.prod(batch))
+    builder.dispatch(KERNEL, [a.buffer, b.buffer, out.buffer, params], tuple(max(1, g) for g in groups))  # type: ignore[arg-type]
+
+
+def _batch_strides(own: Shape, batch_shape: Shape, matrix: int) -> list[int]:
+    """Elements between consecutive matrices along each batch dimension; 0 where ``own`` broadcasts."""
+    padded = (1,) * (len(batch_shape) - len(own)) + own
+    strides, step = [], matrix
+    for size, target in zip(reversed(padded), reversed(batch_shape), strict=True):
+        strides.append(0 if size == 1 and target != 1 else step)
+        step *= size
+    return list(reversed(strides))
 
 
 def reference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """What the device must match: numpy's matmul of the float32 operands."""
-    return np.matmul(np.asarray(a, np.float32), np.asarray(b, np.float32))
+    """What the device must match: matmul of the float32 operands, computed in float64."""
+    return np.matmul(a.astype(np.float64), b.astype(np.float64))
 
 
-def tolerance(a: np.ndarray, b: np.ndarray) -> float:
-    """Absolute error bound for the device's ``a @ b`` against :func:`reference`.
+def tolerance(result: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """A float32 dot product of length K is off by at most about K·eps·(|a|·|b|)."""
+    k = a.shape[-1] if a.ndim else 1
+    return 2 * k * EPS32 * np.matmul(np.abs(a.astype(np.float64)), np.abs(b.astype(np.float64))) + 1e-30
 
-    A float32 dot product of length K is off by at most about K·eps·(|a|·|b|); both
-    the device and numpy's BLAS round, in different orders, hence the factor 2.
-    """
-    k = np.shape(a)[-1]
-    magnitude = np.matmul(np.abs(np.asarray(a, np.float32)), np.abs(np.asarray(b, np.float32)))
-    return 2 * k * EPS32 * float(np.max(magnitude, initial=0.0))
+
+register(OpSpec("matmul", (2, 2), "kernel", infer, reference, tolerance, "a @ b (batched, float32)", emit=emit))

@@ -1,16 +1,20 @@
-// C = A @ B for row-major float32 A (M x K), B (K x N), C (M x N).
+// C = A @ B for row-major float32 A (..., M, K), B (..., K, N), C (..., M, N).
 //
-// Each 16x16 workgroup computes a 64x64 tile of C; each thread a 4x4 block of it,
-// kept in registers.  A and B are staged through workgroup memory 16 columns of K
-// at a time (2 x 64 x 16 floats = 8 KiB, half of WebGPU's default 16 KiB limit).
-// Loads outside the matrices read zero and stores outside C are skipped, so any
-// M, K, N work, not only multiples of the tile.
+// Each 16x16 workgroup computes a 64x64 tile of C; each thread a 4x4 block of it, kept
+// in registers.  A and B are staged through workgroup memory 16 columns of K at a time
+// (2 x 64 x 16 floats = 8 KiB, half of WebGPU's default 16 KiB limit).  Loads outside
+// the matrices read zero and stores outside C are skipped, so any M, K, N work.
+// Workgroup z is the batch: its index is unravelled over the (broadcast) batch shape to
+// find where A's and B's matrices start (a broadcast batch dimension has stride 0).
 
 struct Dims {
     M: u32,
     K: u32,
     N: u32,
-    _pad: u32,
+    batches: u32,
+    batch_shape: vec4<u32>,   // the output's batch dimensions, padded with 1 on the left
+    a_stride: vec4<u32>,      // elements between consecutive A matrices along each of them
+    b_stride: vec4<u32>,
 }
 
 @group(0) @binding(0) var<storage, read> a: array<f32>;
@@ -34,6 +38,16 @@ fn main(
     @builtin(local_invocation_id) local: vec3<u32>,
     @builtin(local_invocation_index) lane: u32,
 ) {
+    var rest = group.z;
+    var a0 = 0u;
+    var b0 = 0u;
+    for (var d = 3; d >= 0; d--) {
+        let index = rest % dims.batch_shape[d];
+        rest = rest / dims.batch_shape[d];
+        a0 += index * dims.a_stride[d];
+        b0 += index * dims.b_stride[d];
+    }
+    let c0 = group.z * dims.M * dims.N;
     let row0 = group.y * TM;
     let col0 = group.x * TN;
     var acc: array<f32, 16>;
@@ -50,7 +64,7 @@ fn main(
             let gk = k0 + ak;
             var av = 0.0;
             if (grow < dims.M && gk < dims.K) {
-                av = a[grow * dims.K + gk];
+                av = a[a0 + grow * dims.K + gk];
             }
             a_tile[ak * TM + ar] = av;
 
@@ -60,7 +74,7 @@ fn main(
             let gcol = col0 + bc;
             var bv = 0.0;
             if (gkb < dims.K && gcol < dims.N) {
-                bv = b[gkb * dims.N + gcol];
+                bv = b[b0 + gkb * dims.N + gcol];
             }
             b_tile[bk * TN + bc] = bv;
         }
@@ -88,7 +102,7 @@ fn main(
             for (var j = 0u; j < RN; j++) {
                 let col = col0 + local.x * RN + j;
                 if (col < dims.N) {
-                    c[row * dims.N + col] = acc[i * RN + j];
+                    c[c0 + row * dims.N + col] = acc[i * RN + j];
                 }
             }
         }

@@ -30,9 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every job, not only connections")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="webnet worker: %(message)s"
-    )
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="webnet worker: %(message)s")
     try:
         run_forever(args.url, name=args.name, slowdown=args.slowdown, power_preference=args.power)
     except TokenRefused as exc:

@@ -66,17 +66,13 @@ class WgpuExecutor:
         try:
             import wgpu
         except ImportError:
-            raise RuntimeError(
-                "the native worker needs wgpu-py: pip install 'webnet-magic[native]'"
-            ) from None
+            raise RuntimeError("the native worker needs wgpu-py: pip install 'webnet-magic[native]'") from None
         self._wgpu = wgpu
         hint = "install a Vulkan driver (Debian: mesa-vulkan-drivers), or use Metal on macOS"
         try:
             adapter = wgpu.gpu.request_adapter_sync(power_preference=power_preference)
         except Exception as exc:  # wgpu-native's own error types, depending on the backend
-            raise RuntimeError(
-                f"no GPU adapter found ({str(exc).strip().splitlines()[-1]}); {hint}"
-            ) from None
+            raise RuntimeError(f"no GPU adapter found ({str(exc).strip().splitlines()[-1]}); {hint}") from None
         if adapter is None:
             raise RuntimeError(f"no GPU adapter found; {hint}")
         self.adapter = adapter
@@ -142,12 +138,12 @@ class WgpuExecutor:
             for spec in program.buffers:
                 buf = device.create_buffer(size=spec.size, usage=uniform if spec.uniform else storage)
                 buffers.append(buf)
-                if spec.input is not None:
-                    data = np.asarray(program.inputs[spec.input], order="C").data.cast("B")
-                    if len(data) % 4:
+                array = None if spec.input is None else np.asarray(program.inputs[spec.input], order="C")
+                if array is not None and array.nbytes:
+                    data = array.data.cast("B")
+                    if len(data) % 4:  # queue writes are whole 4-byte words
                         data = memoryview(bytes(data) + bytes(-len(data) % 4))
-                    if len(data):
-                        device.queue.write_buffer(buf, 0, data)
+                    device.queue.write_buffer(buf, 0, data)
 
     def _bind(self, program: Program, pipelines: list[Any], buffers: list[Any]) -> list[Any]:
         passes = []
@@ -241,6 +237,4 @@ class _Translate:
         if isinstance(exc, wgpu.GPUOutOfMemoryError | MemoryError):
             raise GpuJobError("out-of-memory", str(exc).strip()) from exc
         if isinstance(exc, wgpu.GPUError | wgpu.GPUPipelineError):
-            raise GpuJobError(
-                self._kind if self._kind != "out-of-memory" else "validation", str(exc).strip()
-            ) from exc
+            raise GpuJobError(self._kind if self._kind != "out-of-memory" else "validation", str(exc).strip()) from exc

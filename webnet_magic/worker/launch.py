@@ -95,9 +95,7 @@ class LocalWorker:
         self.log.close()
 
 
-def launch(
-    url: str, kind: str = "auto", *, software_gpu: bool = True, name: str | None = None
-) -> LocalWorker:
+def launch(url: str, kind: str = "auto", *, software_gpu: bool = True, name: str | None = None) -> LocalWorker:
     """Start a worker for ``url``.  ``kind="auto"`` prefers headless Chromium, else the native worker."""
     if kind not in ("auto", "browser", "native"):
         raise ValueError(f"kind must be 'auto', 'browser' or 'native', not {kind!r}")

@@ -1,0 +1,147 @@
+"""Hypothesis strategies for every op: shapes (1-element, odd, off the matmul tile) and values in
+each op's domain.  Both workers' op tests draw from here, so they check the same ground."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+Case = tuple[list[np.ndarray], dict[str, Any]]
+
+
+def _values(shape: tuple[int, ...], seed: int, low: float, high: float, dtype: str = "float32") -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if dtype == "float32":
+        return rng.uniform(low, high, shape).astype(np.float32)
+    return rng.integers(int(low), int(high), shape).astype(dtype)
+
+
+seeds = st.integers(0, 2**32 - 1)
+shapes = hnp.array_shapes(min_dims=0, max_dims=3, min_side=1, max_side=12)
+
+
+@st.composite
+def binary(
+    draw: st.DrawFn, low: float = -10, high: float = 10, ints: bool = True, away_from_zero: bool = False
+) -> Case:
+    pair = draw(hnp.mutually_broadcastable_shapes(num_shapes=2, min_dims=0, max_dims=3, max_side=9))
+    dtype = draw(st.sampled_from(["float32", "int32"] if ints else ["float32"]))
+    a = _values(pair.input_shapes[0], draw(seeds), low, high, dtype)
+    b = _values(pair.input_shapes[1], draw(seeds), low, high, dtype)
+    if away_from_zero:
+        b = np.where(np.abs(b) < 0.5, 1, b).astype(b.dtype)
+    return [a, b], {}
+
+
+@st.composite
+def unary(draw: st.DrawFn, low: float, high: float, ints: bool = False) -> Case:
+    dtype = draw(st.sampled_from(["float32", "int32"] if ints else ["float32"]))
+    return [_values(draw(shapes), draw(seeds), low, high, dtype)], {}
+
+
+@st.composite
+def powers(draw: st.DrawFn) -> Case:
+    (a, b), _ = draw(binary(0.1, 4, ints=False))
+    if draw(st.booleans()):  # negative bases with integral exponents, numpy's real results
+        a, b = -a, np.round(b).astype(np.float32)
+    return [a, b], {}
+
+
+@st.composite
+def reductions(draw: st.DrawFn, ints: bool = True) -> Case:
+    shape = draw(hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=40))
+    dtype = draw(st.sampled_from(["float32", "int32"] if ints else ["float32"]))
+    axis = draw(st.none() | st.integers(-len(shape), len(shape) - 1))
+    return [_values(shape, draw(seeds), -100, 100, dtype)], {"axis": axis, "keepdims": draw(st.booleans())}
+
+
+@st.composite
+def rows(draw: st.DrawFn, affine: bool = False) -> Case:
+    shape = draw(hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=300))
+    x = _values(shape, draw(seeds), -20, 20)
+    arrays = [x]
+    if affine:
+        arrays += [_values(shape[-1:], draw(seeds), -2, 2) for _ in range(draw(st.integers(0, 2)))]
+    return arrays, {}
+
+
+@st.composite
+def transposes(draw: st.DrawFn) -> Case:
+    shape = draw(hnp.array_shapes(min_dims=1, max_dims=4, min_side=1, max_side=9))
+    axes = draw(st.permutations(range(len(shape))))
+    return [_values(shape, draw(seeds), -5, 5)], {"axes": tuple(axes)}
+
+
+@st.composite
+def casts(draw: st.DrawFn) -> Case:
+    (x,), _ = draw(unary(-1000, 1000, ints=True))
+    target = draw(st.sampled_from(["float32", "int32"]))
+    if x.dtype == np.float32 and target == "int32":
+        x = np.round(x)  # float -> int truncation is exact only for integral values
+    return [x], {"dtype": target}
+
+
+@st.composite
+def matmuls(draw: st.DrawFn) -> Case:
+    m, k, n = (draw(st.integers(1, 130)) for _ in range(3))
+    a_shape, b_shape = (m, k), (k, n)
+    form = draw(st.sampled_from(["2d", "batched", "vector-left", "vector-right"]))
+    if form == "batched":
+        batch = draw(hnp.mutually_broadcastable_shapes(num_shapes=2, min_dims=1, max_dims=2, max_side=3))
+        a_shape, b_shape = batch.input_shapes[0] + a_shape, batch.input_shapes[1] + b_shape
+        m, n = min(m, 40), min(n, 40)
+        a_shape, b_shape = (*a_shape[:-2], m, k), (*b_shape[:-2], k, n)
+    elif form == "vector-left":
+        a_shape = (k,)
+    elif form == "vector-right":
+        b_shape = (k,)
+    return [_values(a_shape, draw(seeds), -1, 1), _values(b_shape, draw(seeds), -1, 1)], {}
+
+
+@st.composite
+def convolutions(draw: st.DrawFn) -> Case:
+    n, c, f = draw(st.integers(1, 2)), draw(st.integers(1, 3)), draw(st.integers(1, 4))
+    h, w = draw(st.integers(1, 11)), draw(st.integers(1, 11))
+    ph, pw = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+    kh, kw = draw(st.integers(1, h + 2 * ph)), draw(st.integers(1, w + 2 * pw))
+    options = {"stride": (draw(st.integers(1, 3)), draw(st.integers(1, 3))), "padding": (ph, pw)}
+    arrays = [_values((n, c, h, w), draw(seeds), -1, 1), _values((f, c, kh, kw), draw(seeds), -1, 1)]
+    if draw(st.booleans()):
+        arrays.append(_values((f,), draw(seeds), -1, 1))
+    return arrays, options
+
+
+#: For each op, how to draw an argument list and options it accepts.
+CASES: dict[str, Callable[[], st.SearchStrategy[Case]]] = {
+    "add": lambda: binary(),
+    "sub": lambda: binary(),
+    "mul": lambda: binary(),
+    "div": lambda: binary(away_from_zero=True),
+    "pow": powers,
+    "maximum": lambda: binary(),
+    "minimum": lambda: binary(),
+    "neg": lambda: unary(-100, 100, ints=True),
+    "abs": lambda: unary(-100, 100, ints=True),
+    "relu": lambda: unary(-100, 100, ints=True),
+    "exp": lambda: unary(-80, 80),
+    "log": lambda: unary(1e-3, 1e4),
+    "sqrt": lambda: unary(0, 1e4),
+    "tanh": lambda: unary(-30, 30),
+    "sigmoid": lambda: unary(-60, 60),
+    "gelu": lambda: unary(-30, 30),
+    "cast": casts,
+    "transpose": transposes,
+    "sum": reductions,
+    "mean": reductions,
+    "max": reductions,
+    "min": reductions,
+    "argmax": reductions,
+    "softmax": rows,
+    "layernorm": lambda: rows(affine=True),
+    "matmul": matmuls,
+    "conv2d": convolutions,
+}

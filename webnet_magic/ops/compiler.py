@@ -1,0 +1,153 @@
+"""From a graph to one program: which values get a buffer, and the dispatches that fill them.
+
+A node gets its own buffer ("is materialized") when it is an input, an output, the
+argument of a kernel op (matmul, reductions, ...), a kernel op itself, or used more
+than once.  Every other elementwise or view node is folded into the fused kernel of
+the node that uses it, so ``relu(X @ W + b)`` is two dispatches: the matmul, then
+one kernel computing ``max(t + b, 0)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..program import Buffer, Kernel, Output, Program, Step, padded
+from .dtypes import Leaf, conversion_note
+from .graph import OPS, Node, Shape, evaluate, topological
+
+WORKGROUP = 256  # invocations per workgroup in the 1-D kernels
+MAX_GROUPS = 65535  # per dispatch dimension, WebGPU's default limit
+
+
+@dataclass(frozen=True)
+class Value:
+    """A materialized value: a contiguous, row-major buffer of ``shape`` and ``dtype``."""
+
+    buffer: int
+    shape: Shape
+    dtype: str
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+
+class Builder:
+    """Collects a program's inputs, buffers, dispatches and outputs as ops emit them."""
+
+    def __init__(self) -> None:
+        self.inputs: list[np.ndarray] = []
+        self.buffers: list[Buffer] = []
+        self.steps: list[Step] = []
+        self.outputs: list[Output] = []
+
+    def input(self, array: np.ndarray) -> int:
+        self.inputs.append(array)
+        self.buffers.append(Buffer(padded(array.nbytes), input=len(self.inputs) - 1))
+        return len(self.buffers) - 1
+
+    def scratch(self, shape: Shape, dtype: str) -> Value:
+        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+        self.buffers.append(Buffer(padded(nbytes)))
+        return Value(len(self.buffers) - 1, tuple(shape), dtype)
+
+    def uniform(self, *words: int | float) -> int:
+        """A uniform buffer of 32-bit words (ints as u32, floats as f32), padded to 16 bytes."""
+        data = np.zeros(max(4, -(-len(words) // 4) * 4), np.uint32)
+        for i, w in enumerate(words):
+            data[i] = np.float32(w).view(np.uint32) if isinstance(w, float) else np.uint32(w)
+        self.inputs.append(data)
+        self.buffers.append(Buffer(data.nbytes, input=len(self.inputs) - 1, uniform=True))
+        return len(self.buffers) - 1
+
+    def dispatch(self, kernel: Kernel, bindings: Sequence[int], workgroups: tuple[int, int, int]) -> None:
+        self.steps.append(Step(kernel, tuple(bindings), workgroups))
+
+    def output(self, value: Value) -> None:
+        self.outputs.append(Output(value.buffer, value.dtype, value.shape))
+
+    def program(self) -> Program:
+        return Program(tuple(self.inputs), tuple(self.buffers), tuple(self.steps), tuple(self.outputs))
+
+
+def grid(groups: int) -> tuple[int, int, int]:
+    """Workgroup counts for ``groups`` workgroups, spread over x and y past 65535.
+
+    Kernels dispatched this way number their workgroups ``wg.y * groups.x + wg.x`` and
+    skip invocations past the end (there may be up to one row of spare workgroups).
+    """
+    groups = max(1, groups)
+    x = min(groups, MAX_GROUPS)
+    return (x, -(-groups // x), 1)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A compiled job: the program, what each output is for the user, and what was converted."""
+
+    program: Program
+    nodes: tuple[Node, ...]
+    leaves: tuple[Leaf, ...]
+
+    @property
+    def note(self) -> str | None:
+        """The one-line dtype-conversion warning for this job, if any input was converted."""
+        return conversion_note(list(self.leaves))
+
+    def finish(self, outputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The user's results from the worker's (already checked) outputs."""
+        return [np.asarray(o).reshape(n.shape) for o, n in zip(outputs, self.nodes, strict=True)]
+
+    def reference(self) -> list[np.ndarray]:
+        """numpy's answer for the same outputs (see :func:`~webnet_magic.ops.graph.evaluate`)."""
+        return evaluate(self.nodes)
+
+
+def compile_graph(outputs: Sequence[Node]) -> Plan:
+    """One program computing ``outputs``; intermediates stay on the device."""
+    from .elementwise import fuse, widen  # the fused-kernel generator is itself an op module
+
+    order = topological(outputs)
+    uses = Counter(id(a) for node in order for a in node.args)
+    feeds_kernel = {id(a) for node in order if _kind(node) == "kernel" for a in node.args}
+    wanted = {id(n) for n in outputs}
+
+    def materialized(node: Node) -> bool:
+        if node.op == "input" or id(node) in wanted:
+            return True
+        if node.op == "const":
+            return False
+        return _kind(node) == "kernel" or uses[id(node)] > 1 or id(node) in feeds_kernel
+
+    builder, values = Builder(), {}
+    for node in order:
+        if not materialized(node):
+            continue
+        if node.op == "input":
+            assert node.leaf is not None
+            buffer = builder.input(node.leaf.array)
+            value = Value(buffer, node.shape, node.leaf.array.dtype.name)
+            values[id(node)] = widen(builder, value) if value.dtype == "float16" else value
+        elif _kind(node) == "kernel":
+            out = builder.scratch(node.shape, node.dtype)
+            OPS[node.op].emit(builder, [values[id(a)] for a in node.args], out, node.options)  # type: ignore[misc]
+            values[id(node)] = out
+        else:
+            out = builder.scratch(node.shape, node.dtype)
+            fuse(builder, node, values, out)
+            values[id(node)] = out
+    for node in outputs:
+        builder.output(values[id(node)])
+    leaves = tuple(n.leaf for n in order if n.leaf is not None)
+    return Plan(builder.program(), tuple(outputs), leaves)
+
+
+def _kind(node: Node) -> str:
+    """``kernel``, ``elementwise`` or ``view``; casts and constants fuse like elementwise ops."""
+    spec = OPS.get(node.op)
+    return spec.kind if spec is not None else "elementwise"

@@ -1,0 +1,311 @@
+"""Elementwise ops with numpy broadcasting, and the fused kernel that runs them.
+
+``add sub mul div maximum minimum pow`` and ``neg abs exp log sqrt tanh sigmoid relu
+gelu`` (plus ``cast`` and the ``transpose`` view) never get a kernel of their own:
+:func:`fuse` writes one WGSL kernel (from ``elementwise.wgsl``) for a whole tree of
+them, reading each materialized input through strides that encode broadcasting
+(stride 0) and transposition (permuted strides).
+
+Dtypes: the result of ``add sub mul maximum minimum`` is float32 if either side is,
+uint32 if both are, else int32 (integer arithmetic wraps, as numpy's int32 does).
+``div pow exp log sqrt tanh sigmoid gelu`` compute in float32.  ``neg abs relu``
+keep their dtype.  Tolerances follow WGSL's stated accuracy for each builtin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from importlib.resources import files
+from typing import Any
+
+import numpy as np
+
+from ..errors import ShapeError
+from ..program import Kernel
+from .compiler import Builder, Value, grid
+from .graph import Node, OpSpec, Typed, broadcast, register
+
+EPS = float(np.finfo(np.float32).eps)
+TEMPLATE = files(__package__).joinpath("elementwise.wgsl").read_text()
+WGSL_TYPE = {"float32": "f32", "int32": "i32", "uint32": "u32"}
+
+# -- typing -----------------------------------------------------------------------------------
+
+
+def _promote(args: Sequence[Node]) -> str:
+    """float32 if any side is float, uint32 if all are, else int32; constants defer to arrays."""
+    arrays = [a for a in args if a.op != "const"] or list(args)
+    dtypes = {a.dtype for a in arrays} | {a.dtype for a in args if a.op == "const" and a.dtype == "float32"}
+    if "float32" in dtypes:
+        return "float32"
+    if dtypes == {"uint32"} and all(a.op != "const" or a.value >= 0 for a in args):  # type: ignore[operator]
+        return "uint32"
+    return "int32"
+
+
+def _infer(float_only: bool) -> Callable[[Sequence[Node], Mapping[str, Any]], Typed]:
+    def infer(args: Sequence[Node], attrs: Mapping[str, Any]) -> Typed:
+        shape = broadcast([a.shape for a in args])
+        dtype = "float32" if float_only else _promote(args)
+        return Typed(shape, dtype, (dtype,) * len(args))
+
+    return infer
+
+
+def _rounding(result: np.ndarray, *args: np.ndarray, **attrs: Any) -> np.ndarray:
+    """One rounding of the result (and of any product the device fuses into an FMA)."""
+    return 2 * EPS * np.abs(result.astype(np.float64))
+
+
+def _exact(result: np.ndarray, *args: np.ndarray, **attrs: Any) -> float:
+    return 0.0
+
+
+def _ulps(count: Callable[..., np.ndarray | float]) -> Callable[..., np.ndarray]:
+    """A bound of ``count(*args)`` units in the last place of the result."""
+
+    def bound(result: np.ndarray, *args: np.ndarray) -> np.ndarray:
+        x = [np.asarray(a, np.float64) for a in args]
+        return np.asarray(count(*x)) * EPS * np.abs(result.astype(np.float64)) + 1e-37
+
+    return bound
+
+
+def _f64(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+    """numpy's answer computed in float64 (the true value the float32 device is compared with)."""
+    return lambda *a: fn(*(np.asarray(x, np.float64) for x in a))
+
+
+def _gelu(x: np.ndarray) -> np.ndarray:
+    return 0.5 * x * (1 + np.tanh(0.7978845608028654 * (x + 0.044715 * x**3)))
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        return 1 / (1 + np.exp(-x))
+
+
+def _relu_wgsl(a: str, dtype: str) -> str:
+    return {"float32": f"max({a}, 0.0)", "int32": f"max({a}, 0i)", "uint32": a}[dtype]
+
+
+def _pow_ulps(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """WGSL's pow is exp2(b * log2(a)): its error grows with the size of that product."""
+    return 8 + 4 * np.abs(b * np.log2(np.maximum(np.abs(a), 1e-30)))
+
+
+def _log_bound(result: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """WGSL: 3 ULP, but an absolute 2**-21 for arguments in [0.5, 2] (where log is near 0)."""
+    return np.maximum(3 * EPS * np.abs(result), 2.0**-21)
+
+
+def _tanh_bound(result: np.ndarray, a: np.ndarray) -> np.ndarray:
+    return 4e-6 + 8 * EPS * np.abs(result)
+
+
+def _sigmoid_bound(result: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """exp's (3 + 2|x|)-ULP error, carried through 1 / (1 + e)."""
+    return 1e-7 + (4 + 2 * np.abs(a.astype(np.float64))) * EPS * np.abs(result)
+
+
+def _gelu_bound(result: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """tanh's absolute error, scaled by the 0.5 x in front of it."""
+    return 1e-7 + 4e-6 * np.abs(a.astype(np.float64)) + 8 * EPS * np.abs(result)
+
+
+_exp_bound = _ulps(lambda x: 3 + 2 * np.abs(x))
+_three_ulps = _ulps(lambda *x: 3.0)
+
+#: (name, arity, WGSL expression, numpy reference, float only?, tolerance, summary)
+TABLE: list[tuple[str, int, Callable[..., str], Callable[..., Any], bool, Callable[..., Any], str]] = [
+    ("add", 2, lambda a, b, dtype: f"({a} + {b})", np.add, False, _rounding, "a + b"),
+    ("sub", 2, lambda a, b, dtype: f"({a} - {b})", np.subtract, False, _rounding, "a - b"),
+    ("mul", 2, lambda a, b, dtype: f"({a} * {b})", np.multiply, False, _rounding, "a * b"),
+    ("div", 2, lambda a, b, dtype: f"({a} / {b})", _f64(np.divide), True, _three_ulps, "a / b (float32)"),
+    ("pow", 2, lambda a, b, dtype: f"wn_pow({a}, {b})", _f64(np.power), True, _ulps(_pow_ulps), "a ** b (float32)"),
+    ("maximum", 2, lambda a, b, dtype: f"max({a}, {b})", np.maximum, False, _exact, "the larger of a and b"),
+    ("minimum", 2, lambda a, b, dtype: f"min({a}, {b})", np.minimum, False, _exact, "the smaller of a and b"),
+    ("neg", 1, lambda a, dtype: f"(0u - {a})" if dtype == "uint32" else f"(-{a})", np.negative, False, _exact, "-a"),
+    ("abs", 1, lambda a, dtype: f"abs({a})", np.abs, False, _exact, "|a|"),
+    ("relu", 1, _relu_wgsl, lambda a: np.maximum(a, 0), False, _exact, "max(a, 0)"),
+    ("exp", 1, lambda a, dtype: f"exp({a})", _f64(np.exp), True, _exp_bound, "e ** a"),
+    ("log", 1, lambda a, dtype: f"log({a})", _f64(np.log), True, _log_bound, "natural logarithm"),
+    ("sqrt", 1, lambda a, dtype: f"sqrt({a})", _f64(np.sqrt), True, _three_ulps, "square root"),
+    ("tanh", 1, lambda a, dtype: f"wn_tanh({a})", _f64(np.tanh), True, _tanh_bound, "hyperbolic tangent"),
+    ("sigmoid", 1, lambda a, dtype: f"wn_sigmoid({a})", _f64(_sigmoid), True, _sigmoid_bound, "1 / (1 + e ** -a)"),
+    ("gelu", 1, lambda a, dtype: f"wn_gelu({a})", _f64(_gelu), True, _gelu_bound, "GELU (tanh approximation)"),
+]
+for _name, _arity, _wgsl, _reference, _float_only, _bound, _summary in TABLE:
+    register(
+        OpSpec(_name, (_arity, _arity), "elementwise", _infer(_float_only), _reference, _bound, _summary, wgsl=_wgsl)
+    )
+
+
+def _cast_infer(args: Sequence[Node], attrs: Mapping[str, Any]) -> Typed:
+    return Typed(args[0].shape, attrs["dtype"], (args[0].dtype,))
+
+
+register(
+    OpSpec(
+        "cast", (1, 1), "elementwise", _cast_infer, lambda a, dtype: a.astype(dtype), _exact,
+        "a as another dtype (float32, int32, uint32)", defaults={"dtype": "float32"},
+        wgsl=lambda a, dtype: f"{WGSL_TYPE[dtype]}({a})",
+    )
+)  # fmt: skip
+
+
+def _transpose_infer(args: Sequence[Node], attrs: Mapping[str, Any]) -> Typed:
+    shape = args[0].shape
+    axes = _axes(attrs["axes"], len(shape))
+    return Typed(tuple(shape[a] for a in axes), args[0].dtype, (args[0].dtype,))
+
+
+def _axes(axes: Sequence[int] | None, ndim: int) -> tuple[int, ...]:
+    if axes is None:
+        return tuple(reversed(range(ndim)))
+    if not isinstance(axes, Sequence) or sorted(int(a) % max(ndim, 1) for a in axes) != list(range(ndim)):
+        raise ShapeError(f"axes {axes!r} are not a permutation of {ndim} dimensions")
+    return tuple(int(a) % ndim for a in axes)
+
+
+register(
+    OpSpec(
+        "transpose", (1, 1), "view", _transpose_infer,
+        lambda a, axes: np.transpose(a, axes), _exact,
+        "a with its axes reversed, or permuted by axes=(...)", defaults={"axes": None},
+    )
+)  # fmt: skip
+
+# -- the fused kernel -------------------------------------------------------------------------
+
+
+def literal(value: float | int, dtype: str) -> str:
+    """A WGSL literal of ``dtype``."""
+    if dtype == "float32":
+        return f"{float(value)!r}f"
+    return f"{int(value)}{'i' if dtype == 'int32' else 'u'}"
+
+
+class _Kernel:
+    """The pieces of one fused kernel while its expression is generated."""
+
+    def __init__(self, root: Node) -> None:
+        self.root = root
+        self.loads: dict[tuple[int, tuple[int, ...]], str] = {}  # (buffer, strides) -> variable
+        self.values: list[Value] = []
+        self.strided: list[tuple[int, tuple[int, ...]]] = []  # (load number, strides over root dims)
+
+    def load(self, value: Value, mapping: tuple[int | None, ...]) -> str:
+        """An expression reading ``value`` at the element the root's index ``i`` maps to."""
+        own = _contiguous(value.shape)
+        strides = [0] * len(self.root.shape)
+        for dim, root_dim in enumerate(mapping):
+            if root_dim is not None:
+                strides[root_dim] += own[dim]
+        key = (value.buffer, tuple(strides))
+        if key not in self.loads:
+            k = len(self.values)
+            self.values.append(value)
+            if value.size == 1 or not any(strides):
+                offset = "0u"
+            elif value.size == self.root.size and tuple(strides) == _contiguous(self.root.shape):
+                offset = "i"
+            else:
+                offset = f"o{k}"
+                self.strided.append((k, tuple(strides)))
+            self.loads[key] = f"in{k}[{offset}]"
+        return self.loads[key]
+
+
+def fuse(builder: Builder, root: Node, values: Mapping[int, Value], out: Value) -> None:
+    """Emit one kernel computing ``root`` from the materialized ``values`` below it."""
+    kernel = _Kernel(root)
+    expr = _expression(kernel, root, tuple(range(len(root.shape))), values, top=True)
+    ndim = len(root.shape)
+    # Uniform words: the element count, the root's shape, then each strided load's strides.
+    words: list[int] = [out.size, *root.shape]
+    index: list[str] = []
+    if kernel.strided:
+        index.append("    var rem = i;")
+        index += [f"    var o{k} = 0u;" for k, _ in kernel.strided]
+        for dim in reversed(range(ndim)):
+            index.append(f"    let c{dim} = rem % u({1 + dim}u);")
+            index.append(f"    rem = rem / u({1 + dim}u);")
+            for n, (k, _) in enumerate(kernel.strided):
+                index.append(f"    o{k} = o{k} + c{dim} * u({1 + ndim + n * ndim + dim}u);")
+        for _, strides in kernel.strided:
+            words += strides
+    bindings = [
+        f"@group(0) @binding({k}) var<storage, read> in{k}: array<{WGSL_TYPE[v.dtype]}>;"
+        for k, v in enumerate(kernel.values)
+    ]
+    n = len(kernel.values)
+    source = (
+        TEMPLATE.replace("{{BINDINGS}}", "\n".join(bindings))
+        .replace("{{OUT}}", str(n))
+        .replace("{{OUT_TYPE}}", WGSL_TYPE[out.dtype])
+        .replace("{{PARAMS}}", str(n + 1))
+        .replace("{{WORDS}}", str(max(1, -(-len(words) // 4))))
+        .replace("{{INDEX}}", "\n".join(index))
+        .replace("{{EXPR}}", expr)
+    )
+    params = builder.uniform(*words)
+    builder.dispatch(
+        Kernel(source), [v.buffer for v in kernel.values] + [out.buffer, params], grid(-(-out.size // 256))
+    )
+
+
+def _expression(
+    kernel: _Kernel,
+    node: Node,
+    mapping: tuple[int | None, ...],
+    values: Mapping[int, Value],
+    top: bool = False,
+) -> str:
+    if not top and id(node) in values:
+        return kernel.load(values[id(node)], mapping)
+    if node.op == "const":
+        return literal(node.value, node.dtype)  # type: ignore[arg-type]
+    from .graph import OPS
+
+    spec = OPS[node.op]
+    if node.op == "transpose":
+        axes = _axes(node.options["axes"], len(node.args[0].shape))
+        inner: list[int | None] = [None] * len(axes)
+        for k, axis in enumerate(axes):
+            inner[axis] = mapping[k]
+        return _expression(kernel, node.args[0], tuple(inner), values)
+    parts = [_expression(kernel, arg, _broadcast_mapping(node, arg, mapping), values) for arg in node.args]
+    assert spec.wgsl is not None, node.op
+    options = {k: v for k, v in node.options.items() if k != "dtype"}
+    return spec.wgsl(*parts, dtype=node.dtype, **options)
+
+
+def _broadcast_mapping(node: Node, arg: Node, mapping: tuple[int | None, ...]) -> tuple[int | None, ...]:
+    """Which root dimension indexes each of ``arg``'s dimensions (None where it broadcasts)."""
+    lead = len(node.shape) - len(arg.shape)
+    return tuple(
+        None if (size == 1 and node.shape[lead + d] != 1) else mapping[lead + d] for d, size in enumerate(arg.shape)
+    )
+
+
+def _contiguous(shape: Sequence[int]) -> tuple[int, ...]:
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= size
+    return tuple(reversed(strides))
+
+
+# -- float16 on the wire ------------------------------------------------------------------------
+
+WIDEN = Kernel(files(__package__).joinpath("widen.wgsl").read_text())
+
+
+def widen(builder: Builder, value: Value) -> Value:
+    """A float16 input (half the bytes on the wire) as float32 on the device."""
+    out = builder.scratch(value.shape, "float32")
+    pairs = -(-value.size // 2)
+    params = builder.uniform(value.size)
+    builder.dispatch(WIDEN, [value.buffer, out.buffer, params], grid(-(-pairs // 256)))
+    return out
