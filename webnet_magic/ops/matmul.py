@@ -20,6 +20,11 @@ from .graph import Node, OpSpec, Shape, Typed, broadcast, register
 
 KERNEL = Kernel(files(__package__).joinpath("matmul.wgsl").read_text())
 TILE = 64  # rows and columns of C per workgroup, as in matmul.wgsl
+#: The fast path, for K and N multiples of 4 (whole vec4 rows): 128x128 tiles, 8x8 per thread.
+#: Both kernels stay within WebGPU's default limits (256 invocations, 16 KiB of workgroup
+#: memory), so one program runs on every device, phone or GPU server.
+VEC4_KERNEL = Kernel(files(__package__).joinpath("matmul_vec4.wgsl").read_text())
+VEC4_TILE = 128
 MAX_BATCH_DIMS = 4
 EPS32 = float(np.finfo(np.float32).eps)
 
@@ -47,6 +52,12 @@ def infer(args: Sequence[Node], attrs: Mapping[str, Any]) -> Typed:
 
 def emit(builder: Builder, args: Sequence[Value], out: Value, attrs: Mapping[str, Any]) -> None:
     a, b = args
+    _, _, m, k, n, _ = split(a.shape, b.shape)
+    emit_with(builder, a, b, out, *choose_kernel(m, k, n))
+
+
+def emit_with(builder: Builder, a: Value, b: Value, out: Value, kernel: Kernel, tile: int) -> None:
+    """The dispatch of ``kernel`` (``tile`` x ``tile`` outputs per workgroup) for ``out = a @ b``."""
     a_batch, b_batch, m, k, n, _ = split(a.shape, b.shape)
     batch = broadcast([a_batch, b_batch])
     batch_shape = (1,) * (MAX_BATCH_DIMS - len(batch)) + batch
@@ -54,8 +65,15 @@ def emit(builder: Builder, args: Sequence[Value], out: Value, attrs: Mapping[str
         m, k, n, math.prod(batch), *batch_shape,
         *_batch_strides(a_batch, batch_shape, m * k), *_batch_strides(b_batch, batch_shape, k * n),
     )  # fmt: skip
-    groups = (math.ceil(n / TILE), math.ceil(m / TILE), math.prod(batch))
-    builder.dispatch(KERNEL, [a.buffer, b.buffer, out.buffer, params], tuple(max(1, g) for g in groups))  # type: ignore[arg-type]
+    groups = (math.ceil(n / tile), math.ceil(m / tile), math.prod(batch))
+    builder.dispatch(kernel, [a.buffer, b.buffer, out.buffer, params], tuple(max(1, g) for g in groups))  # type: ignore[arg-type]
+
+
+def choose_kernel(m: int, k: int, n: int) -> tuple[Kernel, int]:
+    """The vec4 kernel where rows are whole vec4s and the matrices fill its tiles, else the scalar one."""
+    if k % 4 == 0 and n % 4 == 0 and min(m, n) >= 64:
+        return VEC4_KERNEL, VEC4_TILE
+    return KERNEL, TILE
 
 
 def _batch_strides(own: Shape, batch_shape: Shape, matrix: int) -> list[int]:
