@@ -106,6 +106,9 @@ def main() -> None:
         cublas = time_cublas(a, b)
         row = f"{n:>6} {flops / cublas / 1e9 if cublas else float('nan'):>9.0f} GF/s"
         for kernel, tile in KERNELS.values():
+            if tile == matmul.VEC4_TILE and n % 4:  # the vec4 path needs rows of whole vec4s
+                row += f" {'-':>16} {'-':>9} {'-':>8}"
+                continue
             seconds, ratio = time_wgsl(executor, a, b, kernel, tile, args.budget)
             versus = f"{cublas / seconds:.0%}" if cublas else "-"
             row += f" {flops / seconds / 1e9:>11.1f} GF/s {versus:>9} {ratio:>8.3f}"

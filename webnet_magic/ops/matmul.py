@@ -23,8 +23,35 @@ TILE = 64  # rows and columns of C per workgroup, as in matmul.wgsl
 #: The fast path, for K and N multiples of 4 (whole vec4 rows): 128x128 tiles, 8x8 per thread.
 #: Both kernels stay within WebGPU's default limits (256 invocations, 16 KiB of workgroup
 #: memory), so one program runs on every device, phone or GPU server.
-VEC4_KERNEL = Kernel(files(__package__).joinpath("matmul_vec4.wgsl").read_text())
 VEC4_TILE = 128
+
+
+def _vec4_source() -> str:
+    """matmul_vec4.wgsl with its unrolled lines: thread-tile row r, column half h is ``c{2r + h}``."""
+    accumulators = "\n".join(f"    var c{i} = vec4<f32>(0.0);" for i in range(16))
+    fmas = []
+    for r in range(8):
+        a = f"{'a_lo' if r < 4 else 'a_hi'}.{'xyzw'[r % 4]}"
+        for h, b in enumerate(("b_lo", "b_hi")):
+            fmas.append(f"            c{2 * r + h} = fma(vec4<f32>({a}), {b}, c{2 * r + h});")
+    stores = []
+    for r in range(8):
+        stores += [
+            f"    if (row0 + {(r // 4) * 64 + r % 4}u + ty * 4u < M) {{",
+            f"        let base = c_base + (row0 + {(r // 4) * 64 + r % 4}u + ty * 4u) * N;",
+            f"        if (lo_col < N) {{ c[(base + lo_col) / 4u] = c{2 * r}; }}",
+            f"        if (hi_col < N) {{ c[(base + hi_col) / 4u] = c{2 * r + 1}; }}",
+            "    }",
+        ]
+    return (
+        files(__package__).joinpath("matmul_vec4.wgsl").read_text()
+        .replace("{{ACCUMULATORS}}", accumulators)
+        .replace("{{FMAS}}", "\n".join(fmas))
+        .replace("{{STORES}}", "\n".join(stores))
+    )  # fmt: skip
+
+
+VEC4_KERNEL = Kernel(_vec4_source())
 MAX_BATCH_DIMS = 4
 EPS32 = float(np.finfo(np.float32).eps)
 

@@ -7,6 +7,10 @@
 // is (2 x 4 KiB of workgroup memory); each thread then does 64 FMAs per 4 vec4 reads.
 // Loads past the matrices read zero and stores past C are skipped, so M may be anything.
 // Same Dims and batching as matmul.wgsl.
+//
+// The accumulators are 16 named vec4 variables, not an array: GPU compilers may put a
+// dynamically indexed local array in slow memory.  ops/matmul.py writes the lines that
+// use them into the double-braced slots ACCUMULATORS, FMAS and STORES.
 
 struct Dims {
     M: u32,
@@ -45,13 +49,13 @@ fn main(
     let M = dims.M;
     let K = dims.K;
     let N = dims.N;
-    let c0 = group.z * M * N;
+    let c_base = group.z * M * N;
     let row0 = group.y * 128u;
     let col0 = group.x * 128u;
     let tx = local.x;
     let ty = local.y;
 
-    var acc: array<vec4<f32>, 16>;
+{{ACCUMULATORS}}
     for (var k0 = 0u; k0 < K; k0 += TK) {
         // Each thread stages TK / 8 vec4s of A (row m, k-quarter q) and of B (row bk, column quad bq).
         for (var l = 0u; l < TK / 8u; l++) {
@@ -81,28 +85,12 @@ fn main(
             let a_hi = a_tile[kk * 32u + 16u + ty];
             let b_lo = b_tile[kk * 32u + tx];
             let b_hi = b_tile[kk * 32u + 16u + tx];
-            for (var i = 0u; i < 4u; i++) {
-                acc[i * 2u] = fma(vec4<f32>(a_lo[i]), b_lo, acc[i * 2u]);
-                acc[i * 2u + 1u] = fma(vec4<f32>(a_lo[i]), b_hi, acc[i * 2u + 1u]);
-                acc[8u + i * 2u] = fma(vec4<f32>(a_hi[i]), b_lo, acc[8u + i * 2u]);
-                acc[8u + i * 2u + 1u] = fma(vec4<f32>(a_hi[i]), b_hi, acc[8u + i * 2u + 1u]);
-            }
+{{FMAS}}
         }
         workgroupBarrier();
     }
 
     let lo_col = col0 + tx * 4u;
     let hi_col = col0 + 64u + tx * 4u;
-    for (var i = 0u; i < 8u; i++) {
-        let row = row0 + (i / 4u) * 64u + ty * 4u + i % 4u;
-        if (row < M) {
-            let base = c0 + row * N;
-            if (lo_col < N) {
-                c[(base + lo_col) / 4u] = acc[(i / 4u) * 8u + (i % 4u) * 2u];
-            }
-            if (hi_col < N) {
-                c[(base + hi_col) / 4u] = acc[(i / 4u) * 8u + (i % 4u) * 2u + 1u];
-            }
-        }
-    }
+{{STORES}}
 }
