@@ -27,7 +27,7 @@ struct Dims {
 @group(0) @binding(2) var<storage, read_write> c: array<vec4<f32>>;
 @group(0) @binding(3) var<uniform> dims: Dims;
 
-const TK: u32 = 8u;  // a multiple of 8; 16 would fill the default 16 KiB of workgroup memory
+const TK: u32 = 16u;  // a multiple of 8; 16 fills the default 16 KiB of workgroup memory exactly
 var<workgroup> a_tile: array<vec4<f32>, TK * 32u>;  // [TK][32]: a_tile[k * 32 + m / 4][m % 4] = A[m][k]
 var<workgroup> b_tile: array<vec4<f32>, TK * 32u>;  // [TK][32]: b_tile[k * 32 + n / 4] = B[k][n..n+3]
 
