@@ -5,9 +5,75 @@
 import { arrayBytes } from "./protocol.js";
 
 export class JobError extends Error {
-  constructor(kind, message) {
+  constructor(kind, message, missing = []) {
     super(message);
     this.kind = kind;
+    this.missing = missing; // for "missing-inputs": the content keys no longer cached
+  }
+}
+
+// GPU buffers kept between jobs by content key (webnet_magic/worker/cache.py's twin): the
+// notebook does not send again what a worker holds.  Least recently used go first; pinned
+// ones (%webnet put) only when freed.  A Map keeps insertion order: re-inserting on use
+// makes its first entries the least recently used.
+class BufferCache {
+  constructor(budget) {
+    this.budget = budget;
+    this.entries = new Map();
+  }
+
+  get used() {
+    let total = 0;
+    for (const e of this.entries.values()) total += e.nbytes;
+    return total;
+  }
+
+  get(key) {
+    const entry = this.entries.get(key);
+    if (!entry) return null;
+    this.entries.delete(key);
+    this.entries.set(key, entry);
+    return entry.buffer;
+  }
+
+  keep(key, buffer, nbytes, pin = false, protect = new Set()) {
+    const existing = this.entries.get(key);
+    if (existing) {
+      existing.pinned ||= pin;
+      return existing.buffer === buffer;
+    }
+    let room = this.budget - this.used;
+    for (const [k, e] of [...this.entries]) {
+      if (room >= nbytes) break;
+      if (e.pinned || protect.has(k)) continue;
+      room += e.nbytes;
+      e.buffer.destroy();
+      this.entries.delete(k);
+    }
+    if (room < nbytes) return false;
+    this.entries.set(key, { buffer, nbytes, pinned: pin });
+    return true;
+  }
+
+  drop(key) {
+    const entry = this.entries.get(key);
+    if (entry) {
+      entry.buffer.destroy();
+      this.entries.delete(key);
+    }
+  }
+
+  owns(buffer) {
+    for (const e of this.entries.values()) if (e.buffer === buffer) return true;
+    return false;
+  }
+
+  held() {
+    return [...this.entries.keys()];
+  }
+
+  pinned() {
+    return [...this.entries].filter(([, e]) => e.pinned).map(([k]) => k);
   }
 }
 
@@ -75,9 +141,10 @@ export async function openDevice(onLost) {
 const pad4 = (n) => Math.max(4, Math.ceil(n / 4) * 4);
 
 export class Executor {
-  constructor(device) {
+  constructor(device, cacheBytes = 256 * 1024 * 1024) {
     this.device = device;
     this.pipelines = new Map();
+    this.cache = new BufferCache(cacheBytes);
   }
 
   async pipeline(hash, kernel) {
@@ -164,24 +231,44 @@ export class Executor {
         timings: { compile: t1 - t0, upload: t2 - t1, kernel: t3 - t2, download: t4 - t3 },
       };
     } finally {
-      for (const b of made) b.destroy();
+      for (const b of made) if (!this.cache.owns(b)) b.destroy();
     }
   }
 
+  // Each buffer: from the cache (a keyed buffer sent without data), or made and filled.
   upload(specs, inputs, made) {
+    const sent = (spec) => spec.input !== null && spec.input !== undefined;
+    const missing = specs.filter((s) => s.key && !sent(s) && !this.cache.entries.has(s.key)).map((s) => s.key);
+    if (missing.length) throw new JobError("missing-inputs", `${missing.length} input(s) were no longer cached`, missing);
+    const inUse = new Set(specs.filter((s) => s.key).map((s) => s.key));
     return specs.map((spec) => {
-      const usage = spec.uniform
-        ? GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST
-        : GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
-      const buffer = this.device.createBuffer({ size: spec.size, usage });
+      if (spec.key && !sent(spec)) return this.cache.get(spec.key);
+      const data = sent(spec) ? inputs[spec.input] : null;
+      if (sent(spec) && !data) throw new JobError("protocol", `a buffer reads input ${spec.input}, which the job lacks`);
+      const buffer = this.buffer(spec.size, spec.uniform, data);
       made.push(buffer);
-      if (spec.input !== null && spec.input !== undefined) {
-        const data = inputs[spec.input];
-        if (!data) throw new JobError("protocol", `a buffer reads input ${spec.input}, which the job lacks`);
-        if (data.bytes.byteLength) this.device.queue.writeBuffer(buffer, 0, padded(data.bytes));
-      }
+      if (spec.key && data) this.cache.keep(spec.key, buffer, spec.size, false, inUse);
       return buffer;
     });
+  }
+
+  buffer(size, uniform, data) {
+    const usage = uniform
+      ? GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST
+      : GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
+    const buffer = this.device.createBuffer({ size, usage });
+    if (data && data.bytes.byteLength) this.device.queue.writeBuffer(buffer, 0, padded(data.bytes));
+    return buffer;
+  }
+
+  // %webnet put: keep an array on the device under its key, pinned; false if it does not fit.
+  store(key, array) {
+    const existing = this.cache.get(key);
+    if (existing) return this.cache.keep(key, existing, 0, true);
+    const buffer = this.buffer(pad4(array.bytes.byteLength), false, array);
+    if (this.cache.keep(key, buffer, buffer.size, true)) return true;
+    buffer.destroy();
+    return false;
   }
 }
 

@@ -21,10 +21,13 @@ const SCHEMA = {
   result: { job: "string", timings: "object" },
   error: { job: "string", kind: "string", message: "string" },
   pong: { t: "number" },
+  cache: { held: "object", pinned: "object" },
   welcome: { device: "string", heartbeat: "number" },
   job: { job: "string", kernels: "object", buffers: "object", steps: "object", outputs: "object" },
   cancel: { job: "string" },
   ping: { t: "number" },
+  put: { key: "string", pin: "boolean" },
+  free: { key: "string" },
 };
 
 export class ProtocolError extends Error {}

@@ -42,6 +42,13 @@ function browserName() {
   return os ? `${browser} on ${os}` : browser;
 }
 
+// GPU memory for arrays reused across jobs: ?cache=MB in the link, else 256 MB (phones are tight).
+function cacheBytes() {
+  const text = new URLSearchParams(location.search).get("cache");
+  const mb = text === null ? 256 : Number(text);
+  return (Number.isFinite(mb) && mb >= 0 ? mb : 256) * 1024 * 1024;
+}
+
 function adapterName(a) {
   return a.description || [a.vendor, a.architecture, a.device].filter(Boolean).join(" ") || "WebGPU";
 }
@@ -66,7 +73,7 @@ class Worker {
   async start() {
     try {
       this.gpu = await openDevice((why) => this.deviceLost(why));
-      this.executor = new Executor(this.gpu.device);
+      this.executor = new Executor(this.gpu.device, cacheBytes());
       state.adapter = adapterName(this.gpu.describe.adapter);
     } catch (e) {
       this.noGpu = e.message;
@@ -134,12 +141,21 @@ class Worker {
     } else if (message.type === "ping") {
       // A pong echoes its ping, arrays included: the notebook measures the link with it.
       this.send({ type: "pong", fields: f, arrays: message.arrays });
-    } else if (message.type === "job") {
-      const socket = this.socket;
-      this.queue = this.queue.then(() => this.runJob(message, socket));
+    } else if (message.type === "job" || message.type === "put" || message.type === "free") {
+      const socket = this.socket; // in order: a put is done before the job that uses it
+      this.queue = this.queue.then(() => this.work(message, socket));
     } else if (message.type === "cancel") {
       this.cancelled.add(f.job);
     }
+  }
+
+  async work(message, socket) {
+    if (message.type === "job") return this.runJob(message, socket);
+    if (!this.executor) return;
+    if (message.type === "put") this.executor.store(message.fields.key, message.arrays[0]);
+    else this.executor.cache.drop(message.fields.key);
+    const cache = this.executor.cache;
+    await this.send({ type: "cache", fields: { held: cache.held(), pinned: cache.pinned() } });
   }
 
   async runJob(message, socket) {
@@ -153,19 +169,20 @@ class Worker {
       const { outputs, timings } = await this.executor.run(message);
       if (socket !== this.socket) return; // the link dropped meanwhile; the notebook already failed the job
       if (this.cancelled.has(job)) return this.fail(job, "cancelled", "cancelled while running");
-      await this.send({ type: "result", fields: { job, timings }, arrays: outputs });
+      await this.send({ type: "result", fields: { job, timings, cache: this.executor.cache.held() }, arrays: outputs });
       state.jobsDone += 1;
       state.lastJobMs = timings.kernel;
     } catch (e) {
-      this.fail(job, e instanceof JobError ? e.kind : "internal", e.message || String(e));
+      const missing = e instanceof JobError ? e.missing : [];
+      this.fail(job, e instanceof JobError ? e.kind : "internal", e.message || String(e), { missing, cache: this.executor.cache.held() });
     } finally {
       state.job = null;
       if (this.socket) show(this.executor ? "idle" : "no WebGPU", this.noGpu);
     }
   }
 
-  fail(job, kind, text) {
-    this.send({ type: "error", fields: { job, kind, message: text } });
+  fail(job, kind, text, extra = {}) {
+    this.send({ type: "error", fields: { job, kind, message: text, ...extra } });
   }
 
   // Sends frame by frame, waiting while the socket's buffer is full: a large result then
@@ -191,7 +208,7 @@ class Worker {
     openDevice((w) => this.deviceLost(w)).then(
       (gpu) => {
         this.gpu = gpu;
-        this.executor = new Executor(gpu.device);
+        this.executor = new Executor(gpu.device, cacheBytes());
         this.noGpu = "";
         if (this.socket) show("idle");
       },

@@ -159,3 +159,26 @@ def test_the_notebook_repeats_why_a_connected_page_has_no_webgpu(page, shell, ca
     out = capsys.readouterr().out
     assert "joined without WebGPU" in out and "https" in out
     assert type(result.error_in_exec).__name__ == "NoDeviceError"
+
+
+def test_the_page_keeps_inputs_between_jobs_and_holds_what_put_pins(page, broker: BrokerThread) -> None:
+    """The browser's buffer cache: a repeated job sends no W; a pinned array reaches the page."""
+    open_worker(page, broker.url, broker)
+    rng = np.random.default_rng(4)
+    a, w = rng.random((8, 256), np.float32), rng.random((256, 256), np.float32)
+    sent = []
+    for _ in range(2):
+        before = broker.devices()[0]["bytes_out"]
+        plan = ops.plan("matmul", a, w)
+        (c,) = plan.finish(broker.submit(plan.program).future.result(60))
+        sent.append(broker.devices()[0]["bytes_out"] - before)
+        assert ops.error_ratio(plan.nodes[0], c) <= 1
+    assert sent[1] < w.nbytes / 10 < sent[0]
+    v = rng.random((128, 256), np.float32)
+    key = ops.compiler.content_key(v)
+    assert broker.put(key, v) == {"d1": True}
+    before = broker.devices()[0]["bytes_out"]
+    plan = ops.plan("matmul", v, w)
+    (c,) = plan.finish(broker.submit(plan.program).future.result(60))
+    assert broker.devices()[0]["bytes_out"] - before < v.nbytes / 10
+    assert ops.error_ratio(plan.nodes[0], c) <= 1

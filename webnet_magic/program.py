@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -39,11 +39,17 @@ class Kernel:
 
 @dataclass(frozen=True)
 class Buffer:
-    """A GPU buffer of ``size`` bytes, filled from ``inputs[input]`` or left zeroed."""
+    """A GPU buffer of ``size`` bytes, filled from ``inputs[input]`` or left zeroed.
+
+    ``key`` (the input's content hash) lets a worker keep the buffer after the job and
+    reuse it: in a message, a keyed buffer without ``input`` is one the worker already
+    holds, so its bytes are not sent again.
+    """
 
     size: int
     input: int | None = None
     uniform: bool = False
+    key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -96,14 +102,23 @@ class Program:
     def workgroups_max(self) -> int:
         return max(max(s.workgroups) for s in self.steps)
 
-    def to_message(self, job: str) -> Message:
+    def to_message(self, job: str, held: Set[str] = frozenset()) -> Message:
+        """The ``job`` message; inputs whose key is in ``held`` (the worker has them) are left out."""
         kernels = {s.kernel.hash: {"source": s.kernel.source, "entry": s.kernel.entry} for s in self.steps}
+        arrays: list[np.ndarray] = []
+        buffers = []
+        for b in self.buffers:
+            sent = None
+            if b.input is not None and b.key not in held:
+                sent = len(arrays)
+                arrays.append(self.inputs[b.input])
+            buffers.append({"size": b.size, "input": sent, "uniform": b.uniform, "key": b.key})
         return Message(
             "job",
             {
                 "job": job,
                 "kernels": kernels,
-                "buffers": [{"size": b.size, "input": b.input, "uniform": b.uniform} for b in self.buffers],
+                "buffers": buffers,
                 "steps": [
                     {
                         "kernel": s.kernel.hash,
@@ -114,7 +129,7 @@ class Program:
                 ],
                 "outputs": [{"buffer": o.buffer, "dtype": o.dtype, "shape": list(o.shape)} for o in self.outputs],
             },
-            self.inputs,
+            arrays,
         )
 
     @classmethod
@@ -128,6 +143,7 @@ class Program:
                     _int(b["size"]),
                     None if b.get("input") is None else _int(b["input"]),
                     bool(b.get("uniform")),
+                    None if b.get("key") is None else _str(b["key"]),
                 )
                 for b in f["buffers"]
             )
@@ -163,6 +179,8 @@ def check_structure(p: Program) -> None:
     for i, b in enumerate(p.buffers):
         if b.size <= 0 or b.size % 4:
             raise ProtocolError(f"buffer {i} has size {b.size}; sizes must be positive multiples of 4")
+        if b.key is not None and (len(b.key) > 64 or b.uniform):
+            raise ProtocolError(f"buffer {i} has a key that is too long, or is a uniform buffer")
         if b.input is not None:
             if not 0 <= b.input < len(p.inputs):
                 raise ProtocolError(f"buffer {i} reads input {b.input}, which does not exist")

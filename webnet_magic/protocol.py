@@ -66,11 +66,14 @@ SCHEMA: Mapping[str, Mapping[str, type | tuple[type, ...]]] = {
     "result": {"job": str, "timings": dict},
     "error": {"job": str, "kind": str, "message": str},
     "pong": {"t": (int, float)},  # echoes its ping's fields and arrays
+    "cache": {"held": list, "pinned": list},  # the content keys a worker keeps (after put / free)
     # broker -> worker
     "welcome": {"device": str, "heartbeat": (int, float)},
     "job": {"job": str, "kernels": dict, "buffers": list, "steps": list, "outputs": list},
     "cancel": {"job": str},
     "ping": {"t": (int, float)},
+    "put": {"key": str, "pin": bool},  # keep this message's one array under key
+    "free": {"key": str},
 }
 
 

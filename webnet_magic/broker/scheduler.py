@@ -60,6 +60,7 @@ class Device:
     bytes_in: int = 0
     bytes_out: int = 0
     last_seen: float = field(default_factory=time.monotonic)
+    cache: set[str] = field(default_factory=set)  # content keys the worker says it keeps
 
     @property
     def usable(self) -> bool:
@@ -89,6 +90,7 @@ class Device:
             "job": self.job.id if self.job else None,
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
+            "cached": len(self.cache),
             "limits": dict(self.limits),
         }
 
@@ -102,6 +104,7 @@ class Job:
     future: asyncio.Future[list[np.ndarray]]
     device_id: str | None = None
     device: Device | None = None
+    resent: bool = False  # sent again with all its inputs after a worker had dropped some
 
 
 class Scheduler:
@@ -199,6 +202,13 @@ class Scheduler:
 
     def error(self, device: Device, job_id: str, kind: str, message: str) -> None:
         job = self._release(device, job_id)
+        if job is not None and kind == "missing-inputs" and not job.resent:
+            # The worker dropped an input it had cached (the broker's list is updated by now):
+            # send the job again, this time with the data.
+            job.resent, job.device = True, None
+            self.queue.appendleft(job)
+            self._pump()
+            return
         if job is not None:
             text = f"device {device.id} ({device.name}) reported a {kind[:40]} error: {message[:4000]}"
             self._finish(job, error=WorkerError(text, kind=kind[:40], device=device.id))
@@ -251,7 +261,7 @@ class Scheduler:
             self.queue.remove(job)
             job.device = device
             device.job, device.state = job, "busy"
-            self._send(device, job.program.to_message(job.id))
+            self._send(device, job.program.to_message(job.id, held=device.cache))
 
     def _cancel_overdue(self, device: Device, job_id: str) -> None:
         if device.job is not None and device.job.id == job_id and device.id in self.devices:

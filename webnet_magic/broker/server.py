@@ -70,6 +70,7 @@ class Broker:
         self.chunk_size = chunk_size
         self.scheduler = Scheduler(on_change, cancel_grace=silence_limit)
         self.sockets: set[WorkerSocket] = set()
+        self.pinned: dict[str, np.ndarray] = {}  # content key -> array, for %webnet put
         self._heartbeat_task: asyncio.Task[None] | None = None
 
     def token_ok(self, offered: str | None) -> bool:
@@ -120,6 +121,20 @@ class Broker:
             raise DeviceNotFound(f"no device {device_id!r} is connected" if device_id else "no device is connected")
         return await socks[0].probe(arrays)
 
+    async def put(self, key: str, array: np.ndarray) -> dict[str, bool]:
+        """Pin ``array`` on every connected device (and on devices that join later); who holds it."""
+        self.pinned[key] = array
+        socks = [s for s in self.sockets if s.device and s.device.usable]
+        held = await asyncio.gather(*(s.pin(key, array) for s in socks), return_exceptions=True)
+        return {s.device.id: ok is True for s, ok in zip(socks, held, strict=True) if s.device}
+
+    def free(self, key: str) -> None:
+        """Unpin ``key``: devices drop it, and devices that join later are not sent it."""
+        self.pinned.pop(key, None)
+        for sock in self.sockets:
+            if sock.device is not None:
+                sock.spawn(sock.send(Message("free", {"key": key})))
+
     async def shutdown(self) -> None:
         if self._heartbeat_task:
             self._heartbeat_task.cancel()
@@ -168,6 +183,7 @@ class WorkerSocket(tornado.websocket.WebSocketHandler):
         self.device: Device | None = None
         self.assembler = Assembler(budget=self._budget)
         self.probes: dict[str, tuple[int, asyncio.Future[list[np.ndarray]]]] = {}
+        self.cache_waiters: list[asyncio.Future[set[str]]] = []
         self._message_ids = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._hello_timer: asyncio.TimerHandle | None = None
@@ -227,11 +243,21 @@ class WorkerSocket(tornado.websocket.WebSocketHandler):
             self.device = self._device(f)
             welcome = {"device": self.device.id, "heartbeat": self.broker.heartbeat}
             self.spawn(self.send(Message("welcome", welcome)))
+            for key, array in self.broker.pinned.items():  # what the notebook pinned reaches new devices too
+                self.spawn(self.send(Message("put", {"key": key, "pin": True}, [array])))
             scheduler.join(self.device)
             return
         if self.device is None:
             raise ProtocolError(f"{m.type!r} before hello")
-        if m.type == "result":
+        held = f.get("held", f.get("cache"))  # a worker lists the keys it keeps after each job, put and free
+        if held is not None:
+            self.device.cache = _keys(held)
+        if m.type == "cache":
+            for waiter in self.cache_waiters:
+                if not waiter.done():
+                    waiter.set_result(self.device.cache)
+            self.cache_waiters.clear()
+        elif m.type == "result":
             scheduler.result(self.device, f["job"], list(m.arrays), f["timings"])
         elif m.type == "error":
             scheduler.error(self.device, f["job"], f["kind"], f["message"])
@@ -259,6 +285,16 @@ class WorkerSocket(tornado.websocket.WebSocketHandler):
             send=self.send,
             close=self.close,
         )
+
+    async def pin(self, key: str, array: np.ndarray) -> bool:
+        """Send ``array`` to be kept pinned under ``key``; True once the worker says it holds it.
+
+        (Not ``put``: that name is tornado's handler for HTTP PUT requests.)
+        """
+        waiter: asyncio.Future[set[str]] = asyncio.get_running_loop().create_future()
+        self.cache_waiters.append(waiter)
+        await self.send(Message("put", {"key": key, "pin": True}, [array]))
+        return key in await waiter
 
     async def probe(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         """``arrays`` out in a ping and back in its pong (see :meth:`Broker.echo`)."""
@@ -307,9 +343,24 @@ class WorkerSocket(tornado.websocket.WebSocketHandler):
             if not answer.done():
                 answer.set_exception(WorkerLost(f"the device {reason} before answering a probe"))
         self.probes.clear()
+        for waiter in self.cache_waiters:
+            if not waiter.done():
+                waiter.set_exception(WorkerLost(f"the device {reason} before confirming a put"))
+        self.cache_waiters.clear()
         if self.device is not None:
             self.device.state = "closing"
             self.broker.scheduler.leave(self.device.id, reason)
 
     def on_close(self) -> None:
         self.forget("disconnected")
+
+
+def _keys(value: Any) -> set[str]:
+    """A worker's list of cached content keys, checked (it decides which arrays are not re-sent)."""
+    if (
+        not isinstance(value, list)
+        or len(value) > 100_000
+        or not all(isinstance(k, str) and len(k) <= 64 for k in value)
+    ):
+        raise ProtocolError("a cache listing must be a list of content keys")
+    return set(value)

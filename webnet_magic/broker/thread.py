@@ -185,6 +185,13 @@ class BrokerThread:
         finally:
             future.cancel()  # a no-op once done; otherwise stops waiting for the pong
 
+    def put(self, key: str, array: np.ndarray, timeout: float = 120.0) -> dict[str, bool]:
+        """Pin ``array`` under ``key`` on every device (see :meth:`Broker.put`); which of them hold it."""
+        return asyncio.run_coroutine_threadsafe(self.broker.put(key, array), self._loop).result(timeout)
+
+    def free(self, key: str) -> None:
+        self.call(self.broker.free, key)
+
     def cancel(self, job_id: str) -> None:
         if self.running:
             self.call(self.broker.scheduler.cancel, job_id)

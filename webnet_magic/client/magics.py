@@ -22,6 +22,7 @@ from traitlets import Float, Int, Unicode
 
 from ..errors import DeviceLimitError, DeviceNotFound, DtypeError, ShapeError
 from ..ops import Graph, Node
+from ..ops.dtypes import to_wire
 from . import session as sessions
 from .expressions import ExpressionError, namespace_resolver, parse_program
 from .parsing import Command, MagicSyntaxError, help_text, parse
@@ -114,6 +115,31 @@ class WebnetMagics(Magics):
 
     def _url(self, command: Command) -> None:
         print(self._session().url)
+
+    def _put(self, command: Command) -> None:
+        session, resolve = self._session(), namespace_resolver(self._namespace, "in the notebook")
+        try:
+            values = {name: resolve(name) for name in command.options["names"]}
+            for name, value in values.items():
+                held = session.put(name, value)
+                size = to_wire(name, value).array.nbytes
+                kept = [d for d, ok in held.items() if ok]
+                line = f"webnet: {name} ({size / 1e6:.1f} MB) kept on {', '.join(kept) or 'no device yet'}"
+                refused = [d for d, ok in held.items() if not ok]
+                if refused:
+                    line += f"; not on {', '.join(refused)} (its cache is full)"
+                print(line + (" and on devices that join later" if not refused else ""))
+        except (ExpressionError, DtypeError) as exc:
+            raise UsageError(f"webnet: {exc}") from None
+
+    def _free(self, command: Command) -> None:
+        session = self._session()
+        for name in command.options["names"]:
+            try:
+                session.free(name)
+            except KeyError as exc:
+                raise UsageError(f"webnet: {exc.args[0]}") from None
+            print(f"webnet: devices may drop {name}")
 
     def _help(self, command: Command) -> None:
         print(help_text())

@@ -58,6 +58,8 @@ SUBCOMMANDS = {
     "status": "the broker's URL and devices",
     "devices": "a table of connected devices",
     "url": "print the worker URL (with its token) as plain text",
+    "put": "NAME ...  keep these arrays on every device: later jobs send none of their bytes",
+    "free": "NAME ...  let devices drop what put kept",
     "help": "this text",
 }
 RUN_OPTIONS = "[--timeout S] [--device ID] [--local]"
@@ -87,6 +89,8 @@ def _build() -> tuple[_Parser, _Parser]:
     start.add_argument("--host", help="address to bind (default 127.0.0.1: this machine only)")
     for name in ("stop", "status", "devices", "url", "help"):
         sub.add_parser(name, prog=f"%webnet {name}", add_help=False)
+    for name in ("put", "free"):
+        sub.add_parser(name, prog=f"%webnet {name}", add_help=False).add_argument("names", nargs="+")
     run = _Parser(prog="%webnet", add_help=False)
     run.add_argument("--timeout", type=_seconds, help="seconds to wait for a device and the result")
     run.add_argument("--device", help="run on this device id (see %%webnet devices)")

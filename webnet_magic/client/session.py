@@ -24,7 +24,8 @@ import numpy as np
 from ..broker.thread import BrokerThread
 from ..errors import BrokerStopped, JobTimeout, NoDeviceError
 from ..ops import Graph, Node, call, compile_graph, evaluate
-from ..ops.dtypes import conversion_note
+from ..ops.compiler import content_key
+from ..ops.dtypes import conversion_note, to_wire
 from ..ops.graph import topological
 from ..program import Program
 from ..worker.launch import LocalWorker, launch
@@ -66,6 +67,7 @@ class Session:
         self.broker = BrokerThread(host, port, heartbeat=heartbeat, silence_limit=silence_limit).start()
         self._panel: Any = None
         self._local_workers: list[LocalWorker] = []
+        self._pinned: dict[str, str] = {}  # name -> content key, for put / free
 
     @property
     def url(self) -> str:
@@ -115,6 +117,32 @@ class Session:
             if time.monotonic() > deadline:
                 raise NoDeviceError(f"{len(usable)} of {count} device(s) connected after {timeout:g} s")
             time.sleep(POLL)
+
+    def put(self, name: str, value: Any) -> dict[str, bool]:
+        """Keep ``value`` on every device (and devices that join later) until :meth:`free`.
+
+        Jobs using the same array then send none of its bytes.  Returns, per device id,
+        whether it holds the array (a device whose cache is full does not).  Putting a
+        name again replaces what it held.
+        """
+        leaf = to_wire(name, value)
+        key = content_key(leaf.array)
+        old = self._pinned.get(name)
+        if old is not None and old != key:
+            self.broker.free(old)
+        self._pinned[name] = key
+        return self.broker.put(key, leaf.array)
+
+    def free(self, name: str) -> None:
+        """Let devices drop what :meth:`put` pinned under ``name``."""
+        key = self._pinned.pop(name, None)
+        if key is None:
+            raise KeyError(f"nothing is pinned under {name!r}; pinned: {', '.join(self._pinned) or 'nothing'}")
+        self.broker.free(key)
+
+    @property
+    def pinned(self) -> list[str]:
+        return list(self._pinned)
 
     def stop(self) -> None:
         """Close every worker connection, fail pending jobs, free the port, stop local workers."""

@@ -9,6 +9,7 @@ one kernel computing ``max(t + b, 0)``.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -21,6 +22,9 @@ from .dtypes import Leaf, conversion_note
 from .graph import OPS, Node, Shape, evaluate, topological
 
 WORKGROUP = 256  # invocations per workgroup in the 1-D kernels
+#: Inputs this large get a content key, so a worker that kept them is not sent them again.
+#: (Hashing runs at about 1.5 GB/s; below this size, sending is as cheap as hashing.)
+CACHE_MIN_BYTES = 64 * 1024
 MAX_GROUPS = 65535  # per dispatch dimension, WebGPU's default limit
 
 
@@ -47,8 +51,10 @@ class Builder:
         self.outputs: list[Output] = []
 
     def input(self, array: np.ndarray) -> int:
+        """A buffer filled from ``array``; arrays worth caching on the worker get a content key."""
         self.inputs.append(array)
-        self.buffers.append(Buffer(padded(array.nbytes), input=len(self.inputs) - 1))
+        key = content_key(array) if array.nbytes >= CACHE_MIN_BYTES else None
+        self.buffers.append(Buffer(padded(array.nbytes), input=len(self.inputs) - 1, key=key))
         return len(self.buffers) - 1
 
     def scratch(self, shape: Shape, dtype: str) -> Value:
@@ -73,6 +79,13 @@ class Builder:
 
     def program(self) -> Program:
         return Program(tuple(self.inputs), tuple(self.buffers), tuple(self.steps), tuple(self.outputs))
+
+
+def content_key(array: np.ndarray) -> str:
+    """A hash of the array's bytes, dtype and shape: equal keys mean equal buffers on the device."""
+    digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
+    digest.update(np.ascontiguousarray(array).data)
+    return digest.hexdigest()[:32]
 
 
 def grid(groups: int) -> tuple[int, int, int]:

@@ -28,11 +28,23 @@ def main(argv: list[str] | None = None) -> int:
         default=1.0,
         help="stretch each job to this many times its duration (to stand in for slower devices)",
     )
+    parser.add_argument(
+        "--cache-mb",
+        type=float,
+        default=1024,
+        help="GPU memory kept for arrays reused across jobs (default 1024 MB)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every job, not only connections")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="webnet worker: %(message)s")
     try:
-        run_forever(args.url, name=args.name, slowdown=args.slowdown, power_preference=args.power)
+        run_forever(
+            args.url,
+            name=args.name,
+            slowdown=args.slowdown,
+            power_preference=args.power,
+            cache_bytes=int(args.cache_mb * 2**20),
+        )
     except TokenRefused as exc:
         print(f"webnet worker: refused: {exc}", file=sys.stderr)
         return 2

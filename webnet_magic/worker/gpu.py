@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..program import Kernel, Program, padded
+from .cache import BufferCache
 
 #: Limits asked of the device at their adapter maximum, so large buffers fit; reported in hello.
 RAISED_LIMITS = (
@@ -38,9 +39,10 @@ REPORTED_LIMITS = (
 class GpuJobError(Exception):
     """A job the device refused; ``kind`` goes on the wire (compile, validation, out-of-memory, ...)."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: str, message: str, missing: list[str] | None = None) -> None:
         super().__init__(message)
         self.kind = kind
+        self.missing = missing or []  # for "missing-inputs": the keys the worker no longer holds
 
 
 @dataclass
@@ -62,7 +64,7 @@ def camel(name: str) -> str:
 class WgpuExecutor:
     """One wgpu device, with each kernel compiled once (keyed by its hash)."""
 
-    def __init__(self, power_preference: str = "high-performance") -> None:
+    def __init__(self, power_preference: str = "high-performance", cache_bytes: int = 1 << 30) -> None:
         try:
             import wgpu
         except ImportError:
@@ -81,6 +83,7 @@ class WgpuExecutor:
         )
         self._pipelines: dict[str, Any] = {}
         self._busy = threading.Lock()
+        self.cache = BufferCache(cache_bytes, lambda buffer: buffer.destroy())
 
     def describe(self) -> dict[str, Any]:
         """The adapter, limits and features a worker reports in its hello."""
@@ -131,19 +134,48 @@ class WgpuExecutor:
         return prepared
 
     def _upload(self, program: Program, buffers: list[Any]) -> None:
-        wgpu, device = self._wgpu, self.device
-        storage = wgpu.BufferUsage.STORAGE | wgpu.BufferUsage.COPY_SRC | wgpu.BufferUsage.COPY_DST
-        uniform = wgpu.BufferUsage.UNIFORM | wgpu.BufferUsage.COPY_DST
+        """Each buffer: from the cache (a keyed buffer sent without data), or made and filled."""
+        missing = [b.key for b in program.buffers if b.input is None and b.key and self.cache.get(b.key) is None]
+        if missing:
+            raise GpuJobError("missing-inputs", f"{len(missing)} input(s) were no longer cached", missing)
+        in_use = {b.key for b in program.buffers if b.key}
         with self._errors("out-of-memory"):
             for spec in program.buffers:
-                buf = device.create_buffer(size=spec.size, usage=uniform if spec.uniform else storage)
+                if spec.input is None and spec.key:
+                    buffers.append(self.cache.get(spec.key))
+                    continue
+                array = None if spec.input is None else program.inputs[spec.input]
+                buf = self._buffer(spec.size, spec.uniform, array)
                 buffers.append(buf)
-                array = None if spec.input is None else np.asarray(program.inputs[spec.input], order="C")
-                if array is not None and array.nbytes:
-                    data = array.data.cast("B")
-                    if len(data) % 4:  # queue writes are whole 4-byte words
-                        data = memoryview(bytes(data) + bytes(-len(data) % 4))
-                    device.queue.write_buffer(buf, 0, data)
+                if spec.key and array is not None:
+                    self.cache.keep(spec.key, buf, spec.size, protect=in_use)
+
+    def store(self, key: str, array: np.ndarray, pin: bool) -> bool:
+        """Keep ``array`` on the device under ``key`` (``%webnet put``); False if it does not fit."""
+        with self._busy, self._errors("out-of-memory"):
+            existing = self.cache.get(key)
+            if existing is not None:  # already held: only (re)pin it
+                return self.cache.keep(key, existing, 0, pin=pin)
+            buf = self._buffer(padded(array.nbytes), False, array)
+            if not self.cache.keep(key, buf, buf.size, pin=pin):
+                buf.destroy()
+                return False
+            return True
+
+    def _buffer(self, size: int, uniform: bool, array: np.ndarray | None) -> Any:
+        wgpu = self._wgpu
+        usage = (
+            wgpu.BufferUsage.UNIFORM | wgpu.BufferUsage.COPY_DST
+            if uniform
+            else wgpu.BufferUsage.STORAGE | wgpu.BufferUsage.COPY_SRC | wgpu.BufferUsage.COPY_DST
+        )
+        buf = self.device.create_buffer(size=size, usage=usage)
+        if array is not None and array.nbytes:
+            data = np.asarray(array, order="C").data.cast("B")
+            if len(data) % 4:  # queue writes are whole 4-byte words
+                data = memoryview(bytes(data) + bytes(-len(data) % 4))
+            self.device.queue.write_buffer(buf, 0, data)
+        return buf
 
     def _bind(self, program: Program, pipelines: list[Any], buffers: list[Any]) -> list[Any]:
         passes = []
@@ -199,8 +231,10 @@ class WgpuExecutor:
         return outputs
 
     def release(self, prepared: Prepared) -> None:
+        """Destroy the job's buffers, except those the cache keeps for later jobs."""
         for buf in prepared.buffers:
-            buf.destroy()
+            if not self.cache.owns(buf):
+                buf.destroy()
         prepared.buffers.clear()
 
     def _wait(self, buffers: list[Any]) -> None:

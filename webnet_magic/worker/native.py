@@ -41,8 +41,6 @@ from .gpu import GpuJobError, WgpuExecutor
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-Queued = tuple[str, Program]  # a job id and what to run
-
 
 class TokenRefused(RuntimeError):
     """The broker refused this worker's token; reconnecting would not help."""
@@ -130,13 +128,13 @@ class NativeWorker:
 
     async def _serve(self, conn: WebSocketClientConnection) -> tuple[int | None, str | None]:
         assembler = Assembler()
-        jobs: asyncio.Queue[Queued] = asyncio.Queue()
+        work: asyncio.Queue[Message] = asyncio.Queue()
         self._last_heard = time.monotonic()
         describe = self.executor.describe()
         hello = {"runtime": "native", "name": self.name, "webgpu": True, **describe}
         await self._send(conn, Message("hello", hello))
         tasks = [
-            asyncio.ensure_future(self._run_jobs(conn, jobs)),
+            asyncio.ensure_future(self._run_jobs(conn, work)),
             asyncio.ensure_future(self._watch(conn)),
         ]
         try:
@@ -154,11 +152,8 @@ class NativeWorker:
                     log.info("joined as device %s", self.device_id)
                 elif message.type == "ping":  # a pong echoes its ping: fields and any arrays
                     await self._send(conn, Message("pong", f, message.arrays))
-                elif message.type == "job":
-                    try:
-                        jobs.put_nowait((f["job"], Program.from_message(message)))
-                    except ProtocolError as exc:
-                        await self._send(conn, error_message(f["job"], "protocol", str(exc)))
+                elif message.type in ("job", "put", "free"):
+                    work.put_nowait(message)
                 elif message.type == "cancel":
                     self._cancelled.add(f["job"])
         except ProtocolError as exc:
@@ -171,33 +166,51 @@ class NativeWorker:
                 task.cancel()
         return conn.close_code, conn.close_reason
 
-    async def _run_jobs(self, conn: WebSocketClientConnection, jobs: asyncio.Queue[Queued]) -> None:
+    async def _run_jobs(self, conn: WebSocketClientConnection, work: asyncio.Queue[Message]) -> None:
+        """Jobs, puts and frees, one at a time and in the order they came (a put precedes its use)."""
         while True:
-            job, program = await jobs.get()
-            if job in self._cancelled:
-                await self._send(conn, error_message(job, "cancelled", "cancelled before it started"))
-                continue
-            started = time.perf_counter()
-            try:
-                outputs, timings = await in_daemon_thread(self.executor.run, program)
-                if self.slowdown > 1:
-                    await asyncio.sleep((time.perf_counter() - started) * (self.slowdown - 1))
-            except GpuJobError as exc:
-                await self._send(conn, error_message(job, exc.kind, str(exc)))
-                continue
-            except Exception as exc:  # report it to the notebook rather than die silently
-                log.exception("job %s failed", job)
-                await self._send(conn, error_message(job, "internal", f"{type(exc).__name__}: {exc}"))
-                continue
-            if job in self._cancelled:
-                await self._send(conn, error_message(job, "cancelled", "cancelled while running"))
-                continue
-            timings["total"] = (time.perf_counter() - started) * 1e3
-            await self._send(conn, Message("result", {"job": job, "timings": timings}, outputs))
-            self.jobs_done += 1
-            log.debug("job %s done in %.1f ms (kernel %.1f ms)", job, timings["total"], timings["kernel"])
-            if self.on_job:
-                self.on_job(job, timings)
+            message = await work.get()
+            f = message.fields
+            if message.type == "job":
+                reply = await self._job(f["job"], message)  # with the keys now cached, for the broker
+                await self._send(
+                    conn, Message(reply.type, {**reply.fields, "cache": self.executor.cache.held()}, reply.arrays)
+                )
+            elif message.type == "put":
+                await in_daemon_thread(self.executor.store, f["key"], message.arrays[0], f["pin"])
+                await self._send(conn, self._cache_message())
+            elif message.type == "free":
+                self.executor.cache.drop(f["key"])
+                await self._send(conn, self._cache_message())
+
+    async def _job(self, job: str, message: Message) -> Message:
+        """Run one job; the result or error to send back."""
+        if job in self._cancelled:
+            return error_message(job, "cancelled", "cancelled before it started")
+        started = time.perf_counter()
+        try:
+            program = Program.from_message(message)
+            outputs, timings = await in_daemon_thread(self.executor.run, program)
+            if self.slowdown > 1:
+                await asyncio.sleep((time.perf_counter() - started) * (self.slowdown - 1))
+        except ProtocolError as exc:
+            return error_message(job, "protocol", str(exc))
+        except GpuJobError as exc:
+            return error_message(job, exc.kind, str(exc), missing=exc.missing)
+        except Exception as exc:  # report it to the notebook rather than die silently
+            log.exception("job %s failed", job)
+            return error_message(job, "internal", f"{type(exc).__name__}: {exc}")
+        if job in self._cancelled:
+            return error_message(job, "cancelled", "cancelled while running")
+        timings["total"] = (time.perf_counter() - started) * 1e3
+        self.jobs_done += 1
+        log.debug("job %s done in %.1f ms (kernel %.1f ms)", job, timings["total"], timings["kernel"])
+        if self.on_job:
+            self.on_job(job, timings)
+        return Message("result", {"job": job, "timings": timings}, outputs)
+
+    def _cache_message(self) -> Message:
+        return Message("cache", {"held": self.executor.cache.held(), "pinned": self.executor.cache.pinned()})
 
     async def _watch(self, conn: WebSocketClientConnection) -> None:
         """Close a link on which the broker has gone quiet, so the main loop reconnects."""
@@ -239,11 +252,12 @@ async def in_daemon_thread(fn: Callable[..., T], *args: Any) -> T:
     return await done
 
 
-def error_message(job: str, kind: str, text: str) -> Message:
-    return Message("error", {"job": job, "kind": kind, "message": text})
+def error_message(job: str, kind: str, text: str, **extra: Any) -> Message:
+    return Message("error", {"job": job, "kind": kind, "message": text, **extra})
 
 
 def run_forever(url: str, **options: Any) -> None:
     """Blocking entry point: build the executor, then serve ``url`` until the broker stops."""
-    worker = NativeWorker(url, WgpuExecutor(options.pop("power_preference", "high-performance")), **options)
+    executor = WgpuExecutor(options.pop("power_preference", "high-performance"), options.pop("cache_bytes", 1 << 30))
+    worker = NativeWorker(url, executor, **options)
     asyncio.run(worker.run())
