@@ -173,6 +173,7 @@ export class Executor {
     const { kernels, buffers: specs, steps, outputs } = message.fields;
     const device = this.device;
     const t0 = performance.now();
+    for (const [hash, kernel] of Object.entries(kernels)) await this.pipeline(hash, kernel); // compile all first
     const pipelines = [];
     for (const step of steps) {
       if (!(step.kernel in kernels)) throw new JobError("protocol", `step uses unknown kernel ${step.kernel}`);

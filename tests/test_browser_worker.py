@@ -182,3 +182,23 @@ def test_the_page_keeps_inputs_between_jobs_and_holds_what_put_pins(page, broker
     (c,) = plan.finish(broker.submit(plan.program).future.result(60))
     assert broker.devices()[0]["bytes_out"] - before < v.nbytes / 10
     assert ops.error_ratio(plan.nodes[0], c) <= 1
+
+
+def test_a_custom_kernel_compiles_in_the_browser_and_errors_point_at_the_cell(page, shell) -> None:
+    from webnet_magic.ops import OPS
+
+    from .test_custom_kernels import BROKEN, SAXPY
+
+    shell.run_cell("%webnet start")
+    session = sessions.current()
+    open_worker(page, session.url, session.broker)
+    try:
+        assert shell.run_cell(SAXPY).success
+        shell.run_cell("import numpy as np\nX = np.arange(10, dtype=np.float32)")
+        assert shell.run_cell("%webnet saxpy(X, X, a=3.0) -> Z").success
+        np.testing.assert_array_equal(shell.user_ns["Z"], 4 * np.arange(10))
+        message = str(shell.run_cell(BROKEN).error_in_exec)
+        assert "kernel broken does not compile, cell line 6 column" in message
+        assert "out[id.x] = x[id.x] +;" in message
+    finally:
+        OPS.pop("saxpy", None)

@@ -76,19 +76,29 @@ class Output:
 
 @dataclass(frozen=True)
 class Program:
-    """Everything one job needs on a device; built by an op, run by a worker."""
+    """Everything one job needs on a device; built by an op, run by a worker.
+
+    ``compile`` lists kernels to compile even if no step uses them: a program of only
+    those (no buffers, no steps) checks a custom kernel on a device before first use.
+    """
 
     inputs: tuple[np.ndarray, ...]
     buffers: tuple[Buffer, ...]
     steps: tuple[Step, ...]
     outputs: tuple[Output, ...]
+    compile: tuple[Kernel, ...] = ()
+
+    @property
+    def kernels(self) -> dict[str, Kernel]:
+        """Every kernel the worker compiles, by hash."""
+        return {k.hash: k for k in (*self.compile, *(s.kernel for s in self.steps))}
 
     def __post_init__(self) -> None:
         check_structure(self)
 
     @property
     def largest_buffer(self) -> int:
-        return max(b.size for b in self.buffers)
+        return max((b.size for b in self.buffers), default=0)
 
     @property
     def input_bytes(self) -> int:
@@ -100,11 +110,11 @@ class Program:
 
     @property
     def workgroups_max(self) -> int:
-        return max(max(s.workgroups) for s in self.steps)
+        return max((max(s.workgroups) for s in self.steps), default=0)
 
     def to_message(self, job: str, held: Set[str] = frozenset()) -> Message:
         """The ``job`` message; inputs whose key is in ``held`` (the worker has them) are left out."""
-        kernels = {s.kernel.hash: {"source": s.kernel.source, "entry": s.kernel.entry} for s in self.steps}
+        kernels = {h: {"source": k.source, "entry": k.entry} for h, k in self.kernels.items()}
         arrays: list[np.ndarray] = []
         buffers = []
         for b in self.buffers:
@@ -158,7 +168,10 @@ class Program:
         for h, k in kernels.items():
             if k.hash != h:
                 raise ProtocolError(f"kernel {h} does not match its source's hash")
-        return cls(tuple(message.arrays), buffers, steps, outputs)
+        used = {s.kernel.hash for s in steps}
+        return cls(
+            tuple(message.arrays), buffers, steps, outputs, tuple(k for h, k in kernels.items() if h not in used)
+        )
 
     def check_results(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
         """The worker's result arrays, refused unless they match ``outputs`` exactly."""
@@ -174,8 +187,8 @@ class Program:
 
 def check_structure(p: Program) -> None:
     """Refuse a program whose indices or sizes do not add up, naming the first problem."""
-    if not p.buffers or not p.steps:
-        raise ProtocolError("a program needs at least one buffer and one step")
+    if not p.steps and not p.compile:
+        raise ProtocolError("a program needs at least one step, or kernels to compile")
     for i, b in enumerate(p.buffers):
         if b.size <= 0 or b.size % 4:
             raise ProtocolError(f"buffer {i} has size {b.size}; sizes must be positive multiples of 4")

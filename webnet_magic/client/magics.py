@@ -20,9 +20,11 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_exp
 from IPython.display import display
 from traitlets import Float, Int, Unicode
 
-from ..errors import DeviceLimitError, DeviceNotFound, DtypeError, ShapeError
+from ..errors import DeviceLimitError, DeviceNotFound, DtypeError, ShapeError, WorkerError
 from ..ops import Graph, Node
+from ..ops.custom import KernelDefinitionError, compile_error, define, unregister
 from ..ops.dtypes import to_wire
+from ..program import Program
 from . import session as sessions
 from .expressions import ExpressionError, namespace_resolver, parse_program
 from .parsing import Command, MagicSyntaxError, help_text, parse
@@ -115,6 +117,27 @@ class WebnetMagics(Magics):
 
     def _url(self, command: Command) -> None:
         print(self._session().url)
+
+    def _kernel(self, command: Command) -> None:
+        """Define a custom kernel (an op from now on), and compile it on a device if one is connected."""
+        try:
+            custom = define(command.options["line"], command.expression)
+        except (KernelDefinitionError, ShapeError) as exc:
+            raise UsageError(f"webnet: {exc}") from None
+        session = sessions.current()
+        usable = [d for d in session.devices() if d["state"] != "no WebGPU"] if session else []
+        if not usable:
+            print(f"webnet: {custom.signature} defined; it compiles on first use (no device is connected)")
+            return
+        program = Program((), (), (), (), compile=(custom.kernel,))
+        try:
+            session.run(program, timeout=self.timeout)  # type: ignore[union-attr]
+        except WorkerError as exc:
+            unregister(custom.name)
+            if exc.kind != "compile":
+                raise
+            raise UsageError(f"webnet: {compile_error(custom, str(exc))}") from None
+        print(f"webnet: {custom.signature} defined and compiled on {usable[0]['id']} ({usable[0]['name']})")
 
     def _put(self, command: Command) -> None:
         session, resolve = self._session(), namespace_resolver(self._namespace, "in the notebook")

@@ -58,6 +58,7 @@ SUBCOMMANDS = {
     "status": "the broker's URL and devices",
     "devices": "a table of connected devices",
     "url": "print the worker URL (with its token) as plain text",
+    "kernel": "NAME(x, y, a: f32) -> out[x.shape] [--workgroups auto]   (a cell: WGSL below) define an op",
     "put": "NAME ...  keep these arrays on every device: later jobs send none of their bytes",
     "free": "NAME ...  let devices drop what put kept",
     "help": "this text",
@@ -104,6 +105,10 @@ _OPTION = re.compile(r"(?:^|\s)(--[A-Za-z])")
 
 def parse(line: str, cell: str | None = None) -> Command:
     """Parse one ``%webnet`` line (without the ``%webnet``); ``cell`` is the body of a ``%%webnet`` cell."""
+    if line.split()[:1] == ["kernel"]:  # its '->' part is a shape expression: checked by ops.custom
+        if not (cell and cell.strip()):
+            raise MagicSyntaxError("%%webnet kernel needs the WGSL source in the cell body, under the first line")
+        return Command("kernel", cell, options={"line": line.split(None, 1)[1] if len(line.split()) > 1 else ""})
     left, arrow, right = line.partition("->")
     expression, left_options = _split_options(left)
     try:

@@ -118,6 +118,8 @@ class WgpuExecutor:
 
     def prepare(self, program: Program) -> Prepared:
         t0 = time.perf_counter()
+        for kernel in program.compile:
+            self._pipeline(kernel)
         pipelines = [self._pipeline(step.kernel) for step in program.steps]
         t1 = time.perf_counter()
         buffers: list[Any] = []

@@ -1,0 +1,139 @@
+"""Custom kernels from a cell: defined as ops, compiled on a device at once, errors shown against the cell."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from webnet_magic.client import session as sessions
+from webnet_magic.ops import OPS
+
+from .conftest import Workers, wait_until
+
+SAXPY = """%%webnet kernel saxpy(x, y, a: f32) -> out[x.shape] --workgroups auto
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> y: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+struct Params { a: f32 }
+@group(0) @binding(3) var<uniform> params: Params;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) id: vec3<u32>) {
+    if (id.x < arrayLength(&out)) { out[id.x] = params.a * x[id.x] + y[id.x]; }
+}
+"""
+
+# Row sums into uint32 counts, with explicit workgroup counts: one workgroup per row.
+COUNT_POSITIVE = """%%webnet kernel count_positive(m) -> out[m.shape[0]] --workgroups m.shape[0]
+@group(0) @binding(0) var<storage, read> m: array<f32>;
+@group(0) @binding(1) var<storage, read_write> out: array<u32>;
+@compute @workgroup_size(1)
+fn main(@builtin(workgroup_id) row: vec3<u32>) {
+    let width = arrayLength(&m) / arrayLength(&out);
+    var n = 0u;
+    for (var i = 0u; i < width; i++) { n += select(0u, 1u, m[row.x * width + i] > 0.0); }
+    out[row.x] = n;
+}
+"""
+
+BROKEN = """%%webnet kernel broken(x) -> out[x.shape]
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) id: vec3<u32>) {
+    out[id.x] = x[id.x] +;
+}
+"""
+
+
+@pytest.fixture
+def notebook(shell, workers: Workers):
+    shell.run_cell("%webnet start")
+    session = sessions.current()
+    workers.start(session.url)
+    wait_until(session.devices, 60, "the native worker")
+    shell.run_cell("import numpy as np\nX = np.arange(1000, dtype=np.float32)\nY = np.ones(1000, np.float32)")
+    yield shell
+    for name in ("saxpy", "count_positive", "broken"):
+        OPS.pop(name, None)
+
+
+def test_a_kernel_cell_defines_an_op_compiled_on_the_device(notebook, capsys) -> None:
+    assert notebook.run_cell(SAXPY).success
+    assert "saxpy(x, y, a: f32) -> out[x.shape] defined and compiled on d1" in capsys.readouterr().out
+    assert notebook.run_cell("%webnet saxpy(X, Y, a=2.0) -> Z").success
+    np.testing.assert_array_equal(notebook.user_ns["Z"], 2 * np.arange(1000) + 1)
+    # ... and is an op like any other inside expressions (one job: fused tail after the custom kernel).
+    assert notebook.run_cell("%webnet relu(saxpy(X - 500, Y, a=1.5)) -> W").success
+    np.testing.assert_allclose(notebook.user_ns["W"], np.maximum(1.5 * (np.arange(1000) - 500) + 1, 0))
+
+
+def test_output_dtype_and_workgroup_counts_come_from_the_cell(notebook) -> None:
+    assert notebook.run_cell(COUNT_POSITIVE).success
+    notebook.run_cell("M = np.array([[1, -1, 2], [-3, -4, 0.5]], np.float32)")
+    assert notebook.run_cell("%webnet count_positive(M) -> N").success
+    n = notebook.user_ns["N"]
+    assert n.dtype == np.uint32
+    np.testing.assert_array_equal(n, [2, 1])
+
+
+def test_a_compile_error_points_at_the_cell_line_and_column(notebook) -> None:
+    result = notebook.run_cell(BROKEN)
+    message = str(result.error_in_exec)
+    assert type(result.error_in_exec).__name__ == "UsageError"
+    assert "kernel broken does not compile, cell line 6 column 26: expected expression" in message
+    assert "out[id.x] = x[id.x] +;" in message and message.endswith("^")
+    assert "broken" not in OPS  # a kernel that does not compile is not left defined
+
+
+@pytest.mark.parametrize(
+    ("cell", "complaint"),
+    [
+        ("%%webnet kernel f(x) out[x.shape]\nfn main() {}", "write the first line as"),
+        ("%%webnet kernel matmul(x) -> out[x.shape]\n@compute @workgroup_size(1) fn main() {}", "built-in op"),
+        (
+            "%%webnet kernel f(a: f32, x) -> out[x.shape]\n@compute @workgroup_size(1) fn main() {}",
+            "array inputs first",
+        ),
+        ("%%webnet kernel f(x: f64) -> out[x.shape]\n@compute @workgroup_size(1) fn main() {}", "not a scalar type"),
+        ("%%webnet kernel f(x) -> out[x.shape]\nfn helper() {}", "exactly one @compute entry point"),
+        (
+            "%%webnet kernel f(x) -> out[x.shape]\n"
+            "@group(0) @binding(0) var<storage, read_write> x: array<f32>;\n"
+            "@group(0) @binding(1) var<storage, read_write> out: array<f32>;\n"
+            "@compute @workgroup_size(1) fn main() {}",
+            r"binding 0 \(x\) must be var<storage, read>, but the WGSL has var<storage, read_write>",
+        ),
+        (
+            "%%webnet kernel f(x) -> out[x.shape]\n"
+            "@group(0) @binding(0) var<storage, read> x: array<f32>;\n"
+            "@compute @workgroup_size(1) fn main() {}",
+            r"binding 1 \(out\) must be var<storage, read_write>, but the WGSL has nothing",
+        ),
+        ("%%webnet kernel f(x) -> out[x.shape]\n", "needs the WGSL source"),
+    ],
+)
+def test_a_kernel_line_that_does_not_fit_its_wgsl_is_refused(shell, cell: str, complaint: str) -> None:
+    import re
+
+    result = shell.run_cell(cell)
+    assert type(result.error_in_exec).__name__ == "UsageError"
+    assert re.search(complaint, str(result.error_in_exec)), str(result.error_in_exec)
+
+
+def test_calls_are_checked_before_anything_is_sent(notebook) -> None:
+    notebook.run_cell(SAXPY)
+    for line, complaint in [
+        ("%webnet saxpy(X, Y) -> Z", "saxpy needs a=..."),
+        ("%webnet saxpy(X, Y, b=1.0) -> Z", "saxpy has no option 'b'"),
+        ("%webnet saxpy(X, a=1.0) -> Z", "saxpy takes 2 array arguments, got 1"),
+        ("%webnet saxpy(X, Y, a=1.0) --local -> Z", "runs on devices only"),
+    ]:
+        result = notebook.run_cell(line)
+        assert complaint in str(result.error_in_exec), (line, result.error_in_exec)
+
+
+def test_without_a_device_the_kernel_compiles_on_first_use(shell, capsys) -> None:
+    shell.run_cell("%webnet start")
+    assert shell.run_cell(SAXPY).success
+    assert "compiles on first use" in capsys.readouterr().out
+    OPS.pop("saxpy")

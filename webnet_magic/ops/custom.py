@@ -1,0 +1,298 @@
+"""Custom kernels: WGSL from a notebook cell, made an op usable in any expression.
+
+::
+
+    %%webnet kernel saxpy(x, y, a: f32) -> out[x.shape] --workgroups auto
+    @group(0) @binding(0) var<storage, read> x: array<f32>;
+    @group(0) @binding(1) var<storage, read> y: array<f32>;
+    @group(0) @binding(2) var<storage, read_write> out: array<f32>;
+    struct Params { a: f32 }
+    @group(0) @binding(3) var<uniform> params: Params;
+    @compute @workgroup_size(64)
+    fn main(@builtin(global_invocation_id) id: vec3<u32>) {
+        if (id.x < arrayLength(&out)) { out[id.x] = params.a * x[id.x] + y[id.x]; }
+    }
+
+then ``%webnet saxpy(X, Y, a=2.0) -> Z``.  The signature names the array inputs (bound
+0, 1, ... in order, read-only: workers may keep them cached for later jobs), then scalar
+options with their WGSL type (f32, i32, u32), passed as keywords and packed in that order
+into a uniform buffer bound after the output.  The output's shape is a Python expression
+of the inputs' shapes.  Dtypes come from the WGSL declarations (``array<f32>`` is
+float32, ``array<i32>`` int32, ``array<u32>`` uint32): inputs are cast to them.
+``--workgroups auto`` is one invocation per output element (workgroups of the kernel's
+``@workgroup_size``, spread over x and y past 65535); ``--workgroups EXPR,EXPR,EXPR``
+gives the counts as expressions of the inputs (``x.size``, ``x.shape[0]``) and ``ceil``.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import ShapeError, WebnetError
+from ..program import Kernel
+from .compiler import Builder, Value, grid
+from .graph import OPS, Node, OpSpec, Typed, register
+
+SCALARS = ("f32", "i32", "u32")
+DTYPES = {"f32": "float32", "i32": "int32", "u32": "uint32"}
+_SIGNATURE = re.compile(r"^\s*(\w+)\s*\((.*)\)\s*->\s*(\w+)\s*\[(.*)\]\s*$", re.S)
+#: A group-0 binding: its number, its address space and access, and for arrays the element type.
+_BINDING = re.compile(
+    r"@group\(\s*0\s*\)\s*@binding\(\s*(\d+)\s*\)\s*var\s*<\s*([\w\s,]+)>\s*\w+\s*:\s*"
+    r"(?:array\s*<\s*(?:vec[234]\s*<\s*)?(f32|i32|u32))?"
+)
+
+
+class KernelDefinitionError(WebnetError, ValueError):
+    """A kernel cell whose line or WGSL does not fit together (bindings, names, shapes)."""
+
+
+@dataclass(frozen=True)
+class Shapes:
+    """What shape and count expressions may use of an input: its shape, size and ndim."""
+
+    shape: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+
+@dataclass(frozen=True)
+class CustomKernel:
+    """A kernel cell, parsed and checked."""
+
+    name: str
+    inputs: tuple[str, ...]
+    scalars: tuple[tuple[str, str], ...]  # (name, WGSL type)
+    output: str
+    shape: str  # a Python expression over the inputs
+    dtypes: tuple[str, ...]  # of the inputs, then of the output, from the WGSL
+    workgroups: str  # "auto" or three comma-separated expressions
+    kernel: Kernel
+    body_line: int  # the cell line the WGSL starts on, for messages
+
+    @property
+    def signature(self) -> str:
+        params = [*self.inputs, *(f"{n}: {t}" for n, t in self.scalars)]
+        return f"{self.name}({', '.join(params)}) -> {self.output}[{self.shape}]"
+
+    def shape_of(self, shapes: Sequence[tuple[int, ...]]) -> tuple[int, ...]:
+        value = _evaluate(self.shape, self._scope(shapes), f"the shape of {self.output}")
+        shape = (value,) if isinstance(value, int) else tuple(value) if isinstance(value, tuple | list) else None
+        if shape is None or not all(type(d) is int and d >= 0 for d in shape):
+            raise ShapeError(f"{self.name}: {self.shape!r} gave {value!r}, not a shape (a tuple of non-negative ints)")
+        return shape
+
+    def counts(self, shapes: Sequence[tuple[int, ...]], out_size: int) -> tuple[int, int, int]:
+        if self.workgroups == "auto":
+            return grid(-(-out_size // math.prod(_workgroup_size(self.kernel))))
+        values = [_evaluate(part, self._scope(shapes), "--workgroups") for part in _split(self.workgroups)]
+        if len(values) > 3 or not all(type(v) is int and v >= 1 for v in values):
+            raise ShapeError(f"{self.name}: --workgroups gave {values}, not 1 to 3 positive integers")
+        return tuple((*values, 1, 1)[:3])  # type: ignore[return-value]
+
+    def _scope(self, shapes: Sequence[tuple[int, ...]]) -> dict[str, Any]:
+        return {name: Shapes(tuple(shape)) for name, shape in zip(self.inputs, shapes, strict=True)}
+
+
+def define(line: str, source: str, body_line: int = 2) -> CustomKernel:
+    """Parse a kernel cell (``line`` after ``kernel``, ``source`` the WGSL), check it, register it as an op."""
+    head, _, options = line.partition(" --workgroups")
+    workgroups = options.strip().strip("'\"") or "auto"
+    match = _SIGNATURE.match(head)
+    if match is None:
+        raise KernelDefinitionError(
+            "write the first line as: %%webnet kernel NAME(x, y, a: f32) -> out[x.shape] [--workgroups auto]"
+        )
+    name, params, output, shape_text = match.groups()
+    if name in OPS and not isinstance(OPS[name].emit, _Emit):
+        raise KernelDefinitionError(f"{name!r} is a built-in op; give the kernel another name")
+    inputs, scalars = _params(params)
+    _split(shape_text)  # a Python expression
+    kernel = Kernel(source, _entry(source))
+    dtypes = _check_bindings(kernel, inputs, output, bool(scalars))
+    custom = CustomKernel(name, inputs, scalars, output, shape_text.strip(), dtypes, workgroups, kernel, body_line)
+    if workgroups == "auto":
+        _workgroup_size(kernel)
+    register(
+        OpSpec(
+            name, (len(inputs), len(inputs)), "kernel", _Infer(custom), _no_reference(name), _no_reference(name),
+            f"custom kernel: {custom.signature}", defaults={n: None for n, _ in scalars}, emit=_Emit(custom),
+        )
+    )  # fmt: skip
+    return custom
+
+
+def _params(text: str) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    inputs: list[str] = []
+    scalars: list[tuple[str, str]] = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, _, kind = (s.strip() for s in part.partition(":"))
+        if not name.isidentifier():
+            raise KernelDefinitionError(f"{part!r} is not a parameter name")
+        if not kind:
+            if scalars:
+                raise KernelDefinitionError("list the array inputs first, then the scalar options (a: f32)")
+            inputs.append(name)
+        elif kind in SCALARS:
+            scalars.append((name, kind))
+        else:
+            raise KernelDefinitionError(f"{name}: {kind} is not a scalar type; use one of {', '.join(SCALARS)}")
+    if not inputs:
+        raise KernelDefinitionError("a kernel needs at least one array input")
+    return tuple(inputs), tuple(scalars)
+
+
+def _split(text: str) -> list[str]:
+    """Top-level comma-separated parts of an expression (commas inside brackets stay)."""
+    try:
+        tree = ast.parse(f"({text},)", mode="eval").body
+    except SyntaxError:
+        raise KernelDefinitionError(f"{text!r} is not a Python expression") from None
+    return [ast.unparse(e) for e in tree.elts]  # type: ignore[attr-defined]
+
+
+def _entry(source: str) -> str:
+    entries = re.findall(r"@compute[^;{]*?fn\s+(\w+)", source, re.S)
+    if len(entries) != 1:
+        raise KernelDefinitionError(f"the WGSL must have exactly one @compute entry point, not {len(entries)}")
+    return entries[0]
+
+
+def _workgroup_size(kernel: Kernel) -> tuple[int, ...]:
+    match = re.search(r"@workgroup_size\(([^)]*)\)", kernel.source)
+    try:
+        return tuple(int(v) for v in match.group(1).split(",") if v.strip()) if match else (1,)
+    except ValueError:
+        raise KernelDefinitionError("--workgroups auto needs a literal @workgroup_size(N); give counts") from None
+
+
+def _check_bindings(kernel: Kernel, inputs: Sequence[str], output: str, options: bool) -> tuple[str, ...]:
+    """Inputs read-only, then the output read_write, then the options' uniform; the arrays' dtypes."""
+    declared = {
+        int(i): (" ".join(kind.replace(",", " ").split()), element)
+        for i, kind, element in _BINDING.findall(kernel.source)
+    }
+    expected = {i: "storage read" for i in range(len(inputs))}
+    expected[len(inputs)] = "storage read_write"
+    if options:
+        expected[len(inputs) + 1] = "uniform"
+    names = [*inputs, output, "the options"]
+    for binding, kind in expected.items():
+        if declared.get(binding, ("",))[0] != kind:
+            found = f"var<{declared[binding][0].replace(' ', ', ')}>" if binding in declared else "nothing"
+            raise KernelDefinitionError(
+                f"binding {binding} ({names[binding]}) must be var<{kind.replace(' ', ', ')}>, but the WGSL has {found}"
+            )
+    extra = sorted(set(declared) - set(expected))
+    if extra:
+        raise KernelDefinitionError(f"the WGSL declares binding {extra[0]}, which the kernel line does not provide")
+    arrays = range(len(inputs) + 1)
+    untyped = [names[i] for i in arrays if not declared[i][1]]
+    if untyped:
+        raise KernelDefinitionError(f"{untyped[0]} must be declared as an array of f32, i32 or u32 (or their vec4)")
+    return tuple(DTYPES[declared[i][1]] for i in arrays)
+
+
+def _evaluate(text: str, scope: Mapping[str, Any], what: str) -> Any:
+    try:
+        functions = {"__builtins__": {}, "ceil": math.ceil, "min": min, "max": max}
+        return eval(compile(text, "<kernel>", "eval"), functions, dict(scope))
+    except Exception as exc:
+        raise ShapeError(f"cannot evaluate {what} ({text!r}): {type(exc).__name__}: {exc}") from None
+
+
+class _Infer:
+    def __init__(self, custom: CustomKernel) -> None:
+        self.custom = custom
+
+    def __call__(self, args: Sequence[Node], attrs: Mapping[str, Any]) -> Typed:
+        c = self.custom
+        missing = [n for n, _ in c.scalars if attrs.get(n) is None]
+        if missing:
+            raise ShapeError(f"{c.name} needs {', '.join(f'{n}=...' for n in missing)} (see {c.signature})")
+        shape = c.shape_of([a.shape for a in args])
+        c.counts([a.shape for a in args], math.prod(shape))  # checked now, before anything is sent
+        return Typed(shape, c.dtypes[-1], c.dtypes[:-1])
+
+
+class _Emit:
+    def __init__(self, custom: CustomKernel) -> None:
+        self.custom = custom
+
+    def __call__(self, builder: Builder, args: Sequence[Value], out: Value, attrs: Mapping[str, Any]) -> None:
+        c = self.custom
+        bindings = [a.buffer for a in args] + [out.buffer]
+        if c.scalars:
+            words = [_scalar(attrs[n], t, n) for n, t in c.scalars]
+            bindings.append(builder.uniform(*words))
+        builder.dispatch(c.kernel, bindings, c.counts([a.shape for a in args], out.size))
+
+
+def _scalar(value: Any, kind: str, name: str) -> int | float:
+    if kind == "f32":
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise ShapeError(f"{name}={value!r} is not a number")
+        return float(value)
+    if type(value) is not int or not (0 if kind == "u32" else -(2**31)) <= value < 2**32:
+        raise ShapeError(f"{name}={value!r} is not a {kind}")
+    return value & 0xFFFFFFFF
+
+
+def _no_reference(name: str) -> Any:
+    def refuse(*args: Any, **kwargs: Any) -> np.ndarray:
+        raise ShapeError(f"{name} is a custom kernel: it runs on devices only (no numpy reference for --local)")
+
+    return refuse
+
+
+def unregister(name: str) -> None:
+    """Forget a custom kernel (one that did not compile); built-in ops stay."""
+    if name in OPS and isinstance(OPS[name].emit, _Emit):
+        del OPS[name]
+
+
+_POSITIONS = (re.compile(r"wgsl:(\d+):(\d+)"), re.compile(r"line (\d+):(\d+)"))
+
+
+def compile_error(custom: CustomKernel, message: str) -> str:
+    """A worker's compiler message, pointed at the cell: the line, the column, the source and a caret."""
+    for pattern in _POSITIONS:
+        match = pattern.search(message)
+        if match:
+            break
+    else:
+        return f"kernel {custom.name} does not compile: {message}"
+    line, column = int(match.group(1)), int(match.group(2))
+    source_lines = custom.kernel.source.splitlines()
+    text = source_lines[line - 1] if 0 < line <= len(source_lines) else ""
+    reason = _reason(message)
+    cell_line = custom.body_line + line - 1
+    return (
+        f"kernel {custom.name} does not compile, cell line {cell_line} column {column}: {reason}\n"
+        f"    {text}\n    {' ' * (column - 1)}^"
+    )
+
+
+def _reason(message: str) -> str:
+    """The compiler's own words, without the wrappers (naga's 'Caused by', Tint's 'line 3:20:')."""
+    for line in message.splitlines():
+        line = line.strip()
+        if "error:" in line and "Validation Error" not in line:
+            return line.split("error:", 1)[1].strip()
+        match = re.match(r".*?line \d+:\d+: (.*)", line)
+        if match:
+            return match.group(1)
+    return message.strip().splitlines()[-1] if message.strip() else "unknown error"
