@@ -109,7 +109,8 @@ export function missingWebGPU() {
 }
 
 // The adapter and a device with raised limits; throws Error(reason) when there is none.
-export async function openDevice(onLost) {
+// `maxBuffer` (bytes) caps the buffer limits this page reports and keeps to (?maxbuffer=MB).
+export async function openDevice(onLost, maxBuffer = Infinity) {
   const reason = missingWebGPU();
   if (reason) throw new Error(reason);
   const adapter = await navigator.gpu.requestAdapter({ powerPreference: "high-performance" });
@@ -121,6 +122,7 @@ export async function openDevice(onLost) {
   const info = adapter.info || {};
   const limits = {};
   for (const name of REPORTED) limits[name] = device.limits[name];
+  for (const name of ["maxStorageBufferBindingSize", "maxBufferSize"]) limits[name] = Math.min(limits[name], maxBuffer);
   return {
     device,
     describe: {
@@ -141,8 +143,9 @@ export async function openDevice(onLost) {
 const pad4 = (n) => Math.max(4, Math.ceil(n / 4) * 4);
 
 export class Executor {
-  constructor(device, cacheBytes = 256 * 1024 * 1024) {
+  constructor(device, cacheBytes = 256 * 1024 * 1024, maxBuffer = Infinity) {
     this.device = device;
+    this.maxBuffer = maxBuffer;
     this.pipelines = new Map();
     this.cache = new BufferCache(cacheBytes);
   }
@@ -254,6 +257,9 @@ export class Executor {
   }
 
   buffer(size, uniform, data) {
+    if (size > this.maxBuffer) {
+      throw new JobError("out-of-memory", `a ${size}-byte buffer is above this page's limit of ${this.maxBuffer}`);
+    }
     const usage = uniform
       ? GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST
       : GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;

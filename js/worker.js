@@ -42,11 +42,16 @@ function browserName() {
   return os ? `${browser} on ${os}` : browser;
 }
 
-// GPU memory for arrays reused across jobs: ?cache=MB in the link, else 256 MB (phones are tight).
+// A size given in the link in MB (?cache=64, ?maxbuffer=100), in bytes; `fallback` MB otherwise.
+function megabytes(name, fallback) {
+  const text = new URLSearchParams(location.search).get(name);
+  const mb = text === null ? fallback : Number(text);
+  return (Number.isFinite(mb) && mb >= 0 ? mb : fallback) * 1024 * 1024;
+}
+
+// GPU memory for arrays reused across jobs: 256 MB unless the link says (phones are tight).
 function cacheBytes() {
-  const text = new URLSearchParams(location.search).get("cache");
-  const mb = text === null ? 256 : Number(text);
-  return (Number.isFinite(mb) && mb >= 0 ? mb : 256) * 1024 * 1024;
+  return megabytes("cache", 256);
 }
 
 function adapterName(a) {
@@ -72,8 +77,8 @@ class Worker {
 
   async start() {
     try {
-      this.gpu = await openDevice((why) => this.deviceLost(why));
-      this.executor = new Executor(this.gpu.device, cacheBytes());
+      this.gpu = await openDevice((why) => this.deviceLost(why), megabytes("maxbuffer", Infinity));
+      this.executor = new Executor(this.gpu.device, cacheBytes(), megabytes("maxbuffer", Infinity));
       state.adapter = adapterName(this.gpu.describe.adapter);
     } catch (e) {
       this.noGpu = e.message;
@@ -205,10 +210,10 @@ class Worker {
     this.noGpu = `GPU device lost: ${why}`;
     if (state.job) this.fail(state.job, "device-lost", why);
     show("device lost", `${why}; asking for a new GPU device`);
-    openDevice((w) => this.deviceLost(w)).then(
+    openDevice((w) => this.deviceLost(w), megabytes("maxbuffer", Infinity)).then(
       (gpu) => {
         this.gpu = gpu;
-        this.executor = new Executor(gpu.device, cacheBytes());
+        this.executor = new Executor(gpu.device, cacheBytes(), megabytes("maxbuffer", Infinity));
         this.noGpu = "";
         if (this.socket) show("idle");
       },

@@ -202,3 +202,16 @@ def test_a_custom_kernel_compiles_in_the_browser_and_errors_point_at_the_cell(pa
         assert "out[id.x] = x[id.x] +;" in message
     finally:
         OPS.pop("saxpy", None)
+
+
+def test_a_page_with_a_small_buffer_limit_gets_the_work_in_blocks(page, shell) -> None:
+    """?maxbuffer=0.25 makes the page report (and keep to) a 0.25 MB limit, as an old phone might."""
+    shell.run_cell("%webnet start")
+    session = sessions.current()
+    open_worker(page, session.url + "&maxbuffer=0.25", session.broker)
+    assert session.devices()[0]["limits"]["maxBufferSize"] == 256 * 1024
+    shell.run_cell("import numpy as np\nA = np.random.rand(300, 400)\nB = np.random.rand(400, 200)")
+    result = shell.run_cell("%webnet A @ B -> C")
+    assert result.success, result.error_in_exec
+    np.testing.assert_allclose(shell.user_ns["C"], shell.user_ns["A"] @ shell.user_ns["B"], rtol=1e-4)
+    assert session.devices()[0]["jobs_done"] > 1

@@ -133,3 +133,16 @@ def test_the_python_api_runs_an_expression_with_keyword_arrays(notebook) -> None
     np.testing.assert_allclose(y, mlp(**NS), rtol=1e-4, atol=1e-3)
     local = wm.run("relu(X @ W1 + b1) @ W2", local=True, **NS)
     np.testing.assert_allclose(local, y, rtol=1e-4, atol=1e-3)
+
+
+def test_the_magic_sends_float16_on_request(notebook) -> None:
+    """`--wire f16` halves what travels; the result is float32 at float16's precision."""
+    session = sessions.current()
+    notebook.run_cell("%webnet X @ W1 -> full")
+    before = session.devices()[0]["bytes_in"]
+    result = notebook.run_cell("%webnet X @ W1 --wire f16 -> half")
+    assert result.success, result.error_in_exec
+    assert session.devices()[0]["bytes_in"] - before < 33 * 50 * 4 / 2 + 2048
+    full, half = notebook.user_ns["full"], notebook.user_ns["half"]
+    assert half.dtype == np.float32
+    np.testing.assert_allclose(half, full, rtol=4e-3, atol=5e-2)

@@ -37,16 +37,17 @@ def start(**options: Any) -> Session:
 
 
 def run(expression: str, /, *, timeout: float = 60.0, device: str | None = None, local: bool = False,
-        **arrays: Any) -> Any:  # fmt: skip
+        wire: str = "f32", **arrays: Any) -> Any:  # fmt: skip
     """Evaluate ``expression`` as one job on a connected device, its names bound from ``arrays``.
 
     ``run("relu(X @ W1 + b1) @ W2", X=X, W1=W1, b1=b1, W2=W2)`` sends the four arrays once,
     keeps ``X @ W1 + b1`` and its relu on the device, and returns only the product.  A tuple
-    expression returns a tuple.  ``local=True`` computes with numpy instead (no broker needed).
+    expression returns a tuple.  ``local=True`` computes with numpy instead (no broker needed);
+    ``wire="f16"`` sends float data as float16 both ways (half the bytes, about 3 digits).
     """
     from .client.session import evaluate_expression
 
-    return evaluate_expression(expression, arrays, local=local, timeout=timeout, device=device)
+    return evaluate_expression(expression, arrays, local=local, timeout=timeout, device=device, wire=wire)
 
 
 def stop() -> None:

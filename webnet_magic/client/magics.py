@@ -175,8 +175,8 @@ class WebnetMagics(Magics):
             if options.get("local"):
                 results = sessions.run_local(nodes)
             else:
-                timeout = options.get("timeout", self.timeout)
-                results = self._session().run_graph(nodes, timeout=timeout, device=options.get("device"))
+                timeout, device, wire = options.get("timeout", self.timeout), options.get("device"), options.get("wire")
+                results = self._session().run_graph(nodes, timeout=timeout, device=device, wire=wire or "f32")
         except (ExpressionError, ShapeError, DtypeError, DeviceLimitError, DeviceNotFound) as exc:
             raise UsageError(f"webnet: {exc}") from None
         if not command.outputs:

@@ -63,7 +63,7 @@ SUBCOMMANDS = {
     "free": "NAME ...  let devices drop what put kept",
     "help": "this text",
 }
-RUN_OPTIONS = "[--timeout S] [--device ID] [--local]"
+RUN_OPTIONS = "[--timeout S] [--device ID] [--local] [--wire f16]"
 
 
 def _port(text: str) -> int:
@@ -96,6 +96,7 @@ def _build() -> tuple[_Parser, _Parser]:
     run.add_argument("--timeout", type=_seconds, help="seconds to wait for a device and the result")
     run.add_argument("--device", help="run on this device id (see %%webnet devices)")
     run.add_argument("--local", action="store_true", help="compute with numpy here, no device")
+    run.add_argument("--wire", choices=("f32", "f16"), help="f16: float data travels as float16 (half the bytes)")
     return commands, run
 
 

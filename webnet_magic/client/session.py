@@ -21,12 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from ..broker.thread import BrokerThread
-from ..errors import BrokerStopped, JobTimeout, NoDeviceError
+from ..broker.thread import BrokerThread, JobHandle
+from ..errors import BrokerStopped, DeviceLimitError, JobTimeout, NoDeviceError
 from ..ops import Graph, Node, call, compile_graph, evaluate
 from ..ops.compiler import content_key
 from ..ops.dtypes import conversion_note, to_wire
 from ..ops.graph import topological
+from ..ops.split import buffer_limit, split
 from ..program import Program
 from ..worker.launch import LocalWorker, launch
 from .expressions import namespace_resolver, parse
@@ -163,6 +164,7 @@ class Session:
         timeout: float = 60.0,
         device: str | None = None,
         local: bool = False,
+        wire: str = "f32",
         on_wait: Callable[[str], None] = _print_waiting,
     ) -> Any:
         """An expression such as ``"relu(X @ W1 + b1) @ W2"``, run as one job on a device.
@@ -174,7 +176,7 @@ class Session:
         one, and :class:`~webnet_magic.errors.NoDeviceError` is raised at ``timeout``.
         """
         outputs = parse(expression, Graph(), namespace_resolver(namespace or {}))
-        results = self.run_graph(outputs, timeout=timeout, device=device, local=local, on_wait=on_wait)
+        results = self.run_graph(outputs, timeout=timeout, device=device, local=local, wire=wire, on_wait=on_wait)
         return results[0] if len(results) == 1 else tuple(results)
 
     def compute(
@@ -199,14 +201,37 @@ class Session:
         timeout: float = 60.0,
         device: str | None = None,
         local: bool = False,
+        wire: str = "f32",
         on_wait: Callable[[str], None] = _print_waiting,
     ) -> list[np.ndarray]:
-        """Compile ``outputs`` into one program, run it, and return the results in order."""
+        """Compile ``outputs`` into one program, run it, and return the results in order.
+
+        ``wire="f16"`` sends float data as float16 both ways: half the bytes, at float16's
+        precision (about 3 significant digits) and range (|x| <= 65504).
+        """
         if local:
             return run_local(outputs)
-        plan = compile_graph(outputs)
+        plan = compile_graph(outputs, wire)
         warn_conversions(plan.note)
-        return plan.finish(self.run(plan.program, timeout=timeout, device=device, on_wait=on_wait))
+        if wire == "f16":
+            warn_conversions("webnet --wire f16: float data travels as float16 (about 3 significant digits)")
+        limit = self._buffer_limit(device)
+        if plan.program.largest_buffer <= limit:
+            return plan.finish(self.run(plan.program, timeout=timeout, device=device, on_wait=on_wait))
+        if len(outputs) != 1:
+            raise DeviceLimitError(
+                f"this job needs a {plan.program.largest_buffer}-byte buffer, above the device limit of {limit}; "
+                f"ask for one result at a time so it can be split"
+            )
+        pieces = split(outputs[0], limit, wire)
+        programs = [piece.plan.program for piece in pieces.pieces]
+        results = self.run_many(programs, timeout=timeout, device=device, on_wait=on_wait)
+        return [pieces.assemble([p.plan.finish(r)[0] for p, r in zip(pieces.pieces, results, strict=True)])]
+
+    def _buffer_limit(self, device: str | None) -> int:
+        """The largest buffer every device that may run the job binds (WebGPU's defaults if none is here yet)."""
+        devices = [d for d in self.devices() if d["state"] != "no WebGPU" and device in (None, d["id"])]
+        return min((buffer_limit(d["limits"]) for d in devices), default=buffer_limit({}))
 
     def run(
         self,
@@ -217,39 +242,59 @@ class Session:
         on_wait: Callable[[str], None] = _print_waiting,
     ) -> list[np.ndarray]:
         """Submit ``program`` and block until its outputs arrive; Ctrl-C cancels it."""
+        return self.run_many([program], timeout=timeout, device=device, on_wait=on_wait)[0]
+
+    def run_many(
+        self,
+        programs: Sequence[Program],
+        *,
+        timeout: float,
+        device: str | None = None,
+        on_wait: Callable[[str], None] = _print_waiting,
+    ) -> list[list[np.ndarray]]:
+        """Submit ``programs`` at once (devices share them) and wait for all; Ctrl-C or a failure cancels the rest."""
         if not self.running:
             raise BrokerStopped("the webnet broker is not running; start it with %webnet start")
         deadline = time.monotonic() + _checked_timeout(timeout)
-        handle = self.broker.submit(program, device)
+        handles = [self.broker.submit(program, device) for program in programs]
         told = False
         try:
             while True:
-                try:
-                    return handle.future.result(POLL)
-                except concurrent.futures.TimeoutError:
-                    pass
-                except concurrent.futures.CancelledError:
-                    raise BrokerStopped(f"job {handle.id} was cancelled") from None
+                done, _ = concurrent.futures.wait([h.future for h in handles], POLL, concurrent.futures.FIRST_EXCEPTION)
+                failed = [h for h in handles if h.future.done() and (h.future.cancelled() or h.future.exception())]
+                if failed:
+                    self._cancel(handles)
+                    if failed[0].future.cancelled():
+                        raise BrokerStopped(f"job {failed[0].id} was cancelled")
+                    raise failed[0].future.exception()  # type: ignore[misc]
+                if len(done) == len(handles):
+                    return [h.future.result() for h in handles]
                 usable = [d for d in self.devices() if d["state"] != "no WebGPU"]
                 if not usable and not told:
                     on_wait(self._waiting_text())
                     told = True
                 if time.monotonic() > deadline:
-                    self.broker.cancel(handle.id)
-                    if handle.future.done() and not handle.future.cancelled():
-                        return handle.future.result()  # it arrived just before the cancel
+                    self._cancel(handles)
+                    if all(h.future.done() and not h.future.cancelled() for h in handles):
+                        return [h.future.result() for h in handles]  # they arrived just before the cancel
                     if not usable:
                         raise NoDeviceError(
                             f"no WebGPU device connected within {timeout:g} s. Open {self.url} on a device "
                             f"with WebGPU, or run: python -m webnet_magic.worker '{self.url}'"
                         )
+                    unfinished = ", ".join(h.id for h in handles if not h.future.done())
                     raise JobTimeout(
-                        f"job {handle.id} did not finish within {timeout:g} s and was cancelled; "
+                        f"job {unfinished} did not finish within {timeout:g} s and was cancelled; "
                         f"allow longer with --timeout"
                     )
         except KeyboardInterrupt:
-            self.broker.cancel(handle.id)
+            self._cancel(handles)
             raise
+
+    def _cancel(self, handles: Sequence[JobHandle]) -> None:
+        for handle in handles:
+            if not handle.future.done():
+                self.broker.cancel(handle.id)
 
     def _waiting_text(self) -> str:
         lines = [f"webnet: waiting for a device. Open {self.url} in a browser with WebGPU"]

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import DtypeError
 from ..program import Buffer, Kernel, Output, Program, Step, padded
 from .dtypes import Leaf, conversion_note
 from .graph import OPS, Node, Shape, evaluate, topological
@@ -113,17 +114,25 @@ class Plan:
         return conversion_note(list(self.leaves))
 
     def finish(self, outputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """The user's results from the worker's (already checked) outputs."""
-        return [np.asarray(o).reshape(n.shape) for o, n in zip(outputs, self.nodes, strict=True)]
+        """The user's results from the worker's (already checked) outputs, in their compute dtypes."""
+        return [np.asarray(o).astype(n.dtype).reshape(n.shape) for o, n in zip(outputs, self.nodes, strict=True)]
 
     def reference(self) -> list[np.ndarray]:
         """numpy's answer for the same outputs (see :func:`~webnet_magic.ops.graph.evaluate`)."""
         return evaluate(self.nodes)
 
 
-def compile_graph(outputs: Sequence[Node]) -> Plan:
-    """One program computing ``outputs``; intermediates stay on the device."""
-    from .elementwise import fuse, widen  # the fused-kernel generator is itself an op module
+def compile_graph(outputs: Sequence[Node], wire: str = "f32") -> Plan:
+    """One program computing ``outputs``; intermediates stay on the device.
+
+    ``wire="f16"`` halves the bytes of float32 data both ways: float inputs travel as
+    float16 (widened on the device) and float32 results come back as float16 (narrowed on
+    the device), at float16's precision (about 3 significant digits) and range (|x| <= 65504).
+    """
+    from .elementwise import fuse, narrow, widen  # the fused-kernel generator is itself an op module
+
+    if wire not in ("f32", "f16"):
+        raise ValueError(f"wire must be 'f32' or 'f16', not {wire!r}")
 
     order = topological(outputs)
     uses = Counter(id(a) for node in order for a in node.args)
@@ -143,8 +152,8 @@ def compile_graph(outputs: Sequence[Node]) -> Plan:
             continue
         if node.op == "input":
             assert node.leaf is not None
-            buffer = builder.input(node.leaf.array)
-            value = Value(buffer, node.shape, node.leaf.array.dtype.name)
+            array = half(node) if wire == "f16" and node.dtype == "float32" else node.leaf.array
+            value = Value(builder.input(array), node.shape, array.dtype.name)
             values[id(node)] = widen(builder, value) if value.dtype == "float16" else value
         elif _kind(node) == "kernel":
             out = builder.scratch(node.shape, node.dtype)
@@ -155,9 +164,23 @@ def compile_graph(outputs: Sequence[Node]) -> Plan:
             fuse(builder, node, values, out)
             values[id(node)] = out
     for node in outputs:
-        builder.output(values[id(node)])
+        value = values[id(node)]
+        builder.output(narrow(builder, value) if wire == "f16" and value.dtype == "float32" else value)
     leaves = tuple(n.leaf for n in order if n.leaf is not None)
     return Plan(builder.program(), tuple(outputs), leaves)
+
+
+def half(node: Node) -> np.ndarray:
+    """An input as float16 for the wire, refused if a value is beyond float16's range."""
+    assert node.leaf is not None
+    array = node.leaf.array
+    finite = array[np.isfinite(array)]
+    if finite.size and float(np.abs(finite).max()) > 65504:
+        raise DtypeError(
+            f"{node.text} has values beyond float16's range (|x| <= 65504), which --wire f16 would make inf; "
+            f"send it as float32 (--wire f32)"
+        )
+    return array.astype(np.float16)
 
 
 def _kind(node: Node) -> str:

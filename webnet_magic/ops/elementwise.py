@@ -309,3 +309,15 @@ def widen(builder: Builder, value: Value) -> Value:
     params = builder.uniform(value.size)
     builder.dispatch(WIDEN, [value.buffer, out.buffer, params], grid(-(-pairs // 256)))
     return out
+
+
+NARROW = Kernel(files(__package__).joinpath("narrow.wgsl").read_text())
+
+
+def narrow(builder: Builder, value: Value) -> Value:
+    """A float32 result as float16 for the trip back (``--wire f16``)."""
+    out = builder.scratch(value.shape, "float16")
+    pairs = -(-value.size // 2)
+    params = builder.uniform(value.size)
+    builder.dispatch(NARROW, [value.buffer, out.buffer, params], grid(-(-pairs // 256)))
+    return out

@@ -34,6 +34,11 @@ def main(argv: list[str] | None = None) -> int:
         default=1024,
         help="GPU memory kept for arrays reused across jobs (default 1024 MB)",
     )
+    parser.add_argument(
+        "--max-buffer-mb",
+        type=float,
+        help="report (and keep to) a smaller largest buffer than the GPU allows, as a phone would",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every job, not only connections")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="webnet worker: %(message)s")
@@ -44,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             slowdown=args.slowdown,
             power_preference=args.power,
             cache_bytes=int(args.cache_mb * 2**20),
+            max_buffer_bytes=None if args.max_buffer_mb is None else int(args.max_buffer_mb * 2**20),
         )
     except TokenRefused as exc:
         print(f"webnet worker: refused: {exc}", file=sys.stderr)

@@ -64,7 +64,13 @@ def camel(name: str) -> str:
 class WgpuExecutor:
     """One wgpu device, with each kernel compiled once (keyed by its hash)."""
 
-    def __init__(self, power_preference: str = "high-performance", cache_bytes: int = 1 << 30) -> None:
+    def __init__(
+        self,
+        power_preference: str = "high-performance",
+        cache_bytes: int = 1 << 30,
+        max_buffer_bytes: int | None = None,
+    ) -> None:
+        """``max_buffer_bytes`` caps the buffer limits this worker reports (and honours), like a phone's."""
         try:
             import wgpu
         except ImportError:
@@ -84,6 +90,7 @@ class WgpuExecutor:
         self._pipelines: dict[str, Any] = {}
         self._busy = threading.Lock()
         self.cache = BufferCache(cache_bytes, lambda buffer: buffer.destroy())
+        self.max_buffer_bytes = max_buffer_bytes
 
     def describe(self) -> dict[str, Any]:
         """The adapter, limits and features a worker reports in its hello."""
@@ -97,9 +104,15 @@ class WgpuExecutor:
                 "backend": info.get("backend_type", ""),
                 "type": info.get("adapter_type", ""),
             },
-            "limits": {camel(n): int(self.device.limits[n]) for n in REPORTED_LIMITS},
+            "limits": {camel(n): self._limit(n) for n in REPORTED_LIMITS},
             "features": sorted(str(f) for f in self.device.features),
         }
+
+    def _limit(self, name: str) -> int:
+        value = int(self.device.limits[name])
+        if self.max_buffer_bytes is not None and name in ("max-storage-buffer-binding-size", "max-buffer-size"):
+            return min(value, self.max_buffer_bytes)
+        return value
 
     def run(self, program: Program) -> tuple[list[np.ndarray], dict[str, float]]:
         """Upload, dispatch and read back; returns the outputs and per-phase milliseconds.
@@ -165,6 +178,10 @@ class WgpuExecutor:
             return True
 
     def _buffer(self, size: int, uniform: bool, array: np.ndarray | None) -> Any:
+        if self.max_buffer_bytes is not None and size > self.max_buffer_bytes:
+            raise GpuJobError(
+                "out-of-memory", f"a {size}-byte buffer is above this worker's limit of {self.max_buffer_bytes}"
+            )
         wgpu = self._wgpu
         usage = (
             wgpu.BufferUsage.UNIFORM | wgpu.BufferUsage.COPY_DST

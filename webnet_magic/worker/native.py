@@ -258,6 +258,10 @@ def error_message(job: str, kind: str, text: str, **extra: Any) -> Message:
 
 def run_forever(url: str, **options: Any) -> None:
     """Blocking entry point: build the executor, then serve ``url`` until the broker stops."""
-    executor = WgpuExecutor(options.pop("power_preference", "high-performance"), options.pop("cache_bytes", 1 << 30))
+    executor = WgpuExecutor(
+        options.pop("power_preference", "high-performance"),
+        options.pop("cache_bytes", 1 << 30),
+        options.pop("max_buffer_bytes", None),
+    )
     worker = NativeWorker(url, executor, **options)
     asyncio.run(worker.run())

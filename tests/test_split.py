@@ -1,0 +1,74 @@
+"""Work larger than a device's buffer limit, split into jobs that fit and reassembled."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from webnet_magic import ops
+from webnet_magic.client import session as sessions
+from webnet_magic.errors import DeviceLimitError
+from webnet_magic.ops.split import buffer_limit, split
+
+from .conftest import Workers, wait_until
+
+LIMIT = 64 * 1024  # bytes: a tiny device, so the split is exercised with small arrays
+
+
+def test_a_large_matmul_becomes_blocks_that_each_fit() -> None:
+    rng = np.random.default_rng(0)
+    a, b = rng.random((300, 200), np.float32), rng.random((200, 150), np.float32)
+    pieces = split(ops.call("matmul", a, b), LIMIT)
+    assert len(pieces.pieces) > 1
+    assert all(p.plan.program.largest_buffer <= LIMIT for p in pieces.pieces)
+    whole = pieces.assemble([p.plan.reference()[0] for p in pieces.pieces])
+    np.testing.assert_allclose(whole, a @ b, rtol=1e-4)
+
+
+def test_k_is_cut_too_when_one_row_does_not_fit() -> None:
+    """A (4, 20000) @ (20000, 8): a row of A alone is above the limit; partial products are summed."""
+    rng = np.random.default_rng(1)
+    a, b = rng.random((4, 20000), np.float32), rng.random((20000, 8), np.float32)
+    pieces = split(ops.call("matmul", a, b), LIMIT)
+    assert all(p.plan.program.largest_buffer <= LIMIT for p in pieces.pieces)
+    whole = pieces.assemble([p.plan.reference()[0] for p in pieces.pieces])
+    np.testing.assert_allclose(whole, a.astype(np.float64) @ b, rtol=1e-4)
+
+
+def test_an_elementwise_expression_is_cut_along_its_first_axis() -> None:
+    from webnet_magic.client.expressions import namespace_resolver, parse
+
+    rng = np.random.default_rng(2)
+    ns = {"X": rng.random((400, 90)), "b": rng.random(90)}
+    (node,) = parse("relu(X * 2 - b)", ops.Graph(), namespace_resolver(ns))
+    pieces = split(node, LIMIT)
+    assert all(p.plan.program.largest_buffer <= LIMIT for p in pieces.pieces)
+    whole = pieces.assemble([p.plan.reference()[0] for p in pieces.pieces])
+    np.testing.assert_allclose(whole, np.maximum(ns["X"] * 2 - ns["b"], 0), rtol=1e-5, atol=1e-6)
+
+
+def test_what_cannot_be_split_is_refused_naming_the_limit() -> None:
+    x = np.ones((300, 300), np.float32)
+    with pytest.raises(DeviceLimitError, match="above the device limit of 65536 bytes"):
+        split(ops.call("softmax", x), LIMIT)
+
+
+def test_defaults_are_webgpus_when_a_device_reports_nothing() -> None:
+    assert buffer_limit({}) == 128 << 20
+    assert buffer_limit({"maxStorageBufferBindingSize": 1 << 30, "maxBufferSize": 256 << 20}) == 256 << 20
+
+
+def test_the_magic_splits_work_for_a_device_with_small_limits(shell, workers: Workers) -> None:
+    """A native worker that reports a 0.25 MB limit still computes a 1.4 MB matmul, as blocks."""
+    shell.run_cell("%webnet start")
+    session = sessions.current()
+    workers.start(session.url, "--max-buffer-mb", "0.25")
+    wait_until(session.devices, 60, "the small worker")
+    assert session.devices()[0]["limits"]["maxStorageBufferBindingSize"] == 256 * 1024
+    shell.run_cell("import numpy as np\nA = np.random.rand(600, 500)\nB = np.random.rand(500, 300)")
+    result = shell.run_cell("%webnet A @ B -> C")
+    assert result.success, result.error_in_exec
+    np.testing.assert_allclose(shell.user_ns["C"], shell.user_ns["A"] @ shell.user_ns["B"], rtol=1e-4)
+    assert session.devices()[0]["jobs_done"] > 1
+    result = shell.run_cell("%webnet softmax(A @ B) -> S")
+    assert "above the device limit" in str(result.error_in_exec)
