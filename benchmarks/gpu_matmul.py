@@ -25,11 +25,17 @@ from webnet_magic.ops.compiler import Builder, Value
 from webnet_magic.program import Kernel
 from webnet_magic.worker.gpu import WgpuExecutor
 
+
 #: The two kernels ops.matmul chooses between, and the fast one with half as deep a K step.
+def _depth(k: int) -> Kernel:
+    return Kernel(matmul.VEC4_KERNEL.source.replace("const TK: u32 = 16u;", f"const TK: u32 = {k}u;"))
+
+
 KERNELS = {
     "scalar 64x64": (matmul.KERNEL, matmul.TILE),
     "vec4 128 k16": (matmul.VEC4_KERNEL, matmul.VEC4_TILE),
-    "vec4 128 k8": (Kernel(matmul.VEC4_KERNEL.source.replace("const TK: u32 = 16u;", "const TK: u32 = 8u;")), 128),
+    "vec4 128 k8": (_depth(8), 128),
+    "vec4 128 k32": (_depth(32), 128),  # 32 KiB of workgroup memory: above WebGPU's default 16 KiB
 }
 
 
