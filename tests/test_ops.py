@@ -3,6 +3,8 @@ checks an op makes before anything is sent (shapes, dtypes, options)."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -33,7 +35,7 @@ def run_on(executor, plan: ops.Plan) -> list[np.ndarray]:
 
 
 @pytest.mark.parametrize("op", sorted(CASES))
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=int(os.environ.get("WEBNET_EXAMPLES", "12")), deadline=None)
 @given(data=st.data())
 def test_op_matches_numpy_within_its_tolerance(executor, op: str, data: st.DataObject) -> None:
     """Each op, on generated shapes and values, agrees with numpy within its stated tolerance."""
