@@ -40,6 +40,7 @@ class BufferCache {
     const existing = this.entries.get(key);
     if (existing) {
       existing.pinned ||= pin;
+      this.get(key); // now the most recently used
       return existing.buffer === buffer;
     }
     let room = this.budget - this.used;
@@ -269,12 +270,24 @@ export class Executor {
   }
 
   // %webnet put: keep an array on the device under its key, pinned; false if it does not fit.
-  store(key, array) {
+  async store(key, array) {
     const existing = this.cache.get(key);
     if (existing) return this.cache.keep(key, existing, 0, true);
-    const buffer = this.buffer(pad4(array.bytes.byteLength), false, array);
-    if (this.cache.keep(key, buffer, buffer.size, true)) return true;
-    buffer.destroy();
+    this.device.pushErrorScope("out-of-memory");
+    this.device.pushErrorScope("validation");
+    let buffer = null;
+    try {
+      buffer = this.buffer(pad4(array.bytes.byteLength), false, array);
+    } finally {
+      const validation = await this.device.popErrorScope();
+      const memory = await this.device.popErrorScope();
+      if (validation || memory) {
+        buffer?.destroy(); // never keep a buffer that did not fill
+        buffer = null;
+      }
+    }
+    if (buffer && this.cache.keep(key, buffer, buffer.size, true)) return true;
+    buffer?.destroy();
     return false;
   }
 }

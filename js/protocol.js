@@ -21,7 +21,7 @@ const SCHEMA = {
   result: { job: "string", timings: "object" },
   error: { job: "string", kind: "string", message: "string" },
   pong: { t: "number" },
-  cache: { held: "object", pinned: "object" },
+  cache: { key: "string", held: "object", pinned: "object" },
   welcome: { device: "string", heartbeat: "number" },
   job: { job: "string", kernels: "object", buffers: "object", steps: "object", outputs: "object" },
   cancel: { job: "string" },

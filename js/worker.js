@@ -148,7 +148,8 @@ class Worker {
       this.send({ type: "pong", fields: f, arrays: message.arrays });
     } else if (message.type === "job" || message.type === "put" || message.type === "free") {
       const socket = this.socket; // in order: a put is done before the job that uses it
-      this.queue = this.queue.then(() => this.work(message, socket));
+      // A step that throws must not stop the ones after it (a rejected chain would skip them all).
+      this.queue = this.queue.then(() => this.work(message, socket)).catch((e) => console.error("webnet:", e));
     } else if (message.type === "cancel") {
       this.cancelled.add(f.job);
     }
@@ -156,11 +157,16 @@ class Worker {
 
   async work(message, socket) {
     if (message.type === "job") return this.runJob(message, socket);
-    if (!this.executor) return;
-    if (message.type === "put") this.executor.store(message.fields.key, message.arrays[0]);
-    else this.executor.cache.drop(message.fields.key);
-    const cache = this.executor.cache;
-    await this.send({ type: "cache", fields: { held: cache.held(), pinned: cache.pinned() } });
+    const key = message.fields.key;
+    try {
+      if (!this.executor) return;
+      if (message.type === "put") await this.executor.store(key, message.arrays[0]);
+      else this.executor.cache.drop(key);
+    } finally {
+      // The answer to this put or free, even when it failed: the listing says what is held.
+      const cache = this.executor?.cache;
+      await this.send({ type: "cache", fields: { key, held: cache ? cache.held() : [], pinned: cache ? cache.pinned() : [] } });
+    }
   }
 
   async runJob(message, socket) {
@@ -179,7 +185,8 @@ class Worker {
       state.lastJobMs = timings.kernel;
     } catch (e) {
       const missing = e instanceof JobError ? e.missing : [];
-      this.fail(job, e instanceof JobError ? e.kind : "internal", e.message || String(e), { missing, cache: this.executor.cache.held() });
+      const cache = this.executor ? this.executor.cache.held() : []; // (none after a device loss)
+      this.fail(job, e instanceof JobError ? e.kind : "internal", e.message || String(e), { missing, cache });
     } finally {
       state.job = null;
       if (this.socket) show(this.executor ? "idle" : "no WebGPU", this.noGpu);

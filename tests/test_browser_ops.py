@@ -62,3 +62,13 @@ def test_float16_input_is_widened_in_the_browser(page_worker: BrokerThread) -> N
     plan = ops.plan("tanh", x)
     (got,) = run_on(page_worker, plan)
     assert ops.error_ratio(plan.nodes[0], got) <= 1
+
+
+def test_an_expression_of_many_arrays_stays_within_the_browsers_binding_limit(page_worker: BrokerThread) -> None:
+    """Chrome allows 8 storage buffers per kernel by default: ten arrays summed still run."""
+    from webnet_magic.client.expressions import namespace_resolver, parse
+
+    ns = {name: np.full(64, i, np.float32) for i, name in enumerate("ABCDEFGHIJ")}
+    plan = ops.compile_graph(parse("A+B+C+D+E+F+G+H+I+J", ops.Graph(), namespace_resolver(ns)))
+    (got,) = run_on(page_worker, plan)
+    np.testing.assert_array_equal(got, np.full(64, 45, np.float32))

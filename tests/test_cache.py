@@ -113,3 +113,25 @@ def test_put_of_something_missing_is_a_usage_error(shell, line: str) -> None:
     shell.run_cell("%webnet start")
     result = shell.run_cell(line)
     assert type(result.error_in_exec).__name__ == "UsageError"
+
+
+def test_putting_a_name_again_replaces_what_it_pinned(shell, workers: Workers) -> None:
+    """A re-put frees the old array and pins the new one: the answer is about the new one."""
+    shell.run_cell("%webnet start")
+    session = sessions.current()
+    workers.start(session.url)
+    wait_until(session.devices, 60, "the worker")
+    first = np.random.rand(200, 200)
+    for value in (first, first + 1, first + 2):
+        assert session.put("W", value).devices == {"d1": True}
+    assert session.put("small", np.ones(3)).kept is False
+
+
+def test_an_array_too_large_for_a_device_is_not_sent_to_it(shell, workers: Workers) -> None:
+    shell.run_cell("%webnet start")
+    session = sessions.current()
+    workers.start(session.url, "--max-buffer-mb", "0.5")
+    wait_until(session.devices, 60, "the small worker")
+    assert session.put("W", np.ones((512, 512), np.float32)).devices == {"d1": False}
+    shell.run_cell("import numpy as np\nA = np.ones((4, 4))")
+    assert shell.run_cell("%webnet A @ A -> C").success  # the worker is fine

@@ -110,6 +110,14 @@ def test_a_compile_error_points_at_the_cell_line_and_column(notebook) -> None:
             r"binding 1 \(out\) must be var<storage, read_write>, but the WGSL has nothing",
         ),
         ("%%webnet kernel f(x) -> out[x.shape]\n", "needs the WGSL source"),
+        (
+            "%%webnet kernel f(x) -> out[x.shape]\n"
+            "// @group(0) @binding(0) var<storage, read> x: array<f32>;\n"
+            "@binding(0) @group(0) var<storage, read_write> x: array<f32>;\n"
+            "@group(0) @binding(1) var<storage, read_write> out: array<f32>;\n"
+            "@compute @workgroup_size(1) fn main() {}",
+            "declare every binding as",
+        ),
     ],
 )
 def test_a_kernel_line_that_does_not_fit_its_wgsl_is_refused(shell, cell: str, complaint: str) -> None:
@@ -137,3 +145,34 @@ def test_without_a_device_the_kernel_compiles_on_first_use(shell, capsys) -> Non
     assert shell.run_cell(SAXPY).success
     assert "compiles on first use" in capsys.readouterr().out
     OPS.pop("saxpy")
+
+
+def test_auto_workgroups_beyond_one_dimension_are_refused(notebook) -> None:
+    """--workgroups auto numbers invocations in x only: past 65535 workgroups it says what to do."""
+    one = SAXPY.replace("@workgroup_size(64)", "@workgroup_size(1)")
+    assert notebook.run_cell(one).success
+    notebook.run_cell("Big = np.ones(70000, np.float32)")
+    result = notebook.run_cell("%webnet saxpy(Big, Big, a=1.0) -> Z")
+    assert "needs 70000 workgroups in x" in str(result.error_in_exec)
+
+
+def test_a_custom_kernels_inputs_are_not_kept_on_workers() -> None:
+    """Its WGSL is the notebook's: were it to write its input, later jobs must not read that."""
+    from webnet_magic import ops
+    from webnet_magic.ops.custom import define, install, restore
+
+    custom = define(SAXPY.split("\n", 1)[0].split(None, 2)[2], SAXPY.split("\n", 1)[1])
+    previous = install(custom)
+    try:
+        x = np.ones(100_000, np.float32)
+        plan = ops.compile_graph([ops.call("saxpy", x, x, a=2.0)])
+        assert all(b.key is None for b in plan.program.buffers)
+    finally:
+        restore("saxpy", previous)
+
+
+def test_a_failed_redefinition_keeps_the_working_kernel(notebook) -> None:
+    assert notebook.run_cell(SAXPY).success
+    broken = SAXPY.replace("params.a * x[id.x]", "params.a * x[id.x] +")
+    assert not notebook.run_cell(broken).success
+    assert notebook.run_cell("%webnet saxpy(X, Y, a=2.0) -> Z").success

@@ -69,6 +69,7 @@ def test_a_program_binds_names_usable_in_later_lines() -> None:
         ("[X, W1]", ExpressionError, "cannot run on a device"),
         ("nope + X", ExpressionError, "'nope' is not defined"),
         ("X + 'text'", Exception, "not a number"),
+        ("H = X + 1\nY = H[:, :2]", ExpressionError, "H is computed in this cell"),
     ],
 )
 def test_bad_expressions_name_what_is_wrong(text: str, error: type, complaint: str) -> None:

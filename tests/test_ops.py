@@ -75,6 +75,9 @@ def test_empty_arrays_give_numpys_empty_or_zero_results(executor, op: str, shape
         ("conv2d", [(1, 1, 4, 4), (1, 1, 2, 2)], {"stride": 0}, r"stride must be an int >= 1"),
         ("softmax", [(3, 4)], {"axis": 0}, r"softmax has no option 'axis'"),
         ("relu", [(3,), (3,)], {}, r"relu takes 1 array arguments, got 2"),
+        ("transpose", [(3, 4)], {"axes": (3, 0)}, r"not a permutation"),
+        ("sum", [(3, 4)], {"keepdims": "no"}, r"keepdims must be True or False"),
+        ("sum", [()], {"axis": 0}, r"axis 0 is out of range for 0 dimensions"),
     ],
 )
 def test_bad_calls_are_refused_before_anything_is_sent(op, arrays, options, complaint) -> None:
@@ -152,3 +155,67 @@ def test_a_wgsl_compile_error_carries_the_compilers_message(executor) -> None:
     with pytest.raises(GpuJobError, match="expected") as info:
         executor.run(program)
     assert info.value.kind == "compile" and "wgsl:2" in str(info.value)
+
+
+def test_mixing_int32_with_uint32_is_refused_rather_than_wrapped() -> None:
+    """numpy widens int32 with uint32 to int64, which WGSL lacks: say so instead of a wrong answer."""
+    with pytest.raises(DtypeError, match="int32 with uint32"):
+        ops.plan("maximum", np.array([4_000_000_000], np.uint32), np.array([1], np.int32))
+
+
+@pytest.mark.parametrize(
+    ("text", "complaint"),
+    [
+        ("I + 3000000000", "does not fit int32"),
+        ("X * 1e39", "does not fit float32"),
+        ("U + (-1)", "does not fit uint32"),
+    ],
+)
+def test_constants_that_do_not_fit_the_dtype_are_refused(text: str, complaint: str) -> None:
+    from webnet_magic.client.expressions import namespace_resolver, parse
+
+    ns = {"I": np.arange(3, dtype=np.int32), "U": np.arange(3, dtype=np.uint32), "X": np.ones(3, np.float32)}
+    with pytest.raises(DtypeError, match=complaint):
+        parse(text, ops.Graph(), namespace_resolver(ns))
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["I + 2147483647", "I + (-2147483648)", "-(-2) + I", "X * 1e-45", "sum(2)"],
+)
+def test_constants_compile_exactly_at_their_edges(executor, text: str) -> None:
+    """Extreme, negative, signed-zero and subnormal constants, and a constant fed to a kernel op."""
+    from webnet_magic.client.expressions import namespace_resolver, parse
+
+    ns = {"I": np.arange(3, dtype=np.int32), "X": np.ones(3, np.float32)}
+    with np.errstate(divide="ignore", over="ignore"):
+        plan = ops.compile_graph(parse(text, ops.Graph(), namespace_resolver(ns)))
+        for got, expected in zip(run_on(executor, plan), plan.reference(), strict=True):
+            np.testing.assert_array_equal(got, expected)
+
+
+def test_signed_zero_constants_stay_distinct() -> None:
+    """0.0 == -0.0, but 1 / -0.0 is -inf: the graph must not merge them into one node."""
+    graph = ops.Graph()
+    assert graph.const(0.0, "0.0") is not graph.const(-0.0, "-0.0")
+    assert graph.const(2.0, "2.0") is graph.const(2.0, "2.0")
+
+
+def test_an_expression_reading_many_arrays_is_cut_into_kernels_within_the_binding_limit() -> None:
+    """WebGPU guarantees 8 storage buffers per kernel: a sum of ten arrays becomes several kernels."""
+    from webnet_magic.client.expressions import namespace_resolver, parse
+    from webnet_magic.ops.compiler import MAX_FUSED_INPUTS
+
+    ns = {name: np.full(4, i, np.float32) for i, name in enumerate("ABCDEFGHIJ")}
+    plan = ops.compile_graph(parse("A+B+C+D+E+F+G+H+I+J", ops.Graph(), namespace_resolver(ns)))
+    assert all(len(step.bindings) - 2 <= MAX_FUSED_INPUTS for step in plan.program.steps)
+    assert len(plan.program.steps) > 1
+
+
+def test_a_batch_beyond_one_dispatch_is_split_across_dispatches(executor) -> None:
+    """70000 matrices in a batch: more than 65535 workgroups in z, so two dispatches."""
+    a = np.random.default_rng(5).random((70000, 2, 3), np.float32)
+    plan = ops.plan("matmul", a, np.ones((3, 2), np.float32))
+    assert len(plan.program.steps) == 2 and plan.program.workgroups_max <= 65535
+    (got,) = run_on(executor, plan)
+    assert ops.error_ratio(plan.nodes[0], got) <= 1

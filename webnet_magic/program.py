@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .protocol import WIRE_DTYPES, Message, ProtocolError, array_nbytes
+from .protocol import Message, ProtocolError, array_nbytes
 
 
 @dataclass(frozen=True)
@@ -219,12 +219,6 @@ def padded(nbytes: int) -> int:
     return max(4, -(-nbytes // 4) * 4)
 
 
-def uniform_u32(*values: int) -> np.ndarray:
-    """Uniform-buffer bytes for a struct of u32 fields, padded to WGSL's 16-byte alignment."""
-    words = list(values) + [0] * (-len(values) % 4)
-    return np.asarray(words, dtype=WIRE_DTYPES["uint32"])
-
-
 def _int(v: Any) -> int:
     if not isinstance(v, int) or isinstance(v, bool):
         raise TypeError(f"{v!r} is not an integer")
@@ -243,4 +237,4 @@ def _dims(v: Any) -> tuple[int, int, int]:
     return (_int(v[0]), _int(v[1]), _int(v[2]))
 
 
-__all__ = ["Buffer", "Kernel", "Output", "Program", "Step", "padded", "uniform_u32"]
+__all__ = ["Buffer", "Kernel", "Output", "Program", "Step", "padded"]

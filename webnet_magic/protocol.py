@@ -66,7 +66,7 @@ SCHEMA: Mapping[str, Mapping[str, type | tuple[type, ...]]] = {
     "result": {"job": str, "timings": dict},
     "error": {"job": str, "kind": str, "message": str},
     "pong": {"t": (int, float)},  # echoes its ping's fields and arrays
-    "cache": {"held": list, "pinned": list},  # the content keys a worker keeps (after put / free)
+    "cache": {"key": str, "held": list, "pinned": list},  # what a worker keeps, answering a put / free of key
     # broker -> worker
     "welcome": {"device": str, "heartbeat": (int, float)},
     "job": {"job": str, "kernels": dict, "buffers": list, "steps": list, "outputs": list},

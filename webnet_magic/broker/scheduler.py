@@ -261,7 +261,8 @@ class Scheduler:
             self.queue.remove(job)
             job.device = device
             device.job, device.state = job, "busy"
-            self._send(device, job.program.to_message(job.id, held=device.cache))
+            held = frozenset() if job.resent else device.cache  # a resend carries all of its data
+            self._send(device, job.program.to_message(job.id, held=held))
 
     def _cancel_overdue(self, device: Device, job_id: str) -> None:
         if device.job is not None and device.job.id == job_id and device.id in self.devices:

@@ -26,6 +26,7 @@ import tornado.web
 import tornado.websocket
 
 from ..errors import DeviceNotFound, WorkerLost
+from ..program import padded
 from ..protocol import (
     CLOSE_BAD_TOKEN,
     CLOSE_GOING_AWAY,
@@ -125,7 +126,9 @@ class Broker:
         """Pin ``array`` on every connected device (and on devices that join later); who holds it."""
         self.pinned[key] = array
         socks = [s for s in self.sockets if s.device and s.device.usable]
-        held = await asyncio.gather(*(s.pin(key, array) for s in socks), return_exceptions=True)
+        held = await asyncio.gather(
+            *(s.pin(key, array) if s.fits(padded(array.nbytes)) else _false() for s in socks), return_exceptions=True
+        )
         return {s.device.id: ok is True for s, ok in zip(socks, held, strict=True) if s.device}
 
     def free(self, key: str) -> None:
@@ -183,7 +186,7 @@ class WorkerSocket(tornado.websocket.WebSocketHandler):
         self.device: Device | None = None
         self.assembler = Assembler(budget=self._budget)
         self.probes: dict[str, tuple[int, asyncio.Future[list[np.ndarray]]]] = {}
-        self.cache_waiters: list[asyncio.Future[set[str]]] = []
+        self.cache_waiters: dict[str, list[asyncio.Future[set[str]]]] = {}  # key -> puts awaiting the answer
         self._message_ids = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._hello_timer: asyncio.TimerHandle | None = None
@@ -244,7 +247,8 @@ class WorkerSocket(tornado.websocket.WebSocketHandler):
             welcome = {"device": self.device.id, "heartbeat": self.broker.heartbeat}
             self.spawn(self.send(Message("welcome", welcome)))
             for key, array in self.broker.pinned.items():  # what the notebook pinned reaches new devices too
-                self.spawn(self.send(Message("put", {"key": key, "pin": True}, [array])))
+                if self.fits(padded(array.nbytes)):
+                    self.spawn(self.send(Message("put", {"key": key, "pin": True}, [array])))
             scheduler.join(self.device)
             return
         if self.device is None:
@@ -252,11 +256,10 @@ class WorkerSocket(tornado.websocket.WebSocketHandler):
         held = f.get("held", f.get("cache"))  # a worker lists the keys it keeps after each job, put and free
         if held is not None:
             self.device.cache = _keys(held)
-        if m.type == "cache":
-            for waiter in self.cache_waiters:
+        if m.type == "cache":  # the answer to the put or free of one key
+            for waiter in self.cache_waiters.pop(f["key"], []):
                 if not waiter.done():
                     waiter.set_result(self.device.cache)
-            self.cache_waiters.clear()
         elif m.type == "result":
             scheduler.result(self.device, f["job"], list(m.arrays), f["timings"])
         elif m.type == "error":
@@ -292,9 +295,14 @@ class WorkerSocket(tornado.websocket.WebSocketHandler):
         (Not ``put``: that name is tornado's handler for HTTP PUT requests.)
         """
         waiter: asyncio.Future[set[str]] = asyncio.get_running_loop().create_future()
-        self.cache_waiters.append(waiter)
+        self.cache_waiters.setdefault(key, []).append(waiter)
         await self.send(Message("put", {"key": key, "pin": True}, [array]))
         return key in await waiter
+
+    def fits(self, nbytes: int) -> bool:
+        """Whether this device's buffer limits admit one buffer of ``nbytes``."""
+        limits = self.device.limits if self.device else {}
+        return all(nbytes <= limits.get(name, nbytes) for name in ("maxStorageBufferBindingSize", "maxBufferSize"))
 
     async def probe(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         """``arrays`` out in a ping and back in its pong (see :meth:`Broker.echo`)."""
@@ -343,9 +351,10 @@ class WorkerSocket(tornado.websocket.WebSocketHandler):
             if not answer.done():
                 answer.set_exception(WorkerLost(f"the device {reason} before answering a probe"))
         self.probes.clear()
-        for waiter in self.cache_waiters:
-            if not waiter.done():
-                waiter.set_exception(WorkerLost(f"the device {reason} before confirming a put"))
+        for waiters in self.cache_waiters.values():
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(WorkerLost(f"the device {reason} before confirming a put"))
         self.cache_waiters.clear()
         if self.device is not None:
             self.device.state = "closing"
@@ -364,3 +373,7 @@ def _keys(value: Any) -> set[str]:
     ):
         raise ProtocolError("a cache listing must be a list of content keys")
     return set(value)
+
+
+async def _false() -> bool:
+    return False  # a device too small for the array is not sent it

@@ -101,6 +101,14 @@ class _Reader:
         if isinstance(tree, ast.Name) and tree.id in self.local:
             return self.local[tree.id]
         if isinstance(tree, ast.Name | ast.Attribute | ast.Subscript):
+            root: ast.expr = tree
+            while isinstance(root, ast.Attribute | ast.Subscript):
+                root = root.value
+            if isinstance(root, ast.Name) and root.id in self.local:  # not the notebook's variable of that name
+                raise ExpressionError(
+                    f"{text!r}: {root.id} is computed in this cell; slicing or attributes of it cannot run on the "
+                    f"device (use it whole, or slice its inputs)"
+                )
             return self.graph.input(text, self.resolve(text))
         raise ExpressionError(f"{text!r} cannot run on a device; use arrays, numbers, ops and @ + - * / **")
 

@@ -22,8 +22,7 @@ from traitlets import Float, Int, Unicode
 
 from ..errors import DeviceLimitError, DeviceNotFound, DtypeError, ShapeError, WorkerError
 from ..ops import Graph, Node
-from ..ops.custom import KernelDefinitionError, compile_error, define, unregister
-from ..ops.dtypes import to_wire
+from ..ops.custom import KernelDefinitionError, compile_error, define, install, restore
 from ..program import Program
 from . import session as sessions
 from .expressions import ExpressionError, namespace_resolver, parse_program
@@ -124,6 +123,7 @@ class WebnetMagics(Magics):
             custom = define(command.options["line"], command.expression)
         except (KernelDefinitionError, ShapeError) as exc:
             raise UsageError(f"webnet: {exc}") from None
+        previous = install(custom)
         session = sessions.current()
         usable = [d for d in session.devices() if d["state"] != "no WebGPU"] if session else []
         if not usable:
@@ -132,9 +132,9 @@ class WebnetMagics(Magics):
         program = Program((), (), (), (), compile=(custom.kernel,))
         try:
             session.run(program, timeout=self.timeout)  # type: ignore[union-attr]
-        except WorkerError as exc:
-            unregister(custom.name)
-            if exc.kind != "compile":
+        except BaseException as exc:  # not compiled: the previous definition (if any) stays
+            restore(custom.name, previous)
+            if not isinstance(exc, WorkerError) or exc.kind != "compile":
                 raise
             raise UsageError(f"webnet: {compile_error(custom, str(exc))}") from None
         print(f"webnet: {custom.signature} defined and compiled on {usable[0]['id']} ({usable[0]['name']})")
@@ -142,16 +142,16 @@ class WebnetMagics(Magics):
     def _put(self, command: Command) -> None:
         session, resolve = self._session(), namespace_resolver(self._namespace, "in the notebook")
         try:
-            values = {name: resolve(name) for name in command.options["names"]}
-            for name, value in values.items():
-                held = session.put(name, value)
-                size = to_wire(name, value).array.nbytes
-                kept = [d for d, ok in held.items() if ok]
-                line = f"webnet: {name} ({size / 1e6:.1f} MB) kept on {', '.join(kept) or 'no device yet'}"
-                refused = [d for d, ok in held.items() if not ok]
-                if refused:
-                    line += f"; not on {', '.join(refused)} (its cache is full)"
-                print(line + (" and on devices that join later" if not refused else ""))
+            for name in command.options["names"]:
+                pinned = session.put(name, resolve(name))
+                if not pinned.kept:
+                    print(f"webnet: {name} ({pinned.nbytes / 1e3:.0f} KB) is small enough to go with every job")
+                    continue
+                kept = [d for d, ok in pinned.devices.items() if ok]
+                refused = [d for d, ok in pinned.devices.items() if not ok]
+                line = f"webnet: {name} ({pinned.nbytes / 1e6:.1f} MB) kept on {', '.join(kept) or 'no device yet'}"
+                line += f"; not on {', '.join(refused)} (too large for its cache or limits)" if refused else ""
+                print(line + ("" if refused else " and on devices that join later"))
         except (ExpressionError, DtypeError) as exc:
             raise UsageError(f"webnet: {exc}") from None
 

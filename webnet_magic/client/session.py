@@ -17,6 +17,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,7 @@ import numpy as np
 from ..broker.thread import BrokerThread, JobHandle
 from ..errors import BrokerStopped, DeviceLimitError, JobTimeout, NoDeviceError
 from ..ops import Graph, Node, call, compile_graph, evaluate
-from ..ops.compiler import content_key
+from ..ops.compiler import CACHE_MIN_BYTES, content_key
 from ..ops.dtypes import conversion_note, to_wire
 from ..ops.graph import topological
 from ..ops.split import buffer_limit, split
@@ -34,6 +35,15 @@ from .expressions import namespace_resolver, parse
 
 _warned: dict[Any, Any] = {}  # warnings registry: each conversion note is shown once
 POLL = 0.1  # seconds between checks while waiting; bounds how late a Ctrl-C or timeout is seen
+
+
+@dataclass(frozen=True)
+class Pinned:
+    """What :meth:`Session.put` did: the bytes as they travel, and which devices hold them."""
+
+    nbytes: int
+    devices: dict[str, bool]
+    kept: bool  # False for an array too small to keep (it goes with every job)
 
 
 class PrecisionWarning(UserWarning):
@@ -119,27 +129,31 @@ class Session:
                 raise NoDeviceError(f"{len(usable)} of {count} device(s) connected after {timeout:g} s")
             time.sleep(POLL)
 
-    def put(self, name: str, value: Any) -> dict[str, bool]:
+    def put(self, name: str, value: Any) -> Pinned:
         """Keep ``value`` on every device (and devices that join later) until :meth:`free`.
 
-        Jobs using the same array then send none of its bytes.  Returns, per device id,
-        whether it holds the array (a device whose cache is full does not).  Putting a
+        Jobs using the same array then send none of its bytes.  The answer says, per device id,
+        whether it holds the array (one whose cache or limits are too small does not); arrays
+        too small to be worth keeping (they go with every job anyway) are not sent.  Putting a
         name again replaces what it held.
         """
         leaf = to_wire(name, value)
+        if leaf.array.nbytes < CACHE_MIN_BYTES:
+            return Pinned(leaf.array.nbytes, {}, kept=False)
         key = content_key(leaf.array)
-        old = self._pinned.get(name)
-        if old is not None and old != key:
+        held = self.broker.put(key, leaf.array)
+        old, self._pinned[name] = self._pinned.get(name), key
+        if old is not None and old not in self._pinned.values():
             self.broker.free(old)
-        self._pinned[name] = key
-        return self.broker.put(key, leaf.array)
+        return Pinned(leaf.array.nbytes, held, kept=True)
 
     def free(self, name: str) -> None:
-        """Let devices drop what :meth:`put` pinned under ``name``."""
+        """Let devices drop what :meth:`put` pinned under ``name`` (unless another name pins the same array)."""
         key = self._pinned.pop(name, None)
         if key is None:
             raise KeyError(f"nothing is pinned under {name!r}; pinned: {', '.join(self._pinned) or 'nothing'}")
-        self.broker.free(key)
+        if key not in self._pinned.values():
+            self.broker.free(key)
 
     @property
     def pinned(self) -> list[str]:
@@ -220,8 +234,8 @@ class Session:
             return plan.finish(self.run(plan.program, timeout=timeout, device=device, on_wait=on_wait))
         if len(outputs) != 1:
             raise DeviceLimitError(
-                f"this job needs a {plan.program.largest_buffer}-byte buffer, above the device limit of {limit}; "
-                f"ask for one result at a time so it can be split"
+                f"this job needs a {plan.program.largest_buffer}-byte buffer, above the device's buffer limit of "
+                f"{limit}; ask for one result at a time so it can be split"
             )
         pieces = split(outputs[0], limit, wire)
         programs = [piece.plan.program for piece in pieces.pieces]

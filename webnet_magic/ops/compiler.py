@@ -23,6 +23,9 @@ from .dtypes import Leaf, conversion_note
 from .graph import OPS, Node, Shape, evaluate, topological
 
 WORKGROUP = 256  # invocations per workgroup in the 1-D kernels
+#: Storage buffers a fused kernel reads: WebGPU's default maxStorageBuffersPerShaderStage (8)
+#: less the output.  A larger elementwise expression is cut into several kernels.
+MAX_FUSED_INPUTS = 7
 #: Inputs this large get a content key, so a worker that kept them is not sent them again.
 #: (Hashing runs at about 1.5 GB/s; below this size, sending is as cheap as hashing.)
 CACHE_MIN_BYTES = 64 * 1024
@@ -51,10 +54,10 @@ class Builder:
         self.steps: list[Step] = []
         self.outputs: list[Output] = []
 
-    def input(self, array: np.ndarray) -> int:
+    def input(self, array: np.ndarray, cacheable: bool = True) -> int:
         """A buffer filled from ``array``; arrays worth caching on the worker get a content key."""
         self.inputs.append(array)
-        key = content_key(array) if array.nbytes >= CACHE_MIN_BYTES else None
+        key = content_key(array) if cacheable and array.nbytes >= CACHE_MIN_BYTES else None
         self.buffers.append(Buffer(padded(array.nbytes), input=len(self.inputs) - 1, key=key))
         return len(self.buffers) - 1
 
@@ -129,7 +132,7 @@ def compile_graph(outputs: Sequence[Node], wire: str = "f32") -> Plan:
     float16 (widened on the device) and float32 results come back as float16 (narrowed on
     the device), at float16's precision (about 3 significant digits) and range (|x| <= 65504).
     """
-    from .elementwise import fuse, narrow, widen  # the fused-kernel generator is itself an op module
+    from .elementwise import narrow, widen  # the fused-kernel generator is itself an op module
 
     if wire not in ("f32", "f16"):
         raise ValueError(f"wire must be 'f32' or 'f16', not {wire!r}")
@@ -139,12 +142,16 @@ def compile_graph(outputs: Sequence[Node], wire: str = "f32") -> Plan:
     feeds_kernel = {id(a) for node in order if _kind(node) == "kernel" for a in node.args}
     wanted = {id(n) for n in outputs}
 
+    # Inputs of custom kernels are not cached on workers: their WGSL is the notebook's, and a
+    # kernel that wrote into its input would corrupt what later jobs read.
+    untrusted = {id(a) for node in order if node.op in OPS and not OPS[node.op].trusted for a in node.args}
+
     def materialized(node: Node) -> bool:
-        if node.op == "input" or id(node) in wanted:
+        if node.op == "input" or id(node) in wanted or id(node) in feeds_kernel:
             return True
         if node.op == "const":
             return False
-        return _kind(node) == "kernel" or uses[id(node)] > 1 or id(node) in feeds_kernel
+        return _kind(node) == "kernel" or uses[id(node)] > 1
 
     builder, values = Builder(), {}
     for node in order:
@@ -153,21 +160,50 @@ def compile_graph(outputs: Sequence[Node], wire: str = "f32") -> Plan:
         if node.op == "input":
             assert node.leaf is not None
             array = half(node) if wire == "f16" and node.dtype == "float32" else node.leaf.array
-            value = Value(builder.input(array), node.shape, array.dtype.name)
+            value = Value(builder.input(array, id(node) not in untrusted), node.shape, array.dtype.name)
             values[id(node)] = widen(builder, value) if value.dtype == "float16" else value
         elif _kind(node) == "kernel":
             out = builder.scratch(node.shape, node.dtype)
             OPS[node.op].emit(builder, [values[id(a)] for a in node.args], out, node.options)  # type: ignore[misc]
             values[id(node)] = out
         else:
-            out = builder.scratch(node.shape, node.dtype)
-            fuse(builder, node, values, out)
-            values[id(node)] = out
+            values[id(node)] = _fused(builder, node, values)
     for node in outputs:
         value = values[id(node)]
         builder.output(narrow(builder, value) if wire == "f16" and value.dtype == "float32" else value)
     leaves = tuple(n.leaf for n in order if n.leaf is not None)
     return Plan(builder.program(), tuple(outputs), leaves)
+
+
+def _fused(builder: Builder, node: Node, values: dict[int, Value]) -> Value:
+    """``node`` and the elementwise nodes folded into it as one kernel, or several if it would read
+    more than :data:`MAX_FUSED_INPUTS` buffers (the largest folded sub-expression goes first)."""
+    from .elementwise import fuse
+
+    while True:
+        leaves, inner = _reach(node, values)
+        if len(leaves) <= MAX_FUSED_INPUTS:
+            break
+        child = max(inner, key=lambda n: len(_reach(n, values)[0]))
+        values[id(child)] = _fused(builder, child, values)
+    out = builder.scratch(node.shape, node.dtype)
+    fuse(builder, node, values, out)
+    return out
+
+
+def _reach(node: Node, values: dict[int, Value]) -> tuple[set[int], list[Node]]:
+    """The buffers a fused kernel for ``node`` would read, and the nodes it would fold in."""
+    leaves: set[int] = set()
+    inner: list[Node] = []
+    stack = list(node.args)
+    while stack:
+        arg = stack.pop()
+        if id(arg) in values:
+            leaves.add(values[id(arg)].buffer)
+        elif arg.op != "const":
+            inner.append(arg)
+            stack.extend(arg.args)
+    return leaves, inner
 
 
 def half(node: Node) -> np.ndarray:

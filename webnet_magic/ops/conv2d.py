@@ -17,10 +17,10 @@ import numpy as np
 from ..errors import ShapeError
 from ..program import Kernel
 from .compiler import Builder, Value, grid
+from .dtypes import EPS32
 from .graph import Node, OpSpec, Shape, Typed, register
 
 KERNEL = Kernel(files(__package__).joinpath("conv2d.wgsl").read_text())
-EPS = float(np.finfo(np.float32).eps)
 
 
 def _pair(value: Any, name: str, minimum: int) -> tuple[int, int]:
@@ -76,7 +76,7 @@ def tolerance(result: np.ndarray, x: np.ndarray, w: np.ndarray, bias: np.ndarray
     """Like a dot product of length C·KH·KW: that many ULPs of the sum of |products|."""
     terms = w.shape[1] * w.shape[2] * w.shape[3] + 1
     magnitude = reference(np.abs(x), np.abs(w), None if bias is None else np.abs(bias), stride, padding)
-    return 2 * terms * EPS * magnitude + 1e-30
+    return 2 * terms * EPS32 * magnitude + 1e-30
 
 
 register(

@@ -37,7 +37,7 @@ import numpy as np
 
 from ..errors import ShapeError, WebnetError
 from ..program import Kernel
-from .compiler import Builder, Value, grid
+from .compiler import MAX_GROUPS, Builder, Value
 from .graph import OPS, Node, OpSpec, Typed, register
 
 SCALARS = ("f32", "i32", "u32")
@@ -97,7 +97,13 @@ class CustomKernel:
 
     def counts(self, shapes: Sequence[tuple[int, ...]], out_size: int) -> tuple[int, int, int]:
         if self.workgroups == "auto":
-            return grid(-(-out_size // math.prod(_workgroup_size(self.kernel))))
+            groups = -(-out_size // math.prod(_workgroup_size(self.kernel)))
+            if groups > MAX_GROUPS:  # the kernel indexes by global_invocation_id.x alone
+                raise ShapeError(
+                    f"{self.name}: --workgroups auto needs {groups} workgroups in x, above {MAX_GROUPS}; give "
+                    f"--workgroups X,Y and index with global_invocation_id.y too, or a larger @workgroup_size"
+                )
+            return (max(1, groups), 1, 1)
         values = [_evaluate(part, self._scope(shapes), "--workgroups") for part in _split(self.workgroups)]
         if len(values) > 3 or not all(type(v) is int and v >= 1 for v in values):
             raise ShapeError(f"{self.name}: --workgroups gave {values}, not 1 to 3 positive integers")
@@ -108,7 +114,7 @@ class CustomKernel:
 
 
 def define(line: str, source: str, body_line: int = 2) -> CustomKernel:
-    """Parse a kernel cell (``line`` after ``kernel``, ``source`` the WGSL), check it, register it as an op."""
+    """Parse and check a kernel cell (``line`` after ``kernel``, ``source`` the WGSL); see :func:`install`."""
     head, _, options = line.partition(" --workgroups")
     workgroups = options.strip().strip("'\"") or "auto"
     match = _SIGNATURE.match(head)
@@ -117,7 +123,7 @@ def define(line: str, source: str, body_line: int = 2) -> CustomKernel:
             "write the first line as: %%webnet kernel NAME(x, y, a: f32) -> out[x.shape] [--workgroups auto]"
         )
     name, params, output, shape_text = match.groups()
-    if name in OPS and not isinstance(OPS[name].emit, _Emit):
+    if name in OPS and OPS[name].trusted:
         raise KernelDefinitionError(f"{name!r} is a built-in op; give the kernel another name")
     inputs, scalars = _params(params)
     _split(shape_text)  # a Python expression
@@ -126,13 +132,28 @@ def define(line: str, source: str, body_line: int = 2) -> CustomKernel:
     custom = CustomKernel(name, inputs, scalars, output, shape_text.strip(), dtypes, workgroups, kernel, body_line)
     if workgroups == "auto":
         _workgroup_size(kernel)
+    return custom
+
+
+def install(custom: CustomKernel) -> OpSpec | None:
+    """Make ``custom`` an op; returns the custom kernel it replaces, if any (for :func:`restore`)."""
+    previous = OPS.get(custom.name)
     register(
         OpSpec(
-            name, (len(inputs), len(inputs)), "kernel", _Infer(custom), _no_reference(name), _no_reference(name),
-            f"custom kernel: {custom.signature}", defaults={n: None for n, _ in scalars}, emit=_Emit(custom),
+            custom.name, (len(custom.inputs),) * 2, "kernel", _Infer(custom), _no_reference(custom.name),
+            _no_reference(custom.name), f"custom kernel: {custom.signature}",
+            defaults={n: None for n, _ in custom.scalars}, emit=_Emit(custom), trusted=False,
         )
     )  # fmt: skip
-    return custom
+    return previous
+
+
+def restore(name: str, previous: OpSpec | None) -> None:
+    """Undo :func:`install` (a kernel that did not compile): the earlier definition, or none."""
+    if previous is None:
+        OPS.pop(name, None)
+    else:
+        OPS[name] = previous
 
 
 def _params(text: str) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
@@ -172,19 +193,33 @@ def _entry(source: str) -> str:
 
 
 def _workgroup_size(kernel: Kernel) -> tuple[int, ...]:
-    match = re.search(r"@workgroup_size\(([^)]*)\)", kernel.source)
-    try:
-        return tuple(int(v) for v in match.group(1).split(",") if v.strip()) if match else (1,)
+    match = re.search(r"@workgroup_size\(([^)]*)\)", _code(kernel.source))
+    try:  # 64, 64u and 64i are all literals
+        return tuple(int(v.strip().rstrip("ui")) for v in match.group(1).split(",") if v.strip()) if match else (1,)
     except ValueError:
-        raise KernelDefinitionError("--workgroups auto needs a literal @workgroup_size(N); give counts") from None
+        raise KernelDefinitionError(
+            "--workgroups auto needs a literal @workgroup_size(N); give the counts with --workgroups"
+        ) from None
+
+
+def _code(source: str) -> str:
+    """WGSL without its comments, so a commented-out declaration cannot pass the checks."""
+    source = re.sub(r"/\*.*?\*/", " ", source, flags=re.S)
+    return re.sub(r"//[^\n]*", "", source)
 
 
 def _check_bindings(kernel: Kernel, inputs: Sequence[str], output: str, options: bool) -> tuple[str, ...]:
     """Inputs read-only, then the output read_write, then the options' uniform; the arrays' dtypes."""
-    declared = {
-        int(i): (" ".join(kind.replace(",", " ").split()), element)
-        for i, kind, element in _BINDING.findall(kernel.source)
-    }
+    code = _code(kernel.source)
+    found = _BINDING.findall(code)
+    # Every binding must be declared in the one form checked here (@group(0) @binding(i) var<...>):
+    # another spelling would slip a read_write input past the check.
+    buffers = re.findall(r"\bvar\s*<\s*(?:storage|uniform)", code)
+    if not len(found) == len(re.findall(r"@binding", code)) == len(buffers):
+        raise KernelDefinitionError(
+            "declare every binding as '@group(0) @binding(N) var<...> name: type;', in that order and in group 0"
+        )
+    declared = {int(i): (" ".join(kind.replace(",", " ").split()), element) for i, kind, element in found}
     expected = {i: "storage read" for i in range(len(inputs))}
     expected[len(inputs)] = "storage read_write"
     if options:
@@ -192,9 +227,9 @@ def _check_bindings(kernel: Kernel, inputs: Sequence[str], output: str, options:
     names = [*inputs, output, "the options"]
     for binding, kind in expected.items():
         if declared.get(binding, ("",))[0] != kind:
-            found = f"var<{declared[binding][0].replace(' ', ', ')}>" if binding in declared else "nothing"
+            has = f"var<{declared[binding][0].replace(' ', ', ')}>" if binding in declared else "nothing"
             raise KernelDefinitionError(
-                f"binding {binding} ({names[binding]}) must be var<{kind.replace(' ', ', ')}>, but the WGSL has {found}"
+                f"binding {binding} ({names[binding]}) must be var<{kind.replace(' ', ', ')}>, but the WGSL has {has}"
             )
     extra = sorted(set(declared) - set(expected))
     if extra:
@@ -256,12 +291,6 @@ def _no_reference(name: str) -> Any:
         raise ShapeError(f"{name} is a custom kernel: it runs on devices only (no numpy reference for --local)")
 
     return refuse
-
-
-def unregister(name: str) -> None:
-    """Forget a custom kernel (one that did not compile); built-in ops stay."""
-    if name in OPS and isinstance(OPS[name].emit, _Emit):
-        del OPS[name]
 
 
 _POSITIONS = (re.compile(r"wgsl:(\d+):(\d+)"), re.compile(r"line (\d+):(\d+)"))

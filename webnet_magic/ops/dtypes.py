@@ -17,8 +17,11 @@ import numpy as np
 
 from ..errors import DtypeError
 
-#: dtypes a value can have inside a program.
+#: dtypes a value can have inside a program, and their WGSL names.
 COMPUTE = ("float32", "int32", "uint32")
+WGSL_TYPES = {"float32": "f32", "int32": "i32", "uint32": "u32"}
+#: float32's machine epsilon: the unit of every op's tolerance.
+EPS32 = float(np.finfo(np.float32).eps)
 #: dtypes an input array may travel as.
 WIRE = (*COMPUTE, "float16")
 

@@ -20,27 +20,31 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ShapeError
+from ..errors import DtypeError, ShapeError
 from ..program import Kernel
 from .compiler import Builder, Value, grid
+from .dtypes import EPS32, WGSL_TYPES
 from .graph import Node, OpSpec, Typed, broadcast, register
 
-EPS = float(np.finfo(np.float32).eps)
 TEMPLATE = files(__package__).joinpath("elementwise.wgsl").read_text()
-WGSL_TYPE = {"float32": "f32", "int32": "i32", "uint32": "u32"}
 
 # -- typing -----------------------------------------------------------------------------------
 
 
 def _promote(args: Sequence[Node]) -> str:
-    """float32 if any side is float, uint32 if all are, else int32; constants defer to arrays."""
+    """float32 if any side is float, else the arrays' integer type; constants defer to arrays.
+
+    int32 with uint32 is refused: numpy widens that to int64, which WGSL does not have.
+    """
     arrays = [a for a in args if a.op != "const"] or list(args)
     dtypes = {a.dtype for a in arrays} | {a.dtype for a in args if a.op == "const" and a.dtype == "float32"}
     if "float32" in dtypes:
         return "float32"
-    if dtypes == {"uint32"} and all(a.op != "const" or a.value >= 0 for a in args):  # type: ignore[operator]
-        return "uint32"
-    return "int32"
+    if dtypes == {"int32", "uint32"}:
+        raise DtypeError(
+            "int32 with uint32: numpy would widen to int64, which WGSL lacks; cast one, e.g. cast(x, dtype='int32')"
+        )
+    return dtypes.pop()
 
 
 def _infer(float_only: bool) -> Callable[[Sequence[Node], Mapping[str, Any]], Typed]:
@@ -54,7 +58,7 @@ def _infer(float_only: bool) -> Callable[[Sequence[Node], Mapping[str, Any]], Ty
 
 def _rounding(result: np.ndarray, *args: np.ndarray, **attrs: Any) -> np.ndarray:
     """One rounding of the result (and of any product the device fuses into an FMA)."""
-    return 2 * EPS * np.abs(result.astype(np.float64))
+    return 2 * EPS32 * np.abs(result.astype(np.float64))
 
 
 def _exact(result: np.ndarray, *args: np.ndarray, **attrs: Any) -> float:
@@ -66,7 +70,7 @@ def _ulps(count: Callable[..., np.ndarray | float]) -> Callable[..., np.ndarray]
 
     def bound(result: np.ndarray, *args: np.ndarray) -> np.ndarray:
         x = [np.asarray(a, np.float64) for a in args]
-        return np.asarray(count(*x)) * EPS * np.abs(result.astype(np.float64)) + 1e-37
+        return np.asarray(count(*x)) * EPS32 * np.abs(result.astype(np.float64)) + 1e-37
 
     return bound
 
@@ -96,21 +100,21 @@ def _pow_ulps(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _log_bound(result: np.ndarray, a: np.ndarray) -> np.ndarray:
     """WGSL: 3 ULP, but an absolute 2**-21 for arguments in [0.5, 2] (where log is near 0)."""
-    return np.maximum(3 * EPS * np.abs(result), 2.0**-21)
+    return np.maximum(3 * EPS32 * np.abs(result), 2.0**-21)
 
 
 def _tanh_bound(result: np.ndarray, a: np.ndarray) -> np.ndarray:
-    return 4e-6 + 8 * EPS * np.abs(result)
+    return 4e-6 + 8 * EPS32 * np.abs(result)
 
 
 def _sigmoid_bound(result: np.ndarray, a: np.ndarray) -> np.ndarray:
     """exp's (3 + 2|x|)-ULP error, carried through 1 / (1 + e)."""
-    return 1e-7 + (4 + 2 * np.abs(a.astype(np.float64))) * EPS * np.abs(result)
+    return 1e-7 + (4 + 2 * np.abs(a.astype(np.float64))) * EPS32 * np.abs(result)
 
 
 def _gelu_bound(result: np.ndarray, a: np.ndarray) -> np.ndarray:
     """tanh's absolute error, scaled by the 0.5 x in front of it."""
-    return 1e-7 + 4e-6 * np.abs(a.astype(np.float64)) + 8 * EPS * np.abs(result)
+    return 1e-7 + 4e-6 * np.abs(a.astype(np.float64)) + 8 * EPS32 * np.abs(result)
 
 
 _exp_bound = _ulps(lambda x: 3 + 2 * np.abs(x))
@@ -149,7 +153,7 @@ register(
     OpSpec(
         "cast", (1, 1), "elementwise", _cast_infer, lambda a, dtype: a.astype(dtype), _exact,
         "a as another dtype (float32, int32, uint32)", defaults={"dtype": "float32"},
-        wgsl=lambda a, dtype: f"{WGSL_TYPE[dtype]}({a})",
+        wgsl=lambda a, dtype: f"{WGSL_TYPES[dtype]}({a})",
     )
 )  # fmt: skip
 
@@ -163,9 +167,10 @@ def _transpose_infer(args: Sequence[Node], attrs: Mapping[str, Any]) -> Typed:
 def _axes(axes: Sequence[int] | None, ndim: int) -> tuple[int, ...]:
     if axes is None:
         return tuple(reversed(range(ndim)))
-    if not isinstance(axes, Sequence) or sorted(int(a) % max(ndim, 1) for a in axes) != list(range(ndim)):
+    valid = isinstance(axes, Sequence) and all(type(a) is int and -ndim <= a < ndim for a in axes)
+    if not valid or sorted(a % ndim for a in axes) != list(range(ndim)):
         raise ShapeError(f"axes {axes!r} are not a permutation of {ndim} dimensions")
-    return tuple(int(a) % ndim for a in axes)
+    return tuple(a % ndim for a in axes)
 
 
 register(
@@ -180,10 +185,14 @@ register(
 
 
 def literal(value: float | int, dtype: str) -> str:
-    """A WGSL literal of ``dtype``."""
-    if dtype == "float32":
-        return f"{float(value)!r}f"
-    return f"{int(value)}{'i' if dtype == 'int32' else 'u'}"
+    """A WGSL expression for the constant: exact, and safe wherever an operand may stand."""
+    if dtype == "float32":  # the float32's own bits: no rounding or range surprises in the compiler
+        return f"bitcast<f32>({int(np.float32(value).view(np.uint32)):#010x}u)"
+    if dtype == "uint32":
+        return f"{int(value)}u"
+    if value == -(2**31):  # 2147483648i alone is out of range, so -2147483648i is too
+        return "(-2147483647i - 1i)"
+    return f"({int(value)}i)" if value < 0 else f"{int(value)}i"
 
 
 class _Kernel:
@@ -191,9 +200,10 @@ class _Kernel:
 
     def __init__(self, root: Node) -> None:
         self.root = root
-        self.loads: dict[tuple[int, tuple[int, ...]], str] = {}  # (buffer, strides) -> variable
+        self.bindings: dict[int, int] = {}  # buffer -> k: one binding per buffer, however it is read
         self.values: list[Value] = []
-        self.strided: list[tuple[int, tuple[int, ...]]] = []  # (load number, strides over root dims)
+        self.loads: dict[tuple[int, tuple[int, ...]], str] = {}  # (buffer, strides) -> expression
+        self.strided: list[tuple[int, tuple[int, ...]]] = []  # (offset variable, strides over root dims)
 
     def load(self, value: Value, mapping: tuple[int | None, ...]) -> str:
         """An expression reading ``value`` at the element the root's index ``i`` maps to."""
@@ -204,15 +214,17 @@ class _Kernel:
                 strides[root_dim] += own[dim]
         key = (value.buffer, tuple(strides))
         if key not in self.loads:
-            k = len(self.values)
-            self.values.append(value)
+            if value.buffer not in self.bindings:
+                self.bindings[value.buffer] = len(self.values)
+                self.values.append(value)
+            k = self.bindings[value.buffer]
             if value.size == 1 or not any(strides):
                 offset = "0u"
             elif value.size == self.root.size and tuple(strides) == _contiguous(self.root.shape):
                 offset = "i"
             else:
-                offset = f"o{k}"
-                self.strided.append((k, tuple(strides)))
+                offset = f"o{len(self.strided)}"
+                self.strided.append((len(self.strided), tuple(strides)))
             self.loads[key] = f"in{k}[{offset}]"
         return self.loads[key]
 
@@ -236,14 +248,14 @@ def fuse(builder: Builder, root: Node, values: Mapping[int, Value], out: Value) 
         for _, strides in kernel.strided:
             words += strides
     bindings = [
-        f"@group(0) @binding({k}) var<storage, read> in{k}: array<{WGSL_TYPE[v.dtype]}>;"
+        f"@group(0) @binding({k}) var<storage, read> in{k}: array<{WGSL_TYPES[v.dtype]}>;"
         for k, v in enumerate(kernel.values)
     ]
     n = len(kernel.values)
     source = (
         TEMPLATE.replace("{{BINDINGS}}", "\n".join(bindings))
         .replace("{{OUT}}", str(n))
-        .replace("{{OUT_TYPE}}", WGSL_TYPE[out.dtype])
+        .replace("{{OUT_TYPE}}", WGSL_TYPES[out.dtype])
         .replace("{{PARAMS}}", str(n + 1))
         .replace("{{WORDS}}", str(max(1, -(-len(words) // 4))))
         .replace("{{INDEX}}", "\n".join(index))

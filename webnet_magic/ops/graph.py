@@ -73,9 +73,16 @@ class OpSpec:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     wgsl: Callable[..., str] | None = None  # elementwise: argument expressions -> expression
     emit: Callable[..., None] | None = None  # kernel ops: (builder, args, out, attrs) -> None
+    trusted: bool = True  # False for kernels written in a notebook cell
 
 
 OPS: dict[str, OpSpec] = {}
+#: The values each dtype holds, for constants.
+LIMITS = {
+    "float32": (-float(np.finfo(np.float32).max), float(np.finfo(np.float32).max)),
+    "int32": (-(2**31), 2**31 - 1),
+    "uint32": (0, 2**32 - 1),
+}
 
 
 def register(spec: OpSpec) -> OpSpec:
@@ -125,22 +132,26 @@ class Graph:
         options = {**spec.defaults, **attrs}
         try:
             typed = spec.infer(args, options)
+            cast = tuple(self.cast(arg, dtype) for arg, dtype in zip(args, typed.arg_dtypes, strict=True))
         except (ShapeError, DtypeError) as exc:
             raise type(exc)(f"{exc} in {text!r}") from None
-        cast = tuple(self.cast(arg, dtype) for arg, dtype in zip(args, typed.arg_dtypes, strict=True))
         attrs_key = tuple(sorted(_frozen(options).items()))
         return self._intern(Node(op, cast, attrs_key, typed.shape, typed.dtype, text))
 
     def cast(self, node: Node, dtype: str) -> Node:
+        if node.op == "const":  # a literal simply takes the type it is used at, if it fits
+            value = float(node.value) if dtype == "float32" else node.value  # type: ignore[arg-type]
+            low, high = LIMITS[dtype]
+            if (isinstance(value, float) and dtype != "float32") or not low <= value <= high:  # type: ignore[operator]
+                raise DtypeError(f"the constant {node.text} does not fit {dtype} here")
+            return self._intern(Node("const", (), (), (), dtype, node.text, value=value))
         if node.dtype == dtype:
             return node
-        if node.op == "const":  # a literal simply takes the type it is used at
-            value = float(node.value) if dtype == "float32" else int(node.value)  # type: ignore[arg-type]
-            return self._intern(Node("const", (), (), (), dtype, node.text, value=value))
         return self._intern(Node("cast", (node,), (("dtype", dtype),), node.shape, dtype, node.text))
 
     def _intern(self, node: Node) -> Node:
-        key = (node.op, tuple(id(a) for a in node.args), node.attrs, node.dtype, node.value, node.shape)
+        # repr keeps -0.0 apart from 0.0 (1 / -0.0 is -inf); == would merge them
+        key = (node.op, tuple(id(a) for a in node.args), node.attrs, node.dtype, repr(node.value), node.shape)
         return self._made.setdefault(key, node)
 
 
@@ -193,6 +204,6 @@ def broadcast(shapes: Sequence[Shape], text: str = "") -> Shape:
 
 
 def normalize_axis(axis: int, ndim: int) -> int:
-    if not isinstance(axis, int) or isinstance(axis, bool) or not -ndim <= axis < max(ndim, 1):
+    if not isinstance(axis, int) or isinstance(axis, bool) or not -ndim <= axis < ndim:
         raise ShapeError(f"axis {axis!r} is out of range for {ndim} dimensions")
-    return axis % max(ndim, 1)
+    return axis % ndim

@@ -15,7 +15,8 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..program import Kernel
-from .compiler import Builder, Value
+from .compiler import MAX_GROUPS, Builder, Value
+from .dtypes import EPS32
 from .graph import Node, OpSpec, Shape, Typed, broadcast, register
 
 KERNEL = Kernel(files(__package__).joinpath("matmul.wgsl").read_text())
@@ -53,10 +54,9 @@ def _vec4_source() -> str:
 
 VEC4_KERNEL = Kernel(_vec4_source())
 MAX_BATCH_DIMS = 4
-EPS32 = float(np.finfo(np.float32).eps)
 
 
-def split(a: Shape, b: Shape) -> tuple[Shape, Shape, int, int, int, Shape]:
+def shapes(a: Shape, b: Shape) -> tuple[Shape, Shape, int, int, int, Shape]:
     """numpy's matmul shapes: (A's batch, B's batch, M, K, N, result shape), or a ShapeError."""
     if not a or not b:
         raise ShapeError(f"matmul needs arrays, not scalars (shapes {a} and {b}); use * for scaling")
@@ -73,27 +73,30 @@ def split(a: Shape, b: Shape) -> tuple[Shape, Shape, int, int, int, Shape]:
 
 
 def infer(args: Sequence[Node], attrs: Mapping[str, Any]) -> Typed:
-    *_, shape = split(args[0].shape, args[1].shape)
+    *_, shape = shapes(args[0].shape, args[1].shape)
     return Typed(shape, "float32", ("float32", "float32"))
 
 
 def emit(builder: Builder, args: Sequence[Value], out: Value, attrs: Mapping[str, Any]) -> None:
     a, b = args
-    _, _, m, k, n, _ = split(a.shape, b.shape)
+    _, _, m, k, n, _ = shapes(a.shape, b.shape)
     emit_with(builder, a, b, out, *choose_kernel(m, k, n))
 
 
 def emit_with(builder: Builder, a: Value, b: Value, out: Value, kernel: Kernel, tile: int) -> None:
-    """The dispatch of ``kernel`` (``tile`` x ``tile`` outputs per workgroup) for ``out = a @ b``."""
-    a_batch, b_batch, m, k, n, _ = split(a.shape, b.shape)
+    """The dispatches of ``kernel`` (``tile`` x ``tile`` outputs per workgroup) for ``out = a @ b``.
+
+    The batch is workgroup z, at most 65535 a dispatch: a larger batch takes several.
+    """
+    a_batch, b_batch, m, k, n, _ = shapes(a.shape, b.shape)
     batch = broadcast([a_batch, b_batch])
     batch_shape = (1,) * (MAX_BATCH_DIMS - len(batch)) + batch
-    params = builder.uniform(
-        m, k, n, math.prod(batch), *batch_shape,
-        *_batch_strides(a_batch, batch_shape, m * k), *_batch_strides(b_batch, batch_shape, k * n),
-    )  # fmt: skip
-    groups = (math.ceil(n / tile), math.ceil(m / tile), math.prod(batch))
-    builder.dispatch(kernel, [a.buffer, b.buffer, out.buffer, params], tuple(max(1, g) for g in groups))  # type: ignore[arg-type]
+    strides = (*_batch_strides(a_batch, batch_shape, m * k), *_batch_strides(b_batch, batch_shape, k * n))
+    total = math.prod(batch)
+    for first in range(0, max(total, 1), MAX_GROUPS):
+        params = builder.uniform(m, k, n, first, *batch_shape, *strides)
+        groups = (max(1, math.ceil(n / tile)), max(1, math.ceil(m / tile)), max(1, min(MAX_GROUPS, total - first)))
+        builder.dispatch(kernel, [a.buffer, b.buffer, out.buffer, params], groups)
 
 
 def choose_kernel(m: int, k: int, n: int) -> tuple[Kernel, int]:

@@ -12,7 +12,7 @@ struct Dims {
     M: u32,
     K: u32,
     N: u32,
-    batches: u32,
+    batch0: u32,              // the batch of workgroup z = 0 (big batches take several dispatches)
     batch_shape: vec4<u32>,   // the output's batch dimensions, padded with 1 on the left
     a_stride: vec4<u32>,      // elements between consecutive A matrices along each of them
     b_stride: vec4<u32>,
@@ -38,7 +38,8 @@ fn main(
     @builtin(local_invocation_id) local: vec3<u32>,
     @builtin(local_invocation_index) lane: u32,
 ) {
-    var rest = group.z;
+    let batch = dims.batch0 + group.z;
+    var rest = batch;
     var a0 = 0u;
     var b0 = 0u;
     for (var d = 3; d >= 0; d--) {
@@ -47,7 +48,7 @@ fn main(
         a0 += index * dims.a_stride[d];
         b0 += index * dims.b_stride[d];
     }
-    let c0 = group.z * dims.M * dims.N;
+    let c0 = batch * dims.M * dims.N;
     let row0 = group.y * TM;
     let col0 = group.x * TN;
     // The 4x4 block of C this thread computes, in named registers (a dynamically indexed

@@ -3,8 +3,9 @@
 // Each 16x16 workgroup computes a 128x128 tile of C; each thread an 8x8 block of it, held
 // in 16 vec4 registers: rows ty*4..ty*4+3 and 64+ty*4..64+ty*4+3, columns tx*4..tx*4+3 and
 // 64+tx*4..64+tx*4+3 (the two halves keep a warp's shared-memory reads on distinct banks).
-// Per step of 8 along K, A's 128x8 slice is staged transposed and B's 8x128 slice as it
-// is (2 x 4 KiB of workgroup memory); each thread then does 64 FMAs per 4 vec4 reads.
+// Per step of TK = 16 along K, A's 128x16 slice is staged transposed and B's 16x128 slice
+// as it is (2 x 8 KiB: WebGPU's default 16 KiB of workgroup memory); each thread then does
+// 64 FMAs per 4 vec4 reads.
 // Loads past the matrices read zero and stores past C are skipped, so M may be anything.
 // Same Dims and batching as matmul.wgsl.
 //
@@ -16,7 +17,7 @@ struct Dims {
     M: u32,
     K: u32,
     N: u32,
-    batches: u32,
+    batch0: u32,              // the batch of workgroup z = 0 (big batches take several dispatches)
     batch_shape: vec4<u32>,
     a_stride: vec4<u32>,
     b_stride: vec4<u32>,
@@ -37,7 +38,8 @@ fn main(
     @builtin(local_invocation_id) local: vec3<u32>,
     @builtin(local_invocation_index) lane: u32,
 ) {
-    var rest = group.z;
+    let batch = dims.batch0 + group.z;
+    var rest = batch;
     var a0 = 0u;
     var b0 = 0u;
     for (var d = 3; d >= 0; d--) {
@@ -49,7 +51,7 @@ fn main(
     let M = dims.M;
     let K = dims.K;
     let N = dims.N;
-    let c_base = group.z * M * N;
+    let c_base = batch * M * N;
     let row0 = group.y * 128u;
     let col0 = group.x * 128u;
     let tx = local.x;

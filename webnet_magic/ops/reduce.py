@@ -17,11 +17,10 @@ import numpy as np
 from ..errors import ShapeError
 from ..program import Kernel
 from .compiler import Builder, Value, grid
+from .dtypes import EPS32, WGSL_TYPES
 from .graph import Node, OpSpec, Shape, Typed, normalize_axis, register
 
 TEMPLATE = files(__package__).joinpath("reduce.wgsl").read_text()
-EPS = float(np.finfo(np.float32).eps)
-WGSL = {"float32": "f32", "int32": "i32", "uint32": "u32"}
 #: Per op: (fold a value v at index r into acc/at, merge a partial v found at v_at, finish).
 RECIPES = {
     "sum": ("acc = acc + v;", "acc = acc + v;", "acc"),
@@ -58,6 +57,8 @@ def _infer(op: str) -> Any:
     def infer(args: Sequence[Node], attrs: Mapping[str, Any]) -> Typed:
         (x,) = args
         axis = _axis(x, attrs)
+        if not isinstance(attrs["keepdims"], bool):
+            raise ShapeError(f"keepdims must be True or False, not {attrs['keepdims']!r}")
         if op in ("max", "min", "argmax") and _view(x.shape, axis)[1] == 0:
             raise ShapeError(f"{op} of an empty axis has no answer (shape {x.shape}, axis {attrs['axis']})")
         shape = _result_shape(x.shape, axis, bool(attrs["keepdims"]))
@@ -75,8 +76,8 @@ def _emit(op: str) -> Any:
         outer, length, inner = _view(x.shape, axis)
         fold, merge, finish = RECIPES[op]
         source = (
-            TEMPLATE.replace("{{T}}", WGSL[x.dtype])
-            .replace("{{OUT_T}}", WGSL[out.dtype])
+            TEMPLATE.replace("{{T}}", WGSL_TYPES[x.dtype])
+            .replace("{{OUT_T}}", WGSL_TYPES[out.dtype])
             .replace("{{FOLD}}", fold)
             .replace("{{MERGE}}", merge)
             .replace("{{FINISH}}", finish)
@@ -110,7 +111,7 @@ def _tolerance(op: str) -> Any:
         magnitude = np.sum(np.abs(x.astype(np.float64)), axis=axis, keepdims=keepdims)
         if op == "mean":
             magnitude = magnitude / max(length, 1)
-        return (length + 4) * EPS * magnitude + 1e-37
+        return (length + 4) * EPS32 * magnitude + 1e-37
 
     return tolerance
 

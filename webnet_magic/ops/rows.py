@@ -18,10 +18,10 @@ import numpy as np
 from ..errors import ShapeError
 from ..program import Kernel
 from .compiler import Builder, Value, grid
+from .dtypes import EPS32
 from .graph import Node, OpSpec, Typed, register
 
 TEMPLATE = files(__package__).joinpath("rows.wgsl").read_text()
-EPS = float(np.finfo(np.float32).eps)
 
 SOFTMAX = Kernel(
     TEMPLATE.replace(
@@ -143,7 +143,7 @@ def _layernorm(x: np.ndarray, gamma: np.ndarray | None = None, beta: np.ndarray 
 def _softmax_bound(result: np.ndarray, x: np.ndarray) -> np.ndarray:
     """exp's (3 + 2|x - max|) ULPs, plus the rounding of a sum over the row."""
     spread = np.abs(x.astype(np.float64) - x.max(axis=-1, keepdims=True)) if x.size else 0
-    return (x.shape[-1] + 8 + 2 * spread) * EPS * np.abs(result) + 1e-37
+    return (x.shape[-1] + 8 + 2 * spread) * EPS32 * np.abs(result) + 1e-37
 
 
 def _layernorm_bound(result: np.ndarray, x: np.ndarray, gamma: np.ndarray | None = None,
@@ -160,7 +160,7 @@ def _layernorm_bound(result: np.ndarray, x: np.ndarray, gamma: np.ndarray | None
     x64 = x.astype(np.float64)
     std = np.sqrt(x64.var(axis=-1, keepdims=True) + eps)
     amplification = 1 + np.abs(x64).max(axis=-1, keepdims=True) / std
-    return (x.shape[-1] + 16) * EPS * amplification * (np.abs(result) + scale + shift) + 1e-6 * scale
+    return (x.shape[-1] + 16) * EPS32 * amplification * (np.abs(result) + scale + shift) + 1e-6 * scale
 
 
 register(

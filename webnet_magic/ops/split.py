@@ -65,8 +65,8 @@ def split(node: Node, limit: int, wire: str = "f32") -> Split:
     if all(n.op in ("input", "const") or OPS[n.op].kind == "elementwise" for n in topological([node])):
         return _rows(node, limit, wire)
     raise DeviceLimitError(
-        f"{node.text!r} needs a {_largest(node)}-byte buffer, above the device limit of {limit} bytes "
-        f"(maxStorageBufferBindingSize); only a 2-D matmul or an elementwise expression is split automatically"
+        f"{node.text!r} needs a {_largest(node)}-byte buffer, above the device's buffer limit of {limit} bytes "
+        f"(maxStorageBufferBindingSize / maxBufferSize); only a 2-D matmul or an elementwise expression is split"
     )
 
 
@@ -158,5 +158,7 @@ def _value(node: Node) -> np.ndarray:
     """An input's array (possibly through a cast) in the dtype the device computes it in."""
     leaf = node.args[0].leaf if node.op == "cast" and node.args[0].op == "input" else node.leaf
     if leaf is None:
-        raise DeviceLimitError(f"{node.text!r} is computed on the device; only arrays sent from here can be cut")
+        raise DeviceLimitError(
+            f"{node.text!r} is not an array from the notebook (it is computed first); only such arrays can be cut"
+        )
     return leaf.array.astype(node.dtype, copy=False)

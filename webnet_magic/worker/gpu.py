@@ -165,6 +165,11 @@ class WgpuExecutor:
                 if spec.key and array is not None:
                     self.cache.keep(spec.key, buf, spec.size, protect=in_use)
 
+    def drop(self, key: str) -> None:
+        """Let go of a kept buffer (``%webnet free``), after any job that uses it has finished."""
+        with self._busy:
+            self.cache.drop(key)
+
     def store(self, key: str, array: np.ndarray, pin: bool) -> bool:
         """Keep ``array`` on the device under ``key`` (``%webnet put``); False if it does not fit."""
         with self._busy, self._errors("out-of-memory"):

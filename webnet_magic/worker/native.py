@@ -176,12 +176,15 @@ class NativeWorker:
                 await self._send(
                     conn, Message(reply.type, {**reply.fields, "cache": self.executor.cache.held()}, reply.arrays)
                 )
-            elif message.type == "put":
-                await in_daemon_thread(self.executor.store, f["key"], message.arrays[0], f["pin"])
-                await self._send(conn, self._cache_message())
-            elif message.type == "free":
-                self.executor.cache.drop(f["key"])
-                await self._send(conn, self._cache_message())
+                continue
+            try:
+                if message.type == "put":
+                    await in_daemon_thread(self.executor.store, f["key"], message.arrays[0], f["pin"])
+                else:
+                    await in_daemon_thread(self.executor.drop, f["key"])
+            except Exception as exc:  # a put that does not fit: the cache listing says it is not held
+                log.warning("could not %s %s: %s", message.type, f["key"], exc)
+            await self._send(conn, self._cache_message(f["key"]))
 
     async def _job(self, job: str, message: Message) -> Message:
         """Run one job; the result or error to send back."""
@@ -209,8 +212,10 @@ class NativeWorker:
             self.on_job(job, timings)
         return Message("result", {"job": job, "timings": timings}, outputs)
 
-    def _cache_message(self) -> Message:
-        return Message("cache", {"held": self.executor.cache.held(), "pinned": self.executor.cache.pinned()})
+    def _cache_message(self, key: str) -> Message:
+        """What the cache holds, in answer to the put or free of ``key``."""
+        cache = self.executor.cache
+        return Message("cache", {"key": key, "held": cache.held(), "pinned": cache.pinned()})
 
     async def _watch(self, conn: WebSocketClientConnection) -> None:
         """Close a link on which the broker has gone quiet, so the main loop reconnects."""
