@@ -38,8 +38,7 @@ fn main(
     @builtin(local_invocation_id) local: vec3<u32>,
     @builtin(local_invocation_index) lane: u32,
 ) {
-    let batch = dims.batch0 + group.z;
-    var rest = batch;
+    var rest = dims.batch0 + group.z;
     var a0 = 0u;
     var b0 = 0u;
     for (var d = 3; d >= 0; d--) {
@@ -51,7 +50,6 @@ fn main(
     let M = dims.M;
     let K = dims.K;
     let N = dims.N;
-    let c_base = batch * M * N;
     let row0 = group.y * 128u;
     let col0 = group.x * 128u;
     let tx = local.x;
@@ -92,6 +90,7 @@ fn main(
         workgroupBarrier();
     }
 
+    let c_base = (dims.batch0 + group.z) * M * N;  // computed here, so it is not live through the loop
     let lo_col = col0 + tx * 4u;
     let hi_col = col0 + 64u + tx * 4u;
 {{STORES}}
