@@ -22,37 +22,36 @@ import numpy as np
 from webnet_magic import ops
 from webnet_magic.ops import matmul
 from webnet_magic.ops.compiler import Builder, Value
-from webnet_magic.program import Kernel
 from webnet_magic.worker.gpu import WgpuExecutor
 
 
 #: The two kernels ops.matmul chooses between, and the fast one with half as deep a K step.
-def _depth(k: int) -> Kernel:
-    return Kernel(matmul.VEC4_KERNEL.source.replace("const TK: u32 = 16u;", f"const TK: u32 = {k}u;"))
+def _depth(k: int) -> matmul.MatmulKernel:
+    return matmul.MatmulKernel.of(matmul._vec4_source().replace("const TK: u32 = 16u;", f"const TK: u32 = {k}u;"), 128)
 
 
 KERNELS = {
-    "scalar 64x64": (matmul.KERNEL, matmul.TILE),
-    "vec4 128 k16": (matmul.VEC4_KERNEL, matmul.VEC4_TILE),
-    "vec4 128 k8": (_depth(8), 128),
-    "vec4 128 k32": (_depth(32), 128),  # 32 KiB of workgroup memory: above WebGPU's default 16 KiB
+    "scalar 64x64": matmul.GENERAL,
+    "vec4 128 k16": matmul.FAST,
+    "vec4 128 k8": _depth(8),
+    "vec4 128 k32": _depth(32),  # 32 KiB of workgroup memory: above WebGPU's default 16 KiB
 }
 
 
-def program(a: np.ndarray, b: np.ndarray, kernel, tile: int):
+def program(a: np.ndarray, b: np.ndarray, kernel: matmul.MatmulKernel):
     """The matmul program ops.plan would build, with the kernel choice forced."""
     builder = Builder()
     va = Value(builder.input(a), a.shape, "float32")
     vb = Value(builder.input(b), b.shape, "float32")
     node = ops.call("matmul", a, b)
     out = builder.scratch(node.shape, "float32")
-    matmul.emit_with(builder, va, vb, out, kernel, tile)
+    matmul.emit_with(builder, va, vb, out, kernel)
     builder.output(out)
     return builder.program(), node
 
 
-def time_wgsl(executor: WgpuExecutor, a: np.ndarray, b: np.ndarray, kernel, tile: int, budget_s: float):
-    prog, node = program(a, b, kernel, tile)
+def time_wgsl(executor: WgpuExecutor, a: np.ndarray, b: np.ndarray, kernel: matmul.MatmulKernel, budget_s: float):
+    prog, node = program(a, b, kernel)
     prepared = executor.prepare(prog)
     try:
         executor.dispatch(prepared)  # warm up (and compile)
@@ -112,11 +111,11 @@ def main() -> None:
         flops = 2 * n**3
         cublas = time_cublas(a, b)
         row = f"{n:>6} {flops / cublas / 1e9 if cublas else float('nan'):>9.0f} GF/s"
-        for kernel, tile in KERNELS.values():
-            if tile == matmul.VEC4_TILE and n % 4:  # the vec4 path needs rows of whole vec4s
+        for kernel in KERNELS.values():
+            if kernel is not matmul.GENERAL and n % 4:  # the vec4 kernels need rows of whole vec4s
                 row += f" {'-':>16} {'-':>9} {'-':>8}"
                 continue
-            seconds, ratio = time_wgsl(executor, a, b, kernel, tile, args.budget)
+            seconds, ratio = time_wgsl(executor, a, b, kernel, args.budget)
             versus = f"{cublas / seconds:.0%}" if cublas else "-"
             row += f" {flops / seconds / 1e9:>11.1f} GF/s {versus:>9} {ratio:>8.3f}"
         print(row, flush=True)

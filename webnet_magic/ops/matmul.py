@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any
 
@@ -19,12 +20,24 @@ from .compiler import MAX_GROUPS, Builder, Value
 from .dtypes import EPS32
 from .graph import Node, OpSpec, Shape, Typed, broadcast, register
 
-KERNEL = Kernel(files(__package__).joinpath("matmul.wgsl").read_text())
-TILE = 64  # rows and columns of C per workgroup, as in matmul.wgsl
-#: The fast path, for K and N multiples of 4 (whole vec4 rows): 128x128 tiles, 8x8 per thread.
-#: Both kernels stay within WebGPU's default limits (256 invocations, 16 KiB of workgroup
-#: memory), so one program runs on every device, phone or GPU server.
-VEC4_TILE = 128
+
+@dataclass(frozen=True)
+class MatmulKernel:
+    """A matmul kernel in its two forms: the batch is workgroup z (``plain``), or
+    ``dims.batch0`` + workgroup z (``offset``, for batches beyond one dispatch).  Reading
+    batch0 costs 6% on an H200, so only jobs that need it use that form."""
+
+    plain: Kernel
+    offset: Kernel
+    tile: int  # rows and columns of C per workgroup
+
+    @classmethod
+    def of(cls, source: str, tile: int) -> MatmulKernel:
+        return cls(
+            Kernel(source.replace("{{BATCH}}", "group.z")),
+            Kernel(source.replace("{{BATCH}}", "(dims.batch0 + group.z)")),
+            tile,
+        )
 
 
 def _vec4_source() -> str:
@@ -52,7 +65,12 @@ def _vec4_source() -> str:
     )  # fmt: skip
 
 
-VEC4_KERNEL = Kernel(_vec4_source())
+#: Any M, K, N: 64x64 tiles, 4x4 per thread.
+GENERAL = MatmulKernel.of(files(__package__).joinpath("matmul.wgsl").read_text(), 64)
+#: K and N multiples of 4 (whole vec4 rows): 128x128 tiles, 8x8 per thread.  Both stay within
+#: WebGPU's default limits (256 invocations, 16 KiB of workgroup memory), so one program runs
+#: on every device, phone or GPU server.
+FAST = MatmulKernel.of(_vec4_source(), 128)
 MAX_BATCH_DIMS = 4
 
 
@@ -80,30 +98,31 @@ def infer(args: Sequence[Node], attrs: Mapping[str, Any]) -> Typed:
 def emit(builder: Builder, args: Sequence[Value], out: Value, attrs: Mapping[str, Any]) -> None:
     a, b = args
     _, _, m, k, n, _ = shapes(a.shape, b.shape)
-    emit_with(builder, a, b, out, *choose_kernel(m, k, n))
+    emit_with(builder, a, b, out, choose_kernel(m, k, n))
 
 
-def emit_with(builder: Builder, a: Value, b: Value, out: Value, kernel: Kernel, tile: int) -> None:
-    """The dispatches of ``kernel`` (``tile`` x ``tile`` outputs per workgroup) for ``out = a @ b``.
+def emit_with(builder: Builder, a: Value, b: Value, out: Value, kernel: MatmulKernel) -> None:
+    """The dispatches of ``kernel`` for ``out = a @ b``.
 
-    The batch is workgroup z, at most 65535 a dispatch: a larger batch takes several.
+    The batch is workgroup z, at most 65535 a dispatch: a larger batch takes several, with the
+    kernel's offset form.
     """
     a_batch, b_batch, m, k, n, _ = shapes(a.shape, b.shape)
     batch = broadcast([a_batch, b_batch])
     batch_shape = (1,) * (MAX_BATCH_DIMS - len(batch)) + batch
     strides = (*_batch_strides(a_batch, batch_shape, m * k), *_batch_strides(b_batch, batch_shape, k * n))
     total = math.prod(batch)
+    code = kernel.plain if total <= MAX_GROUPS else kernel.offset
+    tile = kernel.tile
     for first in range(0, max(total, 1), MAX_GROUPS):
         params = builder.uniform(m, k, n, first, *batch_shape, *strides)
         groups = (max(1, math.ceil(n / tile)), max(1, math.ceil(m / tile)), max(1, min(MAX_GROUPS, total - first)))
-        builder.dispatch(kernel, [a.buffer, b.buffer, out.buffer, params], groups)
+        builder.dispatch(code, [a.buffer, b.buffer, out.buffer, params], groups)
 
 
-def choose_kernel(m: int, k: int, n: int) -> tuple[Kernel, int]:
-    """The vec4 kernel where rows are whole vec4s and the matrices fill its tiles, else the scalar one."""
-    if k % 4 == 0 and n % 4 == 0 and min(m, n) >= 64:
-        return VEC4_KERNEL, VEC4_TILE
-    return KERNEL, TILE
+def choose_kernel(m: int, k: int, n: int) -> MatmulKernel:
+    """The fast kernel where rows are whole vec4s and the matrices fill its tiles, else the general one."""
+    return FAST if k % 4 == 0 and n % 4 == 0 and min(m, n) >= 64 else GENERAL
 
 
 def _batch_strides(own: Shape, batch_shape: Shape, matrix: int) -> list[int]:

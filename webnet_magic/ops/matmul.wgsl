@@ -1,7 +1,7 @@
 // C = A @ B for row-major float32 A (..., M, K), B (..., K, N), C (..., M, N).
 //
 // The general kernel, for any M, K, N (ops/matmul.py uses matmul_vec4.wgsl where rows are
-// whole vec4s).  Each 16x16 workgroup computes a 64x64 tile of C; each thread a 4x4 block
+// whole vec4s).  BATCH is filled in as in matmul_vec4.wgsl.  Each 16x16 workgroup computes a 64x64 tile of C; each thread a 4x4 block
 // of it, kept in registers.  A and B are staged through workgroup memory 16 columns of K
 // at a time (2 x 64 x 16 floats = 8 KiB, half of WebGPU's default 16 KiB limit).  Loads outside
 // the matrices read zero and stores outside C are skipped, so any M, K, N work.
@@ -38,8 +38,7 @@ fn main(
     @builtin(local_invocation_id) local: vec3<u32>,
     @builtin(local_invocation_index) lane: u32,
 ) {
-    let batch = dims.batch0 + group.z;
-    var rest = batch;
+    var rest = {{BATCH}};
     var a0 = 0u;
     var b0 = 0u;
     for (var d = 3; d >= 0; d--) {
@@ -48,7 +47,7 @@ fn main(
         a0 += index * dims.a_stride[d];
         b0 += index * dims.b_stride[d];
     }
-    let c0 = batch * dims.M * dims.N;
+    let c0 = {{BATCH}} * dims.M * dims.N;
     let row0 = group.y * TM;
     let col0 = group.x * TN;
     // The 4x4 block of C this thread computes, in named registers (a dynamically indexed
