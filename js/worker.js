@@ -73,6 +73,7 @@ class Worker {
     this.lastHeard = performance.now();
     this.silenceLimit = 30000;
     this.wakeLock = null;
+    this.resume = ""; // the broker's secret for coming back as the same device after a drop
   }
 
   async start() {
@@ -102,7 +103,7 @@ class Worker {
       const describe = this.gpu ? this.gpu.describe : { adapter: {}, limits: {}, features: [] };
       this.send({
         type: "hello",
-        fields: { runtime: "browser", name: browserName(), webgpu: !!this.gpu, reason: this.noGpu, ...describe },
+        fields: { runtime: "browser", name: browserName(), webgpu: !!this.gpu, reason: this.noGpu, resume: this.resume, ...describe },
       });
       this.keepAwake();
     };
@@ -141,6 +142,7 @@ class Worker {
     const f = message.fields;
     if (message.type === "welcome") {
       state.deviceId = f.device;
+      this.resume = typeof f.resume === "string" ? f.resume : "";
       this.silenceLimit = 10000 * f.heartbeat;
       show(this.gpu ? "idle" : "no WebGPU", this.noGpu);
     } else if (message.type === "ping") {

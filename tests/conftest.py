@@ -14,6 +14,8 @@ import pytest
 from webnet_magic.broker.thread import BrokerThread
 from webnet_magic.worker.launch import chromium_flags, find_chromium
 
+from .peers import Peer
+
 os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")  # quiets Mesa's lavapipe warnings
 
 
@@ -32,9 +34,18 @@ def wait_until(condition: Callable[[], object], timeout: float = 30.0, what: str
 @pytest.fixture
 def broker() -> Iterator[BrokerThread]:
     """A broker on 127.0.0.1, port 0, with fast heartbeats so silence is noticed within a second."""
-    thread = BrokerThread(heartbeat=0.2, silence_limit=1.5).start()
+    thread = BrokerThread(heartbeat=0.2, silence_limit=1.5, calibrate=False).start()
     yield thread
     thread.stop()
+
+
+@pytest.fixture
+def peers() -> Iterator[list[Peer]]:
+    """Hand-written peers a test makes (see :mod:`tests.peers`); all stopped afterwards."""
+    made: list[Peer] = []
+    yield made
+    for peer in made:
+        peer.stop()
 
 
 class Workers:

@@ -13,7 +13,7 @@ def test_an_op_line_splits_on_the_arrow_before_argparse_sees_it() -> None:
     command = parse("matmul A B -> C --timeout 5 --device d2")
     assert command.name == "run" and command.expression == "matmul(A, B)"
     assert command.outputs == ("C",)
-    assert command.options == {"timeout": 5.0, "device": "d2", "local": False}
+    assert command.options == {"timeout": 5.0, "devices": "d2", "local": False, "verify": False, "bg": False}
 
 
 def test_options_may_come_before_the_arrow_and_spaces_are_optional() -> None:

@@ -36,18 +36,20 @@ def start(**options: Any) -> Session:
     return _start(**options)
 
 
-def run(expression: str, /, *, timeout: float = 60.0, device: str | None = None, local: bool = False,
-        wire: str = "f32", **arrays: Any) -> Any:  # fmt: skip
-    """Evaluate ``expression`` as one job on a connected device, its names bound from ``arrays``.
+def run(expression: str, /, *, local: bool = False, **arrays_and_options: Any) -> Any:
+    """Evaluate ``expression`` as one job on the fleet, its names bound from keyword arrays.
 
     ``run("relu(X @ W1 + b1) @ W2", X=X, W1=W1, b1=b1, W2=W2)`` sends the four arrays once,
     keeps ``X @ W1 + b1`` and its relu on the device, and returns only the product.  A tuple
-    expression returns a tuple.  ``local=True`` computes with numpy instead (no broker needed);
-    ``wire="f16"`` sends float data as float16 both ways (half the bytes, about 3 digits).
+    expression returns a tuple.  ``local=True`` computes with numpy instead (no broker needed).
+    The keywords ``timeout``, ``devices``, ``shard``, ``verify`` and ``wire`` are options, as
+    for :meth:`Session.launch <webnet_magic.client.session.Session.launch>` (so no array may
+    take those names); ``wire="f16"`` sends float data as float16 both ways.
     """
-    from .client.session import evaluate_expression
+    from .client.session import RUN_OPTIONS, evaluate_expression
 
-    return evaluate_expression(expression, arrays, local=local, timeout=timeout, device=device, wire=wire)
+    options = {k: arrays_and_options.pop(k) for k in RUN_OPTIONS if k in arrays_and_options}
+    return evaluate_expression(expression, arrays_and_options, local=local, **options)
 
 
 def stop() -> None:

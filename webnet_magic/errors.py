@@ -54,5 +54,9 @@ class WorkerLost(WorkerError):
     """The worker running a job disconnected or stopped answering heartbeats mid-job."""
 
 
+class VerificationFailed(WorkerError):
+    """A device's result failed the ``--verify`` check; the device is banned for the session."""
+
+
 class BrokerStopped(WebnetError, RuntimeError):
     """The broker was stopped (``%webnet stop``) while a job was waiting or running."""

@@ -80,6 +80,9 @@ class Program:
 
     ``compile`` lists kernels to compile even if no step uses them: a program of only
     those (no buffers, no steps) checks a custom kernel on a device before first use.
+    ``work`` is the floating-point operations of its compute-bound steps (matmul,
+    convolution), which the scheduler divides by a device's measured speed to size shards
+    and leases; it stays in the notebook.
     """
 
     inputs: tuple[np.ndarray, ...]
@@ -87,6 +90,7 @@ class Program:
     steps: tuple[Step, ...]
     outputs: tuple[Output, ...]
     compile: tuple[Kernel, ...] = ()
+    work: float = 0.0
 
     @property
     def kernels(self) -> dict[str, Kernel]:

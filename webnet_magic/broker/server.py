@@ -16,6 +16,7 @@ import asyncio
 import hmac
 import itertools
 import logging
+import secrets
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
@@ -62,6 +63,9 @@ class Broker:
         heartbeat: float = 3.0,
         silence_limit: float = 30.0,
         chunk_size: int = DEFAULT_CHUNK,
+        lease: float = 60.0,
+        attempts: int = 3,
+        calibrate: bool = True,
         on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self.token = token
@@ -69,9 +73,13 @@ class Broker:
         self.heartbeat = heartbeat
         self.silence_limit = silence_limit
         self.chunk_size = chunk_size
-        self.scheduler = Scheduler(on_change, cancel_grace=silence_limit)
+        self.scheduler = Scheduler(
+            on_change, cancel_grace=silence_limit, lease=lease, attempts=attempts, calibrate=calibrate
+        )
         self.sockets: set[WorkerSocket] = set()
         self.pinned: dict[str, np.ndarray] = {}  # content key -> array, for %webnet put
+        self.bytes_sent = 0  # to all workers this session, frames included
+        self.bytes_received = 0
         self._heartbeat_task: asyncio.Task[None] | None = None
 
     def token_ok(self, offered: str | None) -> bool:
@@ -214,6 +222,7 @@ class WorkerSocket(tornado.websocket.WebSocketHandler):
             return
         if isinstance(frame, str):
             return self._refuse("text frames are not part of the protocol")
+        self.broker.bytes_received += len(frame)
         if self.device is not None:
             self.device.bytes_in += len(frame)
             self.device.last_seen = time.monotonic()
@@ -228,10 +237,13 @@ class WorkerSocket(tornado.websocket.WebSocketHandler):
             self._refuse(f"unexpected error: {type(exc).__name__}")
 
     def _budget(self, type_: str, fields: Mapping[str, Any]) -> int:
-        """Payload bytes this worker may send: its job's declared outputs, a probe's own size, else none."""
-        job = self.device.job if self.device else None
-        if type_ == "result" and job is not None and fields.get("job") == job.id:
-            return job.program.output_bytes
+        """Payload bytes this worker may send: an attempt's declared outputs, a probe's own size, else none.
+
+        A late or duplicate result of one of its recent attempts may be read in full (and is then
+        dropped by the scheduler); anything else with data is a protocol error.
+        """
+        if type_ == "result" and self.device is not None:
+            return self.device.reply_budget(str(fields.get("job")))
         if type_ == "pong":
             return self.probes.get(str(fields.get("probe")), (0, None))[0]
         return 0
@@ -244,7 +256,7 @@ class WorkerSocket(tornado.websocket.WebSocketHandler):
             if self._hello_timer is not None:
                 self._hello_timer.cancel()
             self.device = self._device(f)
-            welcome = {"device": self.device.id, "heartbeat": self.broker.heartbeat}
+            welcome = {"device": self.device.id, "heartbeat": self.broker.heartbeat, "resume": self.device.resume}
             self.spawn(self.send(Message("welcome", welcome)))
             for key, array in self.broker.pinned.items():  # what the notebook pinned reaches new devices too
                 if self.fits(padded(array.nbytes)):
@@ -272,12 +284,17 @@ class WorkerSocket(tornado.websocket.WebSocketHandler):
             raise ProtocolError(f"a worker may not send {m.type!r}")
 
     def _device(self, f: Mapping[str, Any]) -> Device:
-        """The scheduler's record of this worker, from its hello (strings cut to sane lengths)."""
+        """The scheduler's record of this worker, from its hello (strings cut to sane lengths).
+
+        A hello with the resume secret of a device this session knows makes the worker that
+        device again; a connection it still has open (a link that died unnoticed) is closed.
+        """
         features = f.get("features", [])
         if not isinstance(features, list):
             raise ProtocolError("hello field 'features' must be a list")
-        return Device(
-            id=self.broker.scheduler.new_device_id(),
+        scheduler = self.broker.scheduler
+        device = Device(
+            id="",
             name=str(f["name"])[:120],
             runtime=str(f["runtime"])[:20],
             adapter={str(k)[:40]: str(v)[:200] for k, v in list(f["adapter"].items())[:20]},
@@ -288,6 +305,17 @@ class WorkerSocket(tornado.websocket.WebSocketHandler):
             send=self.send,
             close=self.close,
         )
+        old = scheduler.returning(str(f.get("resume", ""))[:64])
+        if old is None:
+            device.id, device.resume = scheduler.new_device_id(), secrets.token_urlsafe(18)
+            return device
+        for sock in list(self.broker.sockets):
+            if sock is not self and sock.device is old:
+                sock.close(CLOSE_SILENT, "the worker reconnected")
+        scheduler.leave(old, "reconnected on a new link")  # its attempt, if any, is queued again
+        scheduler.departed.pop(old.resume, None)
+        device.inherit(old)
+        return device
 
     async def pin(self, key: str, array: np.ndarray) -> bool:
         """Send ``array`` to be kept pinned under ``key``; True once the worker says it holds it.
@@ -323,6 +351,7 @@ class WorkerSocket(tornado.websocket.WebSocketHandler):
         """
         for frame in encode(message, next(self._message_ids) & 0xFFFFFFFF, self.broker.chunk_size):
             await self.write_message(frame, binary=True)
+            self.broker.bytes_sent += len(frame)
             if self.device is not None:
                 self.device.bytes_out += len(frame)
 
@@ -357,8 +386,7 @@ class WorkerSocket(tornado.websocket.WebSocketHandler):
                     waiter.set_exception(WorkerLost(f"the device {reason} before confirming a put"))
         self.cache_waiters.clear()
         if self.device is not None:
-            self.device.state = "closing"
-            self.broker.scheduler.leave(self.device.id, reason)
+            self.broker.scheduler.leave(self.device, reason)
 
     def on_close(self) -> None:
         self.forget("disconnected")

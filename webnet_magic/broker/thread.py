@@ -30,21 +30,24 @@ import tornado.netutil
 from .._assets import static_dir
 from ..program import Program
 from ..protocol import DEFAULT_CHUNK
+from .scheduler import Progress
 from .server import Broker
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: Called on the broker thread with a snapshot of every device after each change.
-ChangeListener = Callable[[list[dict[str, Any]]], None]
+#: Called on the broker thread after each change with :meth:`BrokerThread.fleet`'s snapshot.
+ChangeListener = Callable[[dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
-class JobHandle:
-    """A submitted job: its id (for :meth:`BrokerThread.cancel`) and a future for its outputs."""
+class TaskHandle:
+    """A submitted task: its id (for :meth:`BrokerThread.cancel`), a future for its outputs, and
+    its progress (updated by the broker thread, read here)."""
 
     id: str
     future: concurrent.futures.Future[list[np.ndarray]]
+    progress: Progress
 
 
 class BrokerThread:
@@ -59,6 +62,9 @@ class BrokerThread:
         heartbeat: float = 3.0,
         silence_limit: float = 30.0,
         chunk_size: int = DEFAULT_CHUNK,
+        lease: float = 60.0,
+        attempts: int = 3,
+        calibrate: bool = True,
         on_change: ChangeListener | None = None,
         static: Path | None = None,
     ) -> None:
@@ -72,6 +78,9 @@ class BrokerThread:
             heartbeat=heartbeat,
             silence_limit=silence_limit,
             chunk_size=chunk_size,
+            lease=lease,
+            attempts=attempts,
+            calibrate=calibrate,
             on_change=self._changed,
         )
         self._loop = asyncio.new_event_loop()
@@ -163,19 +172,25 @@ class BrokerThread:
         self._loop.call_soon_threadsafe(run)
         return done.result(timeout)
 
-    def submit(self, program: Program, device: str | None = None) -> JobHandle:
-        """Queue ``program`` without waiting for the broker thread.
+    def submit(self, program: Program, **options: Any) -> TaskHandle:
+        """Queue ``program`` without waiting for the broker thread (``options`` as for
+        :meth:`Scheduler.submit <webnet_magic.broker.scheduler.Scheduler.submit>`).
 
-        The id is made here, so the handle exists before the job does and a Ctrl-C at any
+        The id is made here, so the handle exists before the task does and a Ctrl-C at any
         point can cancel it: the broker thread runs the submit before any later cancel.
         """
-        handle = JobHandle(self.broker.scheduler.new_job_id(), concurrent.futures.Future())
-        self._loop.call_soon_threadsafe(self._submit, handle, program, device)
+        task_id = options.pop("task_id", None) or self.broker.scheduler.new_task_id()
+        handle = TaskHandle(task_id, concurrent.futures.Future(), Progress())
+        self._loop.call_soon_threadsafe(self._submit, handle, program, options)
         return handle
 
-    def _submit(self, handle: JobHandle, program: Program, device: str | None) -> None:
-        job = self.broker.scheduler.submit(program, device, job_id=handle.id)
-        job.future.add_done_callback(lambda done: _settle(handle.future, done))
+    def _submit(self, handle: TaskHandle, program: Program, options: dict[str, Any]) -> None:
+        try:
+            task = self.broker.scheduler.submit(program, task_id=handle.id, progress=handle.progress, **options)
+        except BaseException as exc:  # the broker is stopping: fail the handle rather than lose it
+            handle.future.set_exception(exc)
+            return
+        task.future.add_done_callback(lambda done: _settle(handle.future, done))
 
     def echo(self, arrays: list[np.ndarray], device: str | None = None, timeout: float = 60.0) -> list[np.ndarray]:
         """``arrays`` to a worker and back, through its WebSocket only (see :meth:`Broker.echo`)."""
@@ -197,19 +212,32 @@ class BrokerThread:
             self.call(self.broker.scheduler.cancel, job_id)
 
     def devices(self) -> list[dict[str, Any]]:
-        return self.call(self._snapshot)
+        return self.call(self._devices)
+
+    def fleet(self) -> dict[str, Any]:
+        """Devices, jobs in flight, and bytes sent and received this session: what the panel shows."""
+        return self.call(self._fleet)
 
     def add_listener(self, listener: ChangeListener) -> None:
         """Also call ``listener`` (on the broker thread) after every change; it must not print."""
         self._listeners.append(listener)
 
-    def _snapshot(self) -> list[dict[str, Any]]:
+    def _devices(self) -> list[dict[str, Any]]:
         return [d.snapshot() for d in self.broker.scheduler.devices.values()]
 
+    def _fleet(self) -> dict[str, Any]:
+        return {
+            "devices": self._devices(),
+            "jobs": self.broker.scheduler.jobs_snapshot(),
+            "sent": self.broker.bytes_sent,
+            "received": self.broker.bytes_received,
+        }
+
     def _changed(self) -> None:
-        snapshot = self._snapshot()
-        for listener in self._listeners:
-            listener(snapshot)
+        if self._listeners:
+            snapshot = self._fleet()
+            for listener in self._listeners:
+                listener(snapshot)
 
 
 def _settle(target: concurrent.futures.Future[T], source: asyncio.Future[T]) -> None:

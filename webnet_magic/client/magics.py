@@ -12,6 +12,7 @@ has arrived and been checked.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -50,6 +51,9 @@ class WebnetMagics(Magics):
     timeout = Float(60.0, help="Seconds an op waits for a device and its result.").tag(config=True)
     heartbeat = Float(3.0, help="Seconds between heartbeats to each worker.").tag(config=True)
     silence_limit = Float(30.0, help="Seconds of silence after which a worker is declared lost.").tag(config=True)
+    lease = Float(60.0, help="Base of each task's lease in seconds (expected run time is added).").tag(config=True)
+    attempts = Int(3, help="Failed attempts (on lost or wrong devices) before a task's job fails.").tag(config=True)
+    progress_after = Float(1.0, help="Seconds a blocking job runs before its progress bar shows.").tag(config=True)
 
     @no_var_expand
     @line_cell_magic
@@ -83,7 +87,12 @@ class WebnetMagics(Magics):
         else:
             try:
                 running = sessions.start(
-                    host=host, port=port, heartbeat=self.heartbeat, silence_limit=self.silence_limit
+                    host=host,
+                    port=port,
+                    heartbeat=self.heartbeat,
+                    silence_limit=self.silence_limit,
+                    lease=self.lease,
+                    attempts=self.attempts,
                 )
             except OSError as exc:
                 raise UsageError(f"webnet: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
@@ -168,21 +177,44 @@ class WebnetMagics(Magics):
         print(help_text())
 
     def _run(self, command: Command) -> Any:
-        """Read the expression into a graph, run it as one job, then bind every output at once."""
-        options = command.options
+        """Read the expression into a graph, run it as one job, then bind every output at once.
+
+        With ``--bg`` the job's handle comes back at once and the outputs are bound (all at
+        once, and only if the whole job succeeds) when it completes.
+        """
+        options, names = command.options, command.outputs
+        launch = {
+            "devices": options.get("devices"),
+            "shard": options.get("shard", "auto"),
+            "verify": options.get("verify", False),
+            "wire": options.get("wire", "f32"),
+        }
         try:
             nodes = self._results(command)
             if options.get("local"):
                 results = sessions.run_local(nodes)
+            elif options.get("bg"):
+                bind = self._binder(names) if names else None
+                return self._session().launch(nodes, bind=bind, **launch)
             else:
-                timeout, device, wire = options.get("timeout", self.timeout), options.get("device"), options.get("wire")
-                results = self._session().run_graph(nodes, timeout=timeout, device=device, wire=wire or "f32")
-        except (ExpressionError, ShapeError, DtypeError, DeviceLimitError, DeviceNotFound) as exc:
+                timeout = options.get("timeout", self.timeout)
+                session = self._session()
+                results = session.run_graph(nodes, timeout=timeout, progress_after=self.progress_after, **launch)
+        except (ExpressionError, ShapeError, DtypeError, DeviceLimitError, DeviceNotFound, ValueError) as exc:
             raise UsageError(f"webnet: {exc}") from None
-        if not command.outputs:
+        if not names:
             return results[0] if len(results) == 1 else tuple(results)
-        self._namespace.update(zip(command.outputs, results, strict=True))
+        self._binder(names)(results)
         return None
+
+    def _binder(self, names: tuple[str, ...]) -> Callable[[list[Any]], None]:
+        """Binds results to ``names`` in one update: a reader never sees some names new and some old."""
+        namespace = self._namespace
+
+        def bind(results: list[Any]) -> None:
+            namespace.update(zip(names, results, strict=True))
+
+        return bind
 
     def _results(self, command: Command) -> list[Node]:
         """The nodes to bring back: the final expression's, or the cell's names listed after ``->``."""

@@ -63,7 +63,7 @@ SUBCOMMANDS = {
     "free": "NAME ...  let devices drop what put kept",
     "help": "this text",
 }
-RUN_OPTIONS = "[--timeout S] [--device ID] [--local] [--wire f16]"
+RUN_OPTIONS = "[--timeout S] [--devices ID,ID|all] [--shard auto|N|off] [--verify] [--bg] [--local] [--wire f16]"
 
 
 def _port(text: str) -> int:
@@ -82,6 +82,20 @@ def _seconds(text: str) -> float:
     return seconds
 
 
+def _shard(text: str) -> str | int:
+    if text in ("auto", "off"):
+        return text
+    if not (text.isdigit() and int(text) >= 1):
+        raise argparse.ArgumentTypeError(f"--shard must be auto, off or a number of shards, not {text!r}")
+    return int(text)
+
+
+def _devices(text: str) -> str:
+    if text != "all" and not all(re.fullmatch(r"[A-Za-z0-9_-]+", d) for d in text.split(",")):
+        raise argparse.ArgumentTypeError(f"--devices takes ids like d1,d2 (see %webnet devices) or all, not {text!r}")
+    return text
+
+
 def _build() -> tuple[_Parser, _Parser]:
     commands = _Parser(prog="%webnet", add_help=False)
     sub = commands.add_subparsers(dest="name", metavar="COMMAND", parser_class=_Parser)
@@ -94,7 +108,10 @@ def _build() -> tuple[_Parser, _Parser]:
         sub.add_parser(name, prog=f"%webnet {name}", add_help=False).add_argument("names", nargs="+")
     run = _Parser(prog="%webnet", add_help=False)
     run.add_argument("--timeout", type=_seconds, help="seconds to wait for a device and the result")
-    run.add_argument("--device", help="run on this device id (see %%webnet devices)")
+    run.add_argument("--devices", "--device", type=_devices, help="run on these device ids only (default all)")
+    run.add_argument("--shard", type=_shard, help="cut the job over devices: auto (default), N shards, or off")
+    run.add_argument("--verify", action="store_true", help="check results here; a device that fails is banned")
+    run.add_argument("--bg", "--noblock", action="store_true", help="return a handle at once; bind on completion")
     run.add_argument("--local", action="store_true", help="compute with numpy here, no device")
     run.add_argument("--wire", choices=("f32", "f16"), help="f16: float data travels as float16 (half the bytes)")
     return commands, run

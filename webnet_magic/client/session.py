@@ -22,16 +22,19 @@ from typing import Any
 
 import numpy as np
 
-from ..broker.thread import BrokerThread, JobHandle
+from ..broker.thread import BrokerThread
 from ..errors import BrokerStopped, DeviceLimitError, JobTimeout, NoDeviceError
-from ..ops import Graph, Node, call, compile_graph, evaluate
+from ..ops import Graph, Node, Plan, call, compile_graph, evaluate
 from ..ops.compiler import CACHE_MIN_BYTES, content_key
 from ..ops.dtypes import conversion_note, to_wire
 from ..ops.graph import topological
-from ..ops.split import buffer_limit, split
+from ..ops.split import buffer_limit, shardable, split
+from ..ops.verify import checker
 from ..program import Program
 from ..worker.launch import LocalWorker, launch
 from .expressions import namespace_resolver, parse
+from .jobs import Assemble, Job
+from .progress import ProgressBar
 
 _warned: dict[Any, Any] = {}  # warnings registry: each conversion note is shown once
 POLL = 0.1  # seconds between checks while waiting; bounds how late a Ctrl-C or timeout is seen
@@ -63,8 +66,13 @@ class Session:
         Where the broker listens.  ``127.0.0.1`` (the default) is reachable from this
         machine only; port 0 picks a free port.
     heartbeat, silence_limit
-        Seconds between pings to each worker, and of silence after which a worker
-        is declared lost (its running job then fails with :class:`~webnet_magic.errors.WorkerLost`).
+        Seconds between pings to each worker, and of silence after which a worker is
+        declared lost (its running task then runs elsewhere, or waits for it to come back).
+    lease, attempts
+        The base of every task's lease in seconds (the expected run and transfer times are
+        added), and how many times a task may fail on a device before its job fails.
+    calibrate
+        Time a short matmul on each device as it joins, to size shards by speed.
     """
 
     def __init__(
@@ -74,8 +82,19 @@ class Session:
         *,
         heartbeat: float = 3.0,
         silence_limit: float = 30.0,
+        lease: float = 60.0,
+        attempts: int = 3,
+        calibrate: bool = True,
     ) -> None:
-        self.broker = BrokerThread(host, port, heartbeat=heartbeat, silence_limit=silence_limit).start()
+        self.broker = BrokerThread(
+            host,
+            port,
+            heartbeat=heartbeat,
+            silence_limit=silence_limit,
+            lease=lease,
+            attempts=attempts,
+            calibrate=calibrate,
+        ).start()
         self._panel: Any = None
         self._local_workers: list[LocalWorker] = []
         self._pinned: dict[str, str] = {}  # name -> content key, for put / free
@@ -170,27 +189,15 @@ class Session:
 
     # -- computing ---------------------------------------------------------------------------
 
-    def evaluate(
-        self,
-        expression: str,
-        namespace: Mapping[str, Any] | None = None,
-        *,
-        timeout: float = 60.0,
-        device: str | None = None,
-        local: bool = False,
-        wire: str = "f32",
-        on_wait: Callable[[str], None] = _print_waiting,
-    ) -> Any:
-        """An expression such as ``"relu(X @ W1 + b1) @ W2"``, run as one job on a device.
+    def evaluate(self, expression: str, namespace: Mapping[str, Any] | None = None, **run: Any) -> Any:
+        """An expression such as ``"relu(X @ W1 + b1) @ W2"``, run as one job on the fleet.
 
         Names are looked up in ``namespace``; intermediates stay on the device and only the
         result comes back (a tuple of results for a tuple expression).  Shapes and dtypes are
-        checked before anything is sent.  ``local=True`` computes with numpy here instead,
-        with the same conversions.  Without a device, ``on_wait`` is told once where to open
-        one, and :class:`~webnet_magic.errors.NoDeviceError` is raised at ``timeout``.
+        checked before anything is sent.  ``run`` takes the options of :meth:`run_graph`.
         """
         outputs = parse(expression, Graph(), namespace_resolver(namespace or {}))
-        results = self.run_graph(outputs, timeout=timeout, device=device, local=local, wire=wire, on_wait=on_wait)
+        results = self.run_graph(outputs, **run)
         return results[0] if len(results) == 1 else tuple(results)
 
     def compute(
@@ -201,11 +208,11 @@ class Session:
         options: Mapping[str, Any] | None = None,
         **run: Any,
     ) -> np.ndarray:
-        """One op on arrays, e.g. ``compute("sum", X, options={"axis": 0})``; ``run`` as for :meth:`evaluate`."""
+        """One op on arrays, e.g. ``compute("sum", X, options={"axis": 0})``; ``run`` as for :meth:`run_graph`."""
         return self.run_graph([call(op, *operands, names=names, **(options or {}))], **run)[0]
 
     def matmul(self, a: Any, b: Any, **run: Any) -> np.ndarray:
-        """``a @ b`` on a connected device, in float32; ``run`` as for :meth:`evaluate`."""
+        """``a @ b`` on the fleet, in float32; ``run`` as for :meth:`run_graph`."""
         return self.compute("matmul", a, b, names=("a", "b"), **run)
 
     def run_graph(
@@ -213,102 +220,143 @@ class Session:
         outputs: Sequence[Node],
         *,
         timeout: float = 60.0,
-        device: str | None = None,
         local: bool = False,
-        wire: str = "f32",
         on_wait: Callable[[str], None] = _print_waiting,
+        progress_after: float = 1.0,
+        **launch: Any,
     ) -> list[np.ndarray]:
-        """Compile ``outputs`` into one program, run it, and return the results in order.
+        """Run ``outputs`` on the fleet and block until the results are back (Ctrl-C cancels).
 
-        ``wire="f16"`` sends float data as float16 both ways: half the bytes, at float16's
-        precision (about 3 significant digits) and range (|x| <= 65504).
+        ``launch`` takes the options of :meth:`launch` (``devices``, ``shard``, ``verify``,
+        ``wire``).  ``local=True`` computes with numpy here instead, with the same conversions.
+        Without a device, ``on_wait`` is told once where to open one, and
+        :class:`~webnet_magic.errors.NoDeviceError` is raised at ``timeout``.  A job still
+        running after ``progress_after`` seconds shows a progress bar in a notebook.
         """
         if local:
             return run_local(outputs)
+        return self.wait(self.launch(outputs, **launch), timeout, on_wait=on_wait, progress_after=progress_after)
+
+    def launch(
+        self,
+        outputs: Sequence[Node],
+        *,
+        devices: str | Sequence[str] | None = None,
+        shard: str | int = "auto",
+        verify: bool = False,
+        wire: str = "f32",
+        bind: Callable[[list[np.ndarray]], None] | None = None,
+    ) -> Job:
+        """Compile ``outputs``, cut them into shards and blocks, and submit them; returns at once.
+
+        ``devices`` (ids, or ``"all"``) limits where the job runs.  ``shard`` is ``"auto"``
+        (a large job is cut over every device it may use, in proportion to their measured
+        speeds), a number of shards, or ``"off"``; work too large for a device's buffers is cut
+        to fit in any case.  ``verify=True`` checks every shard's result here (Freivalds' test
+        for a matmul, a sampled recomputation otherwise); a device that fails is banned for the
+        session and the shard reruns elsewhere.  ``wire="f16"`` sends float data as float16 both
+        ways: half the bytes, at float16's precision (about 3 significant digits) and range.
+        ``bind`` is called with the results once all have arrived and been checked.
+        """
+        if not self.running:
+            raise BrokerStopped("the webnet broker is not running; start it with %webnet start")
+        allowed = _device_set(devices)
         plan = compile_graph(outputs, wire)
         warn_conversions(plan.note)
         if wire == "f16":
             warn_conversions("webnet --wire f16: float data travels as float16 (about 3 significant digits)")
-        limit = self._buffer_limit(device)
-        if plan.program.largest_buffer <= limit:
-            return plan.finish(self.run(plan.program, timeout=timeout, device=device, on_wait=on_wait))
-        if len(outputs) != 1:
+        fleet = [d for d in self.devices() if d["state"] not in ("no WebGPU", "banned")
+                 and (allowed is None or d["id"] in allowed)]  # fmt: skip
+        limit = min((buffer_limit(d["limits"]) for d in fleet), default=buffer_limit({}))
+        targets = _targets(outputs, plan, fleet, shard)
+        if len(targets) == 1 and plan.program.largest_buffer <= limit:
+            pieces = [(plan, 0)]
+            assemble: Assemble = lambda results: plan.finish(results[0])  # noqa: E731
+        elif len(outputs) == 1:
+            cut = split(outputs[0], limit, wire, [_speed(d) / targets.count(d) for d in targets])
+            pieces = [(p.plan, p.shard) for p in cut.pieces]
+            assemble = lambda results: [  # noqa: E731
+                cut.assemble([p.plan.finish(r)[0] for p, r in zip(cut.pieces, results, strict=True)])
+            ]
+        else:
             raise DeviceLimitError(
                 f"this job needs a {plan.program.largest_buffer}-byte buffer, above the device's buffer limit of "
                 f"{limit}; ask for one result at a time so it can be split"
             )
-        pieces = split(outputs[0], limit, wire)
-        programs = [piece.plan.program for piece in pieces.pieces]
-        results = self.run_many(programs, timeout=timeout, device=device, on_wait=on_wait)
-        return [pieces.assemble([p.plan.finish(r)[0] for p, r in zip(pieces.pieces, results, strict=True)])]
+        job_id = self.broker.broker.scheduler.new_task_id()
+        tasks = []
+        for i, (part, shard) in enumerate(pieces, 1):
+            target = targets[shard] if len(targets) > 1 else None
+            tasks.append(
+                self.broker.submit(
+                    part.program,
+                    task_id=job_id if len(pieces) == 1 else f"{job_id}.{i}",
+                    devices=allowed,
+                    prefer=target["id"] if target else None,
+                    check=checker(part, wire) if verify else None,
+                    group=job_id,
+                    shards=len(pieces),
+                )
+            )
+        text = ", ".join(n.text for n in outputs)
+        return Job(self.broker, job_id, tasks, assemble, text=text, bind=bind)
 
-    def _buffer_limit(self, device: str | None) -> int:
-        """The largest buffer every device that may run the job binds (WebGPU's defaults if none is here yet)."""
-        devices = [d for d in self.devices() if d["state"] != "no WebGPU" and device in (None, d["id"])]
-        return min((buffer_limit(d["limits"]) for d in devices), default=buffer_limit({}))
-
-    def run(
+    def wait(
         self,
-        program: Program,
-        *,
+        job: Job,
         timeout: float,
-        device: str | None = None,
+        *,
         on_wait: Callable[[str], None] = _print_waiting,
+        progress_after: float = 1.0,
     ) -> list[np.ndarray]:
-        """Submit ``program`` and block until its outputs arrive; Ctrl-C cancels it."""
-        return self.run_many([program], timeout=timeout, device=device, on_wait=on_wait)[0]
-
-    def run_many(
-        self,
-        programs: Sequence[Program],
-        *,
-        timeout: float,
-        device: str | None = None,
-        on_wait: Callable[[str], None] = _print_waiting,
-    ) -> list[list[np.ndarray]]:
-        """Submit ``programs`` at once (devices share them) and wait for all; Ctrl-C or a failure cancels the rest."""
-        if not self.running:
-            raise BrokerStopped("the webnet broker is not running; start it with %webnet start")
+        """Block until ``job`` is done and return its results; Ctrl-C or the timeout cancels it."""
         deadline = time.monotonic() + _checked_timeout(timeout)
-        handles = [self.broker.submit(program, device) for program in programs]
-        told = False
+        bar, told = ProgressBar(f"{job.id} {job.text}", progress_after), False
         try:
             while True:
-                done, _ = concurrent.futures.wait([h.future for h in handles], POLL, concurrent.futures.FIRST_EXCEPTION)
-                failed = [h for h in handles if h.future.done() and (h.future.cancelled() or h.future.exception())]
-                if failed:
-                    self._cancel(handles)
-                    if failed[0].future.cancelled():
-                        raise BrokerStopped(f"job {failed[0].id} was cancelled")
-                    raise failed[0].future.exception()  # type: ignore[misc]
-                if len(done) == len(handles):
-                    return [h.future.result() for h in handles]
-                usable = [d for d in self.devices() if d["state"] != "no WebGPU"]
+                try:
+                    results = job.future.result(POLL)
+                except concurrent.futures.TimeoutError:
+                    pass
+                except concurrent.futures.CancelledError:
+                    bar.close(job.progress, "cancelled")
+                    raise BrokerStopped(f"job {job.id} was cancelled") from None
+                except BaseException as exc:
+                    bar.close(job.progress, f"failed: {type(exc).__name__}")
+                    raise
+                else:
+                    bar.close(job.progress, f"done: {job.progress}")
+                    return results
+                bar.update(job.progress)
+                usable = [d for d in self.devices() if d["state"] not in ("no WebGPU", "banned")]
                 if not usable and not told:
                     on_wait(self._waiting_text())
                     told = True
                 if time.monotonic() > deadline:
-                    self._cancel(handles)
-                    if all(h.future.done() and not h.future.cancelled() for h in handles):
-                        return [h.future.result() for h in handles]  # they arrived just before the cancel
+                    if not job.cancel():  # it finished just now
+                        continue
+                    bar.close(job.progress, "timed out")
                     if not usable:
                         raise NoDeviceError(
                             f"no WebGPU device connected within {timeout:g} s. Open {self.url} on a device "
                             f"with WebGPU, or run: python -m webnet_magic.worker '{self.url}'"
                         )
-                    unfinished = ", ".join(h.id for h in handles if not h.future.done())
+                    failures = job.progress.failures
+                    history = f" (failed attempts: {'; '.join(failures)})" if failures else ""
                     raise JobTimeout(
-                        f"job {unfinished} did not finish within {timeout:g} s and was cancelled; "
+                        f"job {job.id} did not finish within {timeout:g} s and was cancelled{history}; "
                         f"allow longer with --timeout"
                     )
         except KeyboardInterrupt:
-            self._cancel(handles)
+            job.cancel()
+            bar.close(job.progress, "interrupted")
             raise
 
-    def _cancel(self, handles: Sequence[JobHandle]) -> None:
-        for handle in handles:
-            if not handle.future.done():
-                self.broker.cancel(handle.id)
+    def run(self, program: Program, *, timeout: float, device: str | None = None) -> list[np.ndarray]:
+        """One prepared program on a device (a custom kernel's compile check); Ctrl-C cancels it."""
+        job_id = self.broker.broker.scheduler.new_task_id()
+        task = self.broker.submit(program, task_id=job_id, devices=_device_set(device), group=job_id)
+        return self.wait(Job(self.broker, job_id, [task], lambda results: results[0]), timeout)
 
     def _waiting_text(self) -> str:
         lines = [f"webnet: waiting for a device. Open {self.url} in a browser with WebGPU"]
@@ -331,10 +379,63 @@ def _checked_timeout(timeout: float) -> float:
     return float(timeout)
 
 
+def _device_set(devices: str | Sequence[str] | None) -> frozenset[str] | None:
+    """``--devices`` as a set of ids; None for any device (``None`` or ``"all"``)."""
+    if devices is None or devices == "all":
+        return None
+    ids = [d.strip() for d in devices.split(",")] if isinstance(devices, str) else list(devices)
+    if not ids or not all(ids):
+        raise ValueError(f"devices must be ids such as d1,d2 or 'all', not {devices!r}")
+    return frozenset(ids)
+
+
+#: A job with less work than this (flops) is not worth sharding automatically: each shard costs a
+#: round trip, and a phone's link latency is tens of milliseconds.
+AUTO_SHARD_WORK = 2e8
+#: Nor is an elementwise job with a smaller result (bytes).
+AUTO_SHARD_BYTES = 16 << 20
+
+
+def _targets(
+    outputs: Sequence[Node], plan: Plan, fleet: list[dict[str, Any]], shard: str | int
+) -> list[dict[str, Any] | None]:
+    """The device each shard is sized for (fastest first, round robin); ``[None]`` for one unsized job."""
+    if shard == "off" or len(outputs) != 1 or not shardable(outputs[0]):
+        return [None]
+    if shard == "auto":
+        big = plan.program.work >= AUTO_SHARD_WORK or plan.program.output_bytes >= AUTO_SHARD_BYTES
+        count = len(fleet) if big else 1
+    else:
+        count = _shard_count(shard)
+    if count <= 1:
+        return [None]
+    ranked = sorted(fleet, key=_speed, reverse=True)
+    return [ranked[i % len(ranked)] for i in range(count)] if ranked else [None] * count
+
+
+def _shard_count(shard: str | int) -> int:
+    try:
+        count = int(shard)
+    except (TypeError, ValueError):
+        count = 0
+    if count < 1:
+        raise ValueError(f"shard must be 'auto', 'off' or a positive number of shards, not {shard!r}")
+    return count
+
+
+def _speed(device: dict[str, Any] | None) -> float:
+    """A device's measured speed for sizing its shard (1 when none is known yet: equal shares)."""
+    return float(device["gflops"]) if device and device.get("gflops") else 1.0
+
+
 def warn_conversions(note: str | None) -> None:
     """The one short dtype-conversion warning of a job, shown once per distinct message."""
     if note:  # under a short name rather than this file's
         warnings.warn_explicit(note, PrecisionWarning, "<webnet>", 1, registry=_warned)
+
+
+#: The keywords of :func:`webnet_magic.run` that are options rather than arrays.
+RUN_OPTIONS = ("timeout", "devices", "shard", "verify", "wire")
 
 
 def evaluate_expression(expression: str, namespace: Mapping[str, Any], *, local: bool = False, **run: Any) -> Any:

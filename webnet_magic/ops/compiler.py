@@ -9,6 +9,7 @@ one kernel computing ``max(t + b, 0)``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from collections import Counter
@@ -172,7 +173,22 @@ def compile_graph(outputs: Sequence[Node], wire: str = "f32") -> Plan:
         value = values[id(node)]
         builder.output(narrow(builder, value) if wire == "f16" and value.dtype == "float32" else value)
     leaves = tuple(n.leaf for n in order if n.leaf is not None)
-    return Plan(builder.program(), tuple(outputs), leaves)
+    program = dataclasses.replace(builder.program(), work=float(sum(map(flops, order))))
+    return Plan(program, tuple(outputs), leaves)
+
+
+def flops(node: Node) -> int:
+    """Floating-point operations of a compute-bound node (matmul, conv2d); 0 for the rest.
+
+    Only these count towards a program's ``work``: they run near a GPU's arithmetic
+    peak, so work over time measures a device's speed in a way memory-bound ops do not.
+    """
+    if node.op == "matmul":
+        return 2 * math.prod(node.shape) * node.args[0].shape[-1]
+    if node.op == "conv2d":
+        _, channels, kh, kw = node.args[1].shape
+        return 2 * math.prod(node.shape) * channels * kh * kw
+    return 0
 
 
 def _fused(builder: Builder, node: Node, values: dict[int, Value]) -> Value:

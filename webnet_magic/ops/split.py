@@ -1,18 +1,24 @@
-"""Work larger than a device can bind, cut into jobs that fit and put back together here.
+"""Work cut into jobs: shards for a fleet of devices, and blocks that fit one device's limits.
 
 A device reports ``maxStorageBufferBindingSize`` and ``maxBufferSize`` (128 MiB and
-256 MiB by default; iOS caps them lower).  A single matmul too large for them becomes
-blocks of C: row blocks of A, column blocks of B, and, when even one row of A is too
-long, slices of K whose partial products are summed here.  An elementwise expression
-too large becomes chunks along its first axis.  Each block is an ordinary job, so blocks
-can run on different devices at once, and a block of B used by several jobs is sent to
-each device once (inputs are cached by content).  Anything else too large is refused
-with the limit it exceeds.
+256 MiB by default; iOS caps them lower), and a fleet has devices of different speeds.
+:func:`split` serves both: it cuts a result into shards along its rows (or a matmul's
+columns, when those are more), sized in proportion to given weights (the devices'
+speeds), and cuts each shard further until every buffer fits the limit.
+
+A plain matmul of two notebook arrays becomes blocks of C: row blocks of A, column
+blocks of B, and, when even one row of A is too long, slices of K whose partial products
+are summed here.  Any other expression whose rows can be computed apart (see
+:mod:`.restrict`: elementwise chains, matmuls by their left operand, row-wise softmax,
+layernorm and reductions) is cut along its first axis.  Each piece is an ordinary job, so
+pieces run on different devices at once; a block of B used by several jobs is sent to each
+device once (inputs are cached by content).  Anything else too large is refused with the
+limit it exceeds.
 """
 
 from __future__ import annotations
 
-import math
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -20,7 +26,8 @@ import numpy as np
 
 from ..errors import DeviceLimitError
 from .compiler import Plan, compile_graph
-from .graph import OPS, Graph, Node, topological
+from .graph import Graph, Node, topological
+from .restrict import restrict
 
 #: The limits that bound a single buffer, as workers report them.
 BUFFER_LIMITS = ("maxStorageBufferBindingSize", "maxBufferSize")
@@ -28,15 +35,16 @@ BUFFER_LIMITS = ("maxStorageBufferBindingSize", "maxBufferSize")
 
 @dataclass(frozen=True)
 class Piece:
-    """One job of a split: its plan, and where its result goes in the whole."""
+    """One job of a split: its plan, where its result goes in the whole, and which shard it belongs to."""
 
     plan: Plan
     place: Callable[[np.ndarray, np.ndarray], None]  # (whole, this piece's result) -> None
+    shard: int = 0
 
 
 @dataclass(frozen=True)
 class Split:
-    """The pieces of one too-large output and the array they fill."""
+    """The pieces of one output and the array they fill."""
 
     pieces: list[Piece]
     shape: tuple[int, ...]
@@ -55,26 +63,59 @@ def buffer_limit(limits: dict[str, int]) -> int:
     return min(int(limits.get(name, defaults[name])) for name in BUFFER_LIMITS)
 
 
-def split(node: Node, limit: int, wire: str = "f32") -> Split:
-    """``node``'s computation as jobs whose buffers are each at most ``limit`` bytes.
+def shardable(node: Node) -> bool:
+    """Whether :func:`split` can cut ``node`` into more than one shard."""
+    return bool(node.shape) and node.shape[0] > 1 and (_plain_matmul(node) or restrict(node, slice(0, 1)) is not None)
 
-    Raises :class:`DeviceLimitError` naming the limit when the computation cannot be split.
+
+def split(node: Node, limit: int, wire: str = "f32", weights: Sequence[float] = (1.0,)) -> Split:
+    """``node``'s computation as shards in proportion to ``weights``, in pieces whose buffers fit ``limit``.
+
+    Raises :class:`DeviceLimitError` naming the limit when the computation cannot be cut to fit.
     """
-    if node.op == "matmul" and len(node.args[0].shape) == 2 and len(node.args[1].shape) == 2:
-        return _matmul(node, limit, wire)
-    if all(n.op in ("input", "const") or OPS[n.op].kind == "elementwise" for n in topological([node])):
-        return _rows(node, limit, wire)
+    if _plain_matmul(node):
+        return _matmul(node, limit, wire, weights)
+    if shardable(node):
+        return _rows(node, limit, wire, weights)
+    plan = compile_graph([node], wire)
+    if plan.program.largest_buffer <= limit:
+        return Split([Piece(plan, _put_rows(0, None))], node.shape, node.dtype)
     raise DeviceLimitError(
         f"{node.text!r} needs a {_largest(node)}-byte buffer, above the device's buffer limit of {limit} bytes "
-        f"(maxStorageBufferBindingSize / maxBufferSize); only a 2-D matmul or an elementwise expression is split"
+        f"(maxStorageBufferBindingSize / maxBufferSize); only expressions whose rows can be computed apart are split"
     )
+
+
+def _plain_matmul(node: Node) -> bool:
+    return (
+        node.op == "matmul"
+        and len(node.args[0].shape) == 2
+        and len(node.args[1].shape) == 2
+        and all(a.op == "input" or (a.op == "cast" and a.args[0].op == "input") for a in node.args)
+    )
+
+
+def bounds(total: int, weights: Sequence[float], align: int = 1) -> list[tuple[int, int, int]]:
+    """``range(total)`` cut in proportion to ``weights``, as ``(shard, start, stop)`` with starts on
+    multiples of ``align`` where possible; a shard that would get no rows is left out."""
+    shares = [max(float(w), 0.0) for w in weights]
+    whole = sum(shares)
+    if not whole:
+        shares, whole = [1.0] * len(shares), float(len(shares))
+    cuts, acc = [0], 0.0
+    for share in shares[:-1]:
+        acc += share
+        cuts.append(min(max(round(total * acc / whole / align) * align, cuts[-1]), total))
+    cuts.append(total)
+    return [(i, lo, hi) for i, (lo, hi) in enumerate(itertools.pairwise(cuts)) if hi > lo]
 
 
 def _largest(node: Node) -> int:
     return max(n.size * 4 for n in topological([node]))
 
 
-def _matmul(node: Node, limit: int, wire: str) -> Split:
+def _matmul(node: Node, limit: int, wire: str, weights: Sequence[float]) -> Split:
+    """Shards of C's rows (or columns, when it has more of them), each in blocks that fit ``limit``."""
     a_node, b_node = node.args
     a, b = (_value(n) for n in (a_node, b_node))
     (m, k), n = a.shape, b.shape[1]
@@ -85,18 +126,23 @@ def _matmul(node: Node, limit: int, wire: str) -> Split:
     mb = max(1, min(m, words // kb, words // nb))
     if mb * kb > words or kb * nb > words:
         raise DeviceLimitError(f"matmul blocks cannot fit a device limit of {limit} bytes")
+    by_rows = m >= n
     pieces = []
-    for i in range(0, m, mb):
-        for j in range(0, n, nb):
-            for p in range(0, k, kb):
-                graph = Graph()
-                part = graph.apply(
-                    "matmul",
-                    [graph.input(f"{a_node.text}[{i}:, {p}:]", a[i : i + mb, p : p + kb]),
-                     graph.input(f"{b_node.text}[{p}:, {j}:]", b[p : p + kb, j : j + nb])],
-                    {}, node.text,
-                )  # fmt: skip
-                pieces.append(Piece(compile_graph([part], wire), _add_block(i, i + mb, j, j + nb)))
+    for shard, lo, hi in bounds(m if by_rows else n, weights, 1 if by_rows else 4):
+        rows, cols = ((lo, hi), (0, n)) if by_rows else ((0, m), (lo, hi))
+        for i in range(rows[0], rows[1], mb):
+            i1 = min(i + mb, rows[1])
+            for j in range(cols[0], cols[1], nb):
+                j1 = min(j + nb, cols[1])
+                for p in range(0, k, kb):
+                    graph = Graph()
+                    part = graph.apply(
+                        "matmul",
+                        [graph.input(f"{a_node.text}[{i}:{i1}, {p}:]", a[i:i1, p : p + kb]),
+                         graph.input(f"{b_node.text}[{p}:, {j}:{j1}]", b[p : p + kb, j:j1])],
+                        {}, node.text,
+                    )  # fmt: skip
+                    pieces.append(Piece(compile_graph([part], wire), _add_block(i, i1, j, j1), shard))
     return Split(pieces, (m, n), "float32")
 
 
@@ -107,51 +153,36 @@ def _add_block(r0: int, r1: int, c0: int, c1: int) -> Callable[[np.ndarray, np.n
     return place
 
 
-def _rows(node: Node, limit: int, wire: str) -> Split:
-    """An elementwise expression in chunks along its first axis (broadcast inputs are not cut)."""
-    if not node.shape:
-        raise DeviceLimitError(f"{node.text!r} is a scalar; nothing to split")
-    leaves = [n for n in topological([node]) if n.op == "input"]
-    row_bytes = max([math.prod(node.shape[1:]) * 4] + [math.prod(leaf.shape[1:]) * 4 for leaf in leaves])
-    rows = max(1, limit // max(row_bytes, 1))
-    if row_bytes > limit:
-        raise DeviceLimitError(f"one row of {node.text!r} is {row_bytes} bytes, above the device limit of {limit}")
+def _rows(node: Node, limit: int, wire: str, weights: Sequence[float]) -> Split:
+    """Shards of ``node``'s first axis, each in chunks of rows that fit ``limit`` (broadcast inputs are not cut)."""
     pieces = []
-    for start in range(0, node.shape[0], rows):
-
-        def rows_of(leaf: Node, start: int = start) -> np.ndarray:
-            return _rows_of(leaf, node, start, rows)
-
-        part = _rebuild(node, Graph(), rows_of, {})
-        pieces.append(Piece(compile_graph([part], wire), _put_rows(start, start + rows)))
+    for shard, lo, hi in bounds(node.shape[0], weights):
+        pieces += _fitted(node, lo, hi, limit, wire, shard)
     return Split(pieces, node.shape, node.dtype)
 
 
-def _rows_of(leaf: Node, root: Node, start: int, count: int) -> np.ndarray:
-    """The rows of ``leaf`` that rows ``start:start+count`` of ``root`` read (all of it if it broadcasts)."""
-    value = _value(leaf)
-    aligned = len(leaf.shape) == len(root.shape) and leaf.shape and leaf.shape[0] == root.shape[0]
-    return value[start : start + count] if aligned else value
+def _fitted(node: Node, lo: int, hi: int, limit: int, wire: str, shard: int) -> list[Piece]:
+    """Rows ``lo:hi`` of ``node`` as pieces within ``limit``: the whole range if it fits, else chunks
+    sized from the first try (checked again, as a buffer need not shrink in proportion)."""
+    part = restrict(node, slice(lo, hi))
+    assert part is not None  # the caller checked that rows can be cut
+    plan = compile_graph([part], wire)
+    largest = plan.program.largest_buffer
+    if largest <= limit:
+        return [Piece(plan, _put_rows(lo, hi), shard)]
+    if hi - lo == 1:
+        raise DeviceLimitError(
+            f"one row of {node.text!r} needs a {largest}-byte buffer, above the device's buffer limit of {limit} bytes"
+        )
+    step = max(1, min((hi - lo) // 2, (hi - lo) * limit // largest))
+    return [p for start in range(lo, hi, step) for p in _fitted(node, start, min(start + step, hi), limit, wire, shard)]
 
 
-def _put_rows(r0: int, r1: int) -> Callable[[np.ndarray, np.ndarray], None]:
+def _put_rows(r0: int, r1: int | None) -> Callable[[np.ndarray, np.ndarray], None]:
     def place(whole: np.ndarray, rows: np.ndarray) -> None:
         whole[r0:r1] = rows
 
     return place
-
-
-def _rebuild(node: Node, graph: Graph, leaf: Callable[[Node], np.ndarray], made: dict[int, Node]) -> Node:
-    """``node``'s expression again in ``graph``, each input replaced by ``leaf(input)``."""
-    if id(node) not in made:
-        if node.op == "input":
-            made[id(node)] = graph.input(node.text, leaf(node))
-        elif node.op == "const":
-            made[id(node)] = graph.const(node.value, node.text)
-        else:
-            args = [_rebuild(a, graph, leaf, made) for a in node.args]
-            made[id(node)] = graph.apply(node.op, args, node.options, node.text)
-    return made[id(node)]
 
 
 def _value(node: Node) -> np.ndarray:

@@ -9,21 +9,20 @@ long kernel runs: a busy worker is never mistaken for a silent one.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import os
 import platform
 import random
-import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, websocket_connect
 
+from .._threads import in_daemon_thread
 from ..program import Program
 from ..protocol import (
     CLOSE_BAD_TOKEN,
@@ -39,7 +38,6 @@ from ..protocol import (
 from .gpu import GpuJobError, WgpuExecutor
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 class TokenRefused(RuntimeError):
@@ -100,6 +98,7 @@ class NativeWorker:
         self.slowdown = slowdown
         self.on_job = on_job
         self.device_id: str | None = None
+        self.resume = ""  # the broker's secret for coming back as the same device after a drop
         self.jobs_done = 0
         self._ids = itertools.count(1)
         self._cancelled: set[str] = set()
@@ -131,7 +130,7 @@ class NativeWorker:
         work: asyncio.Queue[Message] = asyncio.Queue()
         self._last_heard = time.monotonic()
         describe = self.executor.describe()
-        hello = {"runtime": "native", "name": self.name, "webgpu": True, **describe}
+        hello = {"runtime": "native", "name": self.name, "webgpu": True, "resume": self.resume, **describe}
         await self._send(conn, Message("hello", hello))
         tasks = [
             asyncio.ensure_future(self._run_jobs(conn, work)),
@@ -147,7 +146,7 @@ class NativeWorker:
                     continue
                 f = message.fields
                 if message.type == "welcome":
-                    self.device_id = f["device"]
+                    self.device_id, self.resume = f["device"], str(f.get("resume", ""))
                     self._silence_limit = 10 * float(f["heartbeat"])
                     log.info("joined as device %s", self.device_id)
                 elif message.type == "ping":  # a pong echoes its ping: fields and any arrays
@@ -195,7 +194,9 @@ class NativeWorker:
             program = Program.from_message(message)
             outputs, timings = await in_daemon_thread(self.executor.run, program)
             if self.slowdown > 1:
-                await asyncio.sleep((time.perf_counter() - started) * (self.slowdown - 1))
+                throttle = (time.perf_counter() - started) * (self.slowdown - 1)
+                await asyncio.sleep(throttle)
+                timings["throttle"] = throttle * 1e3
         except ProtocolError as exc:
             return error_message(job, "protocol", str(exc))
         except GpuJobError as exc:
@@ -229,32 +230,6 @@ class NativeWorker:
     async def _send(self, conn: WebSocketClientConnection, message: Message) -> None:
         for frame in encode(message, next(self._ids) & 0xFFFFFFFF):
             await conn.write_message(frame, binary=True)
-
-
-async def in_daemon_thread(fn: Callable[..., T], *args: Any) -> T:
-    """``fn(*args)`` in a daemon thread: a GPU call cannot be interrupted, and a worker told
-    to stop must not wait for one at exit (a ThreadPoolExecutor would join it)."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[T] = loop.create_future()
-
-    def settle(result: T | None, error: BaseException | None) -> None:
-        if done.done():
-            return
-        if error is not None:
-            done.set_exception(error)
-        else:
-            done.set_result(result)  # type: ignore[arg-type]
-
-    def work() -> None:
-        try:
-            result, error = fn(*args), None
-        except BaseException as exc:
-            result, error = None, exc
-        with contextlib.suppress(RuntimeError):  # the loop may have closed meanwhile
-            loop.call_soon_threadsafe(settle, result, error)
-
-    threading.Thread(target=work, name="webnet-gpu", daemon=True).start()
-    return await done
 
 
 def error_message(job: str, kind: str, text: str, **extra: Any) -> Message:

@@ -1,0 +1,173 @@
+"""A computation in flight on the fleet: the handle ``%webnet ... --bg`` returns.
+
+One notebook computation may be many tasks (a sharded matmul, blocks that fit a
+phone's limits).  A :class:`Job` gathers them: it waits for all in a thread of
+its own, puts their outputs together, binds the results into the notebook (all
+names at once, only on success), and answers the usual future questions.  It is
+awaitable, so ``C = await h`` works in a cell.  Cancelling it cancels every
+task on every device, and nothing is bound afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..broker.thread import BrokerThread, TaskHandle
+
+#: Puts the tasks' outputs (in task order) together into the job's results.
+Assemble = Callable[[list[list[np.ndarray]]], list[np.ndarray]]
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    """A job's progress at one moment: tasks done of total, bytes moved, and who holds what."""
+
+    done: int
+    total: int
+    sent: int
+    received: int
+    running: dict[str, str]  # task id -> device id
+    failures: tuple[str, ...]  # attempts that failed (and were retried, or failed the job)
+
+    @property
+    def fraction(self) -> float:
+        return self.done / self.total if self.total else 1.0
+
+    def __str__(self) -> str:
+        shards = "task" if self.total == 1 else "shards"
+        text = f"{self.done}/{self.total} {shards}, {_size(self.sent)} sent, {_size(self.received)} received"
+        if self.running:
+            text += "; on " + ", ".join(sorted(set(self.running.values())))
+        if self.failures:
+            text += f"; {len(self.failures)} retried"
+        return text
+
+
+class Job:
+    """Tasks on the fleet that make one result; ``result``, ``done``, ``cancel``, ``progress``, ``await``."""
+
+    def __init__(
+        self,
+        broker: BrokerThread,
+        job_id: str,
+        tasks: Sequence[TaskHandle],
+        assemble: Assemble,
+        *,
+        text: str = "",
+        bind: Callable[[list[np.ndarray]], None] | None = None,
+    ) -> None:
+        self.id = job_id
+        self.text = text
+        self.tasks = list(tasks)
+        self.future: concurrent.futures.Future[list[np.ndarray]] = concurrent.futures.Future()
+        self._broker = broker
+        self._assemble = assemble
+        self._bind = bind
+        self._lock = threading.Lock()  # cancel() and the binding of results exclude each other
+        threading.Thread(target=self._collect, name=f"webnet-{job_id}", daemon=True).start()
+
+    def _collect(self) -> None:
+        """Wait for every task; fail at the first failure (cancelling the rest), else assemble and bind."""
+        futures = [t.future for t in self.tasks]
+        concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
+        failed = next((t for t in self.tasks if t.future.done() and not t.future.cancelled() and t.future.exception()),
+                      None)  # fmt: skip
+        if failed is not None or any(f.cancelled() for f in futures):
+            self._cancel_tasks()
+            concurrent.futures.wait(futures)
+            with self._lock:
+                if not self.future.done():
+                    error = failed.future.exception() if failed is not None else None
+                    if error is None:
+                        self.future.cancel()
+                    else:
+                        self.future.set_exception(error)
+            return
+        try:
+            results = self._assemble([f.result() for f in futures])
+        except Exception as exc:
+            with self._lock:
+                if not self.future.done():
+                    self.future.set_exception(exc)
+            return
+        with self._lock:
+            if self.future.done():  # cancelled while the last outputs came in: nothing is bound
+                return
+            try:
+                if self._bind is not None:
+                    self._bind(results)
+            except Exception as exc:
+                self.future.set_exception(exc)
+            else:
+                self.future.set_result(results)
+
+    # -- the handle ---------------------------------------------------------------------------
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The result (a tuple for several), waiting up to ``timeout`` seconds; raises the job's error."""
+        results = self.future.result(timeout)
+        return results[0] if len(results) == 1 else tuple(results)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        return self.future.exception(timeout)
+
+    def cancel(self) -> bool:
+        """Stop every task of the job on every device; False if it had already finished."""
+        with self._lock:
+            if self.future.done():
+                return False
+            self.future.cancel()
+        self._cancel_tasks()
+        return True
+
+    def cancelled(self) -> bool:
+        return self.future.cancelled()
+
+    @property
+    def progress(self) -> JobProgress:
+        done = sum(t.future.done() and not t.future.cancelled() and t.future.exception() is None for t in self.tasks)
+        return JobProgress(
+            done=done,
+            total=len(self.tasks),
+            sent=sum(t.progress.sent for t in self.tasks),
+            received=sum(t.progress.received for t in self.tasks),
+            running={t.id: t.progress.device for t in self.tasks
+                     if t.progress.state == "running" and t.progress.device is not None},
+            failures=tuple(f for t in self.tasks for f in list(t.progress.failures)),
+        )  # fmt: skip
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        results = yield from asyncio.wrap_future(self.future).__await__()
+        return results[0] if len(results) == 1 else tuple(results)
+
+    def _cancel_tasks(self) -> None:
+        for task in self.tasks:
+            if not task.future.done():
+                self._broker.cancel(task.id)
+
+    def __repr__(self) -> str:
+        if self.future.cancelled():
+            state = "cancelled"
+        elif self.future.done():
+            error = self.future.exception()
+            state = "done" if error is None else f"failed: {type(error).__name__}: {error}"
+        else:
+            state = f"running: {self.progress}"
+        return f"<webnet job {self.id} {self.text!r} {state}>"
+
+
+def _size(nbytes: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{nbytes} B"
