@@ -1,11 +1,24 @@
-// The device panel shown by %webnet start (an anywidget ESM module): QR code, worker link,
-// and a table of devices that the broker thread updates live through the `devices` trait.
+// The device panel shown by %webnet start (an anywidget ESM module): QR code, worker link, the
+// fleet (devices with speed, state, jobs, failures), jobs in flight with their shards, and the bytes
+// moved this session.  The broker thread updates the traits live, even while a cell blocks.
 
 function cell(row, text, cls) {
   const td = document.createElement("td");
   td.textContent = text;
   if (cls) td.className = cls;
   row.appendChild(td);
+}
+
+function size(bytes) {
+  for (const [unit, scale] of [["GB", 1e9], ["MB", 1e6], ["KB", 1e3]]) {
+    if (bytes >= scale) return `${(bytes / scale).toFixed(1)} ${unit}`;
+  }
+  return `${bytes} B`;
+}
+
+function speed(gflops) {
+  if (gflops === null || gflops === undefined) return "–";
+  return gflops >= 1 ? `${gflops.toFixed(1)} GF/s` : `${(gflops * 1000).toFixed(0)} MF/s`;
 }
 
 function render({ model, el }) {
@@ -23,7 +36,11 @@ function render({ model, el }) {
   note.className = "webnet-note";
   const table = document.createElement("table");
   table.className = "webnet-devices";
-  side.append(title, link, note, table);
+  const jobs = document.createElement("div");
+  jobs.className = "webnet-jobs";
+  const totals = document.createElement("div");
+  totals.className = "webnet-totals";
+  side.append(title, link, note, table, jobs, totals);
   el.append(qr, side);
 
   const draw = () => {
@@ -35,22 +52,40 @@ function render({ model, el }) {
     link.textContent = running ? model.get("url") : "";
     note.textContent = running ? model.get("note") : "";
     table.replaceChildren();
-    if (!devices.length) return;
-    const head = table.insertRow();
-    for (const h of ["id", "device", "adapter", "state", "jobs", "last job"]) cell(head, h, "webnet-head");
-    for (const d of devices) {
-      const row = table.insertRow();
-      row.dataset.device = d.id;
-      cell(row, d.id);
-      cell(row, d.name);
-      cell(row, d.adapter);
-      cell(row, d.state, `webnet-state webnet-${d.state.replace(/\s+/g, "-")}`);
-      cell(row, String(d.jobs_done));
-      cell(row, d.last_job_ms === null ? "–" : `${d.last_job_ms.toFixed(1)} ms`);
-      if (d.reason) row.title = d.reason;
+    jobs.replaceChildren();
+    totals.textContent = running ? `sent ${size(model.get("sent"))} · received ${size(model.get("received"))}` : "";
+    if (devices.length) {
+      const head = table.insertRow();
+      for (const h of ["id", "device", "adapter", "state", "jobs", "speed", "failures", "holds"]) cell(head, h, "webnet-head");
+      for (const d of devices) {
+        const row = table.insertRow();
+        row.dataset.device = d.id;
+        cell(row, d.id);
+        cell(row, d.name);
+        cell(row, d.adapter);
+        cell(row, d.state, `webnet-state webnet-${d.state.replace(/\s+/g, "-")}`);
+        cell(row, String(d.jobs_done));
+        cell(row, speed(d.gflops));
+        cell(row, String(d.failures), d.failures ? "webnet-failures" : "");
+        cell(row, d.job || "");
+        if (d.reason) row.title = d.reason;
+      }
+    }
+    for (const job of model.get("jobs")) {
+      const line = document.createElement("div");
+      line.className = "webnet-job";
+      line.dataset.job = job.id;
+      const bar = document.createElement("progress");
+      bar.max = job.total;
+      bar.value = job.done;
+      const holders = Object.entries(job.running).map(([task, device]) => `${device}: ${task}`);
+      const text = document.createElement("span");
+      text.textContent = ` ${job.id}: ${job.done}/${job.total} done${holders.length ? " · " + holders.join(", ") : ""}`;
+      line.append(bar, text);
+      jobs.append(line);
     }
   };
-  for (const name of ["devices", "running", "url", "qr_svg", "note"]) model.on(`change:${name}`, draw);
+  for (const name of ["devices", "jobs", "sent", "received", "running", "url", "qr_svg", "note"]) model.on(`change:${name}`, draw);
   draw();
 }
 

@@ -42,6 +42,12 @@ function browserName() {
   return os ? `${browser} on ${os}` : browser;
 }
 
+// How the notebook's panel names this device: ?name= in the link (e.g. "Ana's iPhone"), else the browser.
+function pageName() {
+  const name = new URLSearchParams(location.search).get("name");
+  return name ? name.slice(0, 120) : browserName();
+}
+
 // A size given in the link in MB (?cache=64, ?maxbuffer=100), in bytes; `fallback` MB otherwise.
 function megabytes(name, fallback) {
   const text = new URLSearchParams(location.search).get(name);
@@ -103,7 +109,7 @@ class Worker {
       const describe = this.gpu ? this.gpu.describe : { adapter: {}, limits: {}, features: [] };
       this.send({
         type: "hello",
-        fields: { runtime: "browser", name: browserName(), webgpu: !!this.gpu, reason: this.noGpu, resume: this.resume, ...describe },
+        fields: { runtime: "browser", name: pageName(), webgpu: !!this.gpu, reason: this.noGpu, resume: this.resume, ...describe },
       });
       this.keepAwake();
     };

@@ -63,7 +63,7 @@ def test_an_input_the_worker_dropped_meanwhile_is_sent_again(broker: BrokerThrea
 
     def free_then_submit():
         broker.broker.free(key)  # the worker drops W before it sees the next job
-        return broker.broker.scheduler.submit(plan.program, job_id="j-stale")
+        return broker.broker.scheduler.submit(plan.program, task_id="j-stale")
 
     job = broker.call(free_then_submit)
     wait_until(job.future.done, 60, "the resent job")

@@ -38,9 +38,7 @@ def fast_lease() -> Iterator[BrokerThread]:
     thread.stop()
 
 
-def test_a_silent_device_is_declared_lost_and_its_task_runs_on_another(
-    broker: BrokerThread, peers: list[Peer]
-) -> None:
+def test_a_silent_device_is_declared_lost_and_its_task_runs_on_another(broker: BrokerThread, peers: list[Peer]) -> None:
     """Silence past the limit drops the device; its task waits in the queue, then runs on the next one."""
     peers.append(Peer(broker, silent=True))
     handle = broker.submit(small_program())
@@ -97,9 +95,7 @@ def test_a_duplicate_answer_is_read_and_dropped(broker: BrokerThread, peers: lis
     assert peer.close_code is None and broker.devices()[0]["jobs_done"] == 2
 
 
-def test_a_device_that_reconnects_with_its_secret_comes_back_as_itself(
-    broker: BrokerThread, peers: list[Peer]
-) -> None:
+def test_a_device_that_reconnects_with_its_secret_comes_back_as_itself(broker: BrokerThread, peers: list[Peer]) -> None:
     """A phone that slept: same id, same history; a task only it may run waited for it."""
     first = Peer(broker, answering(RIGHT))
     peers.append(first)
@@ -125,9 +121,7 @@ def test_a_device_that_reconnects_with_its_secret_comes_back_as_itself(
     assert stranger.welcome.fields["device"] == "d2"
 
 
-def test_a_wrong_answer_bans_the_device_and_the_task_reruns_elsewhere(
-    broker: BrokerThread, peers: list[Peer]
-) -> None:
+def test_a_wrong_answer_bans_the_device_and_the_task_reruns_elsewhere(broker: BrokerThread, peers: list[Peer]) -> None:
     liar = Peer(broker, answering(WRONG))
     peers += [liar, Peer(broker, answering(RIGHT))]
     handle = broker.submit(small_program(), check=right_or_not, prefer="d1")

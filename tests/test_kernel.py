@@ -28,6 +28,7 @@ class Reply:
     stderr: str = ""
     error: dict[str, Any] | None = None
     displays: list[dict[str, Any]] = field(default_factory=list)
+    updates: list[dict[str, Any]] = field(default_factory=list)
     comms: list[dict[str, Any]] = field(default_factory=list)
     result: str | None = None
 
@@ -64,6 +65,8 @@ class Kernel:
                 setattr(reply, content["name"], getattr(reply, content["name"]) + content["text"])
             elif kind == "display_data":
                 reply.displays.append(content["data"])
+            elif kind == "update_display_data":
+                reply.updates.append(content["data"])
             elif kind.startswith("comm_"):
                 reply.comms.append(msg)
             elif kind == "execute_result":
@@ -115,13 +118,17 @@ def started(kernel: Kernel) -> tuple[str, int]:
     return url, int(url.split(":")[2].split("/")[0])
 
 
-def panel_devices(kernel: Kernel) -> list[list[dict[str, Any]]]:
-    """Every `devices` state the widget model was sent, oldest first."""
+def panel_states(kernel: Kernel, name: str) -> list[Any]:
+    """Every value of the widget model's ``name`` trait the kernel sent, oldest first."""
     return [
-        m["content"]["data"]["state"]["devices"]
+        m["content"]["data"]["state"][name]
         for m in kernel.comm_log
-        if m["msg_type"] == "comm_msg" and "devices" in m["content"]["data"].get("state", {})
+        if m["msg_type"] == "comm_msg" and name in m["content"]["data"].get("state", {})
     ]
+
+
+def panel_devices(kernel: Kernel) -> list[list[dict[str, Any]]]:
+    return panel_states(kernel, "devices")
 
 
 def test_start_shows_the_panel_and_a_text_form_with_the_url(kernel: Kernel) -> None:
@@ -161,6 +168,24 @@ def test_a_cell_of_only_the_magic_line_runs_on_a_worker_and_the_panel_updates_li
     assert panel_devices(kernel)[-1][0]["jobs_done"] == 2
 
 
+def test_a_long_job_shows_a_progress_bar_and_the_panel_lists_its_shards(kernel: Kernel, workers: Workers) -> None:
+    """A sharded job on a slow worker: a bar under the cell, updated in place, and the job in the panel."""
+    url, _ = started(kernel)
+    workers.start(url, "--slowdown", "6")
+    assert kernel.execute("from webnet_magic.client.session import current").status == "ok"
+    assert kernel.execute("current().wait_for_devices(1, 60)").status == "ok"
+    kernel.execute("%config WebnetMagics.progress_after = 0.2\nimport numpy as np\nA = np.ones((256, 256), np.float32)")
+    reply = kernel.execute("%webnet A @ A -> C --shard 4")
+    assert reply.status == "ok", reply.error
+    (shown,) = [d for d in reply.displays if "webnet-progress" in d.get("text/html", "")]
+    assert "<progress" in shown["text/html"] and "/4 shards" in shown["text/plain"]
+    assert reply.updates and "done: 4/4 shards" in reply.updates[-1]["text/plain"]
+    listed = [jobs for jobs in panel_states(kernel, "jobs") if jobs]
+    assert listed and listed[0][0]["total"] == 4
+    assert panel_states(kernel, "jobs")[-1] == []  # gone from the panel once done
+    assert kernel.value("float(C[0, 0])") == 256.0
+
+
 def test_bad_input_in_the_kernel_is_a_usage_error_and_leaves_variables(kernel: Kernel) -> None:
     started(kernel)
     kernel.execute("import numpy as np\nA = np.ones((3, 4))\nC = 'untouched'")
@@ -183,7 +208,7 @@ def test_interrupting_the_kernel_cancels_the_waiting_job(kernel: Kernel) -> None
     assert reply.status == "error" and reply.error["ename"] == "KeyboardInterrupt"
     assert kernel.value("'C' in globals()") is False
     kernel.execute("from webnet_magic.client.session import current")
-    assert kernel.value("len(current().broker.broker.scheduler.jobs)") == 0
+    assert kernel.value("len(current().broker.broker.scheduler.tasks)") == 0
 
 
 def test_kernel_shutdown_frees_the_port(kernel: Kernel) -> None:

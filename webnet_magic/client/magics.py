@@ -107,21 +107,25 @@ class WebnetMagics(Magics):
 
     def _status(self, command: Command) -> None:
         session = self._session()
-        devices = session.devices()
-        busy = sum(d["state"] == "busy" for d in devices)
+        fleet = session.broker.fleet()
+        devices = fleet["devices"]
+        busy = sum(d["state"] in ("busy", "calibrating") for d in devices)
         print(f"webnet broker at {session.url}")
-        print(f"{len(devices)} device(s) connected, {busy} busy")
+        print(f"{len(devices)} device(s) connected, {busy} busy; {len(fleet['jobs'])} job(s) in flight")
+        for job in fleet["jobs"]:
+            print(f"  job {job['id']}: {job['done']}/{job['total']} done")
 
     def _devices(self, command: Command) -> None:
         devices = self._session().devices()
         if not devices:
             print("webnet: no device connected; open the URL from %webnet url on a device with WebGPU")
             return
-        print(f"{'id':<5} {'state':<10} {'jobs':>5} {'last ms':>8}  name / adapter")
+        print(f"{'id':<5} {'state':<11} {'jobs':>5} {'fails':>5} {'GF/s':>8} {'last ms':>8}  name / adapter")
         for d in devices:
             last = f"{d['last_job_ms']:.1f}" if d["last_job_ms"] is not None else "-"
-            who = f"{d['name']} / {d['adapter']}"
-            print(f"{d['id']:<5} {d['state']:<10} {d['jobs_done']:>5} {last:>8}  {who}")
+            speed = f"{d['gflops']:.3g}" if d["gflops"] is not None else "-"
+            who = f"{d['name']} / {d['adapter']}" + (f"  ({d['reason']})" if d["banned"] else "")
+            print(f"{d['id']:<5} {d['state']:<11} {d['jobs_done']:>5} {d['failures']:>5} {speed:>8} {last:>8}  {who}")
 
     def _url(self, command: Command) -> None:
         print(self._session().url)

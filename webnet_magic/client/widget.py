@@ -1,9 +1,10 @@
-"""The panel ``%webnet start`` shows: QR code, worker link, and the devices as they come and go.
+"""The panel ``%webnet start`` shows: QR code, worker link, and the fleet as it works.
 
-It is an anywidget whose state is three traits; the broker thread sets
-``devices`` after every change, which reaches the front end while the notebook
-is idle or a cell blocks (ipykernel >= 7.0.1 sends from threads).  Where
-widgets do not render (a terminal, nbconvert), the text form shows the URL.
+It is an anywidget; the broker thread sets ``devices`` (speed, state, jobs,
+failures, bans), ``jobs`` (in flight, with who holds which shard) and the bytes
+sent and received after every change, which reaches the front end while the
+notebook is idle or a cell blocks (ipykernel >= 7.0.1 sends from threads).
+Where widgets do not render (a terminal, nbconvert), the text form shows the URL.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ class DevicePanel(anywidget.AnyWidget):
     note = traitlets.Unicode("").tag(sync=True)
     running = traitlets.Bool(True).tag(sync=True)
     devices = traitlets.List(traitlets.Dict()).tag(sync=True)
+    jobs = traitlets.List(traitlets.Dict()).tag(sync=True)
+    sent = traitlets.Int(0).tag(sync=True)
+    received = traitlets.Int(0).tag(sync=True)
 
     def __init__(self, session: Session, **kwargs: Any) -> None:
         # Every link is plain http for now, and WebGPU needs https unless the page is on localhost.
@@ -43,16 +47,19 @@ class DevicePanel(anywidget.AnyWidget):
             "This link works in a browser on this machine only: WebGPU needs https or localhost, "
             "and other devices cannot reach 127.0.0.1."
         )
-        super().__init__(url=session.url, qr_svg=qr_svg(session.url), note=note, devices=session.devices(), **kwargs)
+        super().__init__(url=session.url, qr_svg=qr_svg(session.url), note=note, **kwargs)
+        self._update(session.broker.fleet())
         session.broker.add_listener(self._update)
 
-    def _update(self, devices: list[dict[str, Any]]) -> None:
+    def _update(self, fleet: dict[str, Any]) -> None:
         if self.running:
-            self.devices = devices
+            with self.hold_sync():  # one message to the front end per change
+                self.devices, self.jobs = fleet["devices"], fleet["jobs"]
+                self.sent, self.received = fleet["sent"], fleet["received"]
 
     def stopped(self) -> None:
         self.running = False
-        self.devices = []
+        self.devices, self.jobs = [], []
 
     def __repr__(self) -> str:
         if not self.running:
@@ -62,4 +69,5 @@ class DevicePanel(anywidget.AnyWidget):
             lines.append(f"  ({self.note})")
         lines.append(f"devices: {len(self.devices)}")
         lines += [f"  {d['id']}  {d['name']}  [{d['state']}, {d['jobs_done']} jobs]" for d in self.devices]
+        lines += [f"job {j['id']}: {j['done']}/{j['total']} done" for j in self.jobs]
         return "\n".join(lines)

@@ -1,0 +1,120 @@
+"""A fleet of unequal devices on one matmul: the makespan against the ideal, measured in one run.
+
+k native workers join one broker, each throttled to a multiple of its real job time
+(``--slowdown 1 2 4``: stand-ins for a laptop, a fast phone and a slow one).  For one
+n x n float32 matmul it measures
+
+- each device alone on the whole job (T_i), which gives the ideal fleet makespan,
+  total work / sum of speeds = 1 / sum(1 / T_i);
+- the fleet on the same job, sharded in proportion to the speeds the broker measured
+  (``shard="auto"``);
+- numpy on this CPU, as the usual reference.
+
+    python benchmarks/fleet.py [--n 1024] [--slowdowns 1 2 4] [--repeat 3]
+
+The target is a makespan within 1.2x of the ideal.  The throttled workers sleep rather
+than compute, but the real work of all k still shares this machine's GPU (or CPU, on
+lavapipe), so the solo times are measured with the others idle, as the ideal assumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from webnet_magic.client.session import Session
+from webnet_magic.ops import call
+from webnet_magic.worker.native import TOKEN_ENV, split_token
+
+
+def median_time(repeat: int, fn: Callable[[], object]) -> float:
+    """Median of ``repeat`` timed runs after one untimed warm-up (kernels compiled, inputs cached)."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def start_workers(session: Session, slowdowns: list[float]) -> list[subprocess.Popen[bytes]]:
+    """Native workers joined one at a time, so device ids follow the slowdowns' order."""
+    page, token = split_token(session.url)
+    env = {**os.environ, TOKEN_ENV: token}
+    workers = []
+    for i, slowdown in enumerate(slowdowns, 1):
+        name = f"worker {i} ({slowdown:g}x slower)"
+        workers.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "webnet_magic.worker", page, "--name", name, "--slowdown", str(slowdown)],
+                env=env,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        session.wait_for_devices(i, timeout=120)
+    deadline = time.monotonic() + 120
+    while any(d["gflops"] is None for d in session.devices()):  # calibrated
+        if time.monotonic() > deadline:
+            raise RuntimeError("the workers did not finish calibrating")
+        time.sleep(0.1)
+    return workers
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=1024)
+    parser.add_argument("--slowdowns", type=float, nargs="+", default=[1.0, 2.0, 4.0])
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((args.n, args.n), dtype=np.float32) for _ in range(2))
+    node = call("matmul", a, b, names=("A", "B"))
+    expected = a.astype(np.float64) @ b.astype(np.float64)
+    session = Session()
+    workers = start_workers(session, args.slowdowns)
+    try:
+        devices = session.devices()
+        print(f"fleet matmul {args.n}^3 float32 on {platform.node()}: {len(devices)} native workers")
+        print(f"{'device':<6} {'slowdown':>8} {'calibrated':>12} {'alone (s)':>10}  adapter")
+        alone = []
+        for device, slowdown in zip(devices, args.slowdowns, strict=True):
+            seconds = median_time(
+                args.repeat, lambda d=device["id"]: session.run_graph([node], devices=d, shard="off", timeout=600)
+            )
+            alone.append(seconds)
+            print(f"{device['id']:<6} {slowdown:>7g}x {device['gflops']:>7.1f} GF/s {seconds:>10.3f}  {device['adapter']}")
+        ideal = 1 / sum(1 / t for t in alone)
+        speeds = {d["id"]: d["gflops"] for d in session.devices()}
+        print(f"speeds now (refined by the solo runs): {', '.join(f'{k} {v:.1f}' for k, v in speeds.items())} GF/s")
+
+        def fleet(shard: str | int) -> np.ndarray:
+            return session.run_graph([node], shard=shard, timeout=600)[0]
+
+        got = fleet("auto")
+        error = float(np.abs(got - expected).max())
+        by_speed = median_time(args.repeat, lambda: fleet("auto"))
+        numpy_s = median_time(args.repeat, lambda: a @ b)
+        print(f"\n{'':<28} {'seconds':>8} {'/ ideal':>8}")
+        print(f"{'ideal (1 / sum 1/T_i)':<28} {ideal:>8.3f} {1:>8.2f}")
+        print(f"{'fastest device alone':<28} {min(alone):>8.3f} {min(alone) / ideal:>8.2f}")
+        print(f"{'fleet, shards by speed':<28} {by_speed:>8.3f} {by_speed / ideal:>8.2f}")
+        print(f"{'numpy on this CPU':<28} {numpy_s:>8.3f} {numpy_s / ideal:>8.2f}")
+        print(f"max |error| of the fleet's result vs float64: {error:.2e}")
+        print(f"target: fleet <= 1.2 x ideal -> {'met' if by_speed <= 1.2 * ideal else 'NOT met'}")
+    finally:
+        session.stop()
+        for worker in workers:
+            worker.wait(10)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Workers killed mid-job, many times, at random points: every job still ends with the right answer.
+
+A steady native worker and a victim share sharded matmuls.  The victim, a native worker
+process or a browser page, is killed (SIGKILL, or the page closed) at a random moment
+while it holds a shard, then started again, over and over.  Each lost shard must run
+again elsewhere and every result must match numpy.  A task is killed at most
+``attempts - 1`` times, since the retries are bounded by design; how many kills the
+fleet survived is printed and checked.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pytest
+
+from webnet_magic.client.session import Session
+
+from .conftest import Workers, wait_until
+
+JOBS = 14
+ATTEMPTS = 3
+
+
+@pytest.fixture
+def session() -> Iterator[Session]:
+    made = Session(heartbeat=0.2, silence_limit=2.0, attempts=ATTEMPTS, calibrate=False)
+    yield made
+    made.stop()
+
+
+class Killer:
+    """Kills the victim at random points of the shards it holds, and starts it again each time.
+
+    :meth:`step` runs in the test's own thread (Playwright must be driven from the thread
+    that started it) while the jobs run in another.
+    """
+
+    def __init__(self, session: Session, start: Callable[[int], None], kill: Callable[[], None]) -> None:
+        self.session, self.start, self.kill = session, start, kill
+        self.kills: list[str] = []  # the task each kill interrupted
+        self.per_task: Counter[str] = Counter()
+        self.generation = 0
+        self.rng = random.Random(4)
+        start(0)
+
+    def victim(self) -> dict | None:
+        return next((d for d in self.session.devices() if d["name"] == f"victim {self.generation}"), None)
+
+    def step(self) -> None:
+        victim = self.victim()
+        task = victim and victim["job"]
+        if not task or self.per_task[task] >= ATTEMPTS - 1:
+            time.sleep(0.01)
+            return
+        time.sleep(self.rng.uniform(0.0, 0.3))  # somewhere in its upload, kernel or download
+        victim = self.victim()
+        if victim is None or victim["job"] != task:
+            return  # it finished first
+        self.kill()
+        self.kills.append(task)
+        self.per_task[task] += 1
+        self.generation += 1
+        self.start(self.generation)
+
+
+def survive(session: Session, killer: Killer) -> None:
+    """Run the jobs in a thread while the killer works here; every result must be right."""
+    wait_until(killer.victim, 60, "the first victim to join")
+    failure: list[BaseException] = []
+
+    def jobs() -> None:
+        rng = np.random.default_rng(0)
+        try:
+            for _ in range(JOBS):
+                a, b = rng.standard_normal((384, 256), np.float32), rng.standard_normal((256, 384), np.float32)
+                c = session.matmul(a, b, shard=2, timeout=120)
+                np.testing.assert_allclose(c, a.astype(np.float64) @ b, rtol=1e-4, atol=1e-3)
+        except BaseException as exc:
+            failure.append(exc)
+
+    runner = threading.Thread(target=jobs)
+    runner.start()
+    while runner.is_alive():
+        killer.step()
+    if failure:
+        raise failure[0]
+    print(f"\nchaos: {len(killer.kills)} kills mid-job survived over {JOBS} jobs; tasks hit: {dict(killer.per_task)}")
+    assert len(killer.kills) >= 5
+
+
+def test_native_workers_killed_mid_job(session: Session, workers: Workers) -> None:
+    workers.start(session.url, "--name", "steady")
+    session.wait_for_devices(1, 120)
+    victims: list = []
+
+    def start(generation: int) -> None:
+        victims.append(workers.start(session.url, "--name", f"victim {generation}", "--slowdown", "4"))
+
+    survive(session, Killer(session, start, lambda: victims[-1].kill()))
+
+
+def test_browser_pages_closed_mid_job(session: Session, workers: Workers, chromium) -> None:
+    workers.start(session.url, "--name", "steady")
+    session.wait_for_devices(1, 120)
+    contexts: list = []
+
+    def start(generation: int) -> None:
+        contexts.append(chromium.new_context())
+        contexts[-1].new_page().goto(f"{session.url}&name=victim%20{generation}")
+
+    try:
+        survive(session, Killer(session, start, lambda: contexts[-1].close()))
+    finally:
+        for context in contexts:
+            context.close()
