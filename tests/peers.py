@@ -111,3 +111,19 @@ def answering(*arrays: np.ndarray) -> Callable[[object, Message], Awaitable[None
         await send(conn, result(job, *arrays))
 
     return reply
+
+
+def sly() -> Callable[[object, Message], Awaitable[None]]:
+    """A peer's reply that passes its calibration (a real answer) and then returns zeros for everything."""
+    from webnet_magic.broker.calibration import calibration
+
+    program, _ = calibration()
+    a, b = program.inputs[:2]
+    right = (a.astype(np.float64) @ b).astype(np.float32)
+
+    async def reply(conn, job: Message) -> None:
+        (spec,) = job.fields["outputs"]
+        answer = right if tuple(spec["shape"]) == right.shape else np.zeros(spec["shape"], np.float32)
+        await send(conn, result(job, answer, timings={"kernel": 5.0}))
+
+    return reply

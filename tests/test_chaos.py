@@ -5,7 +5,7 @@ process or a browser page, is killed (SIGKILL, or the page closed) at a random m
 while it holds a shard, then started again, over and over.  Each lost shard must run
 again elsewhere and every result must match numpy.  A task is killed at most
 ``attempts - 1`` times, since the retries are bounded by design; how many kills the
-fleet survived is printed and checked.
+fleet survived is printed (``pytest -s``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from webnet_magic.client.session import Session
 
 from .conftest import Workers, wait_until
 
-JOBS = 14
+JOBS = 12  # at least this many jobs
+KILLS = 8  # and at least this many kills mid-job
 ATTEMPTS = 3
 
 
@@ -74,13 +75,18 @@ def survive(session: Session, killer: Killer) -> None:
     wait_until(killer.victim, 60, "the first victim to join")
     failure: list[BaseException] = []
 
+    done = [0]
+
     def jobs() -> None:
         rng = np.random.default_rng(0)
+        deadline = time.monotonic() + 150
         try:
-            for _ in range(JOBS):
+            while done[0] < JOBS or len(killer.kills) < KILLS:
+                assert time.monotonic() < deadline, f"only {len(killer.kills)} kills in 150 s"
                 a, b = rng.standard_normal((384, 256), np.float32), rng.standard_normal((256, 384), np.float32)
                 c = session.matmul(a, b, shard=2, timeout=120)
                 np.testing.assert_allclose(c, a.astype(np.float64) @ b, rtol=1e-4, atol=1e-3)
+                done[0] += 1
         except BaseException as exc:
             failure.append(exc)
 
@@ -90,8 +96,8 @@ def survive(session: Session, killer: Killer) -> None:
         killer.step()
     if failure:
         raise failure[0]
-    print(f"\nchaos: {len(killer.kills)} kills mid-job survived over {JOBS} jobs; tasks hit: {dict(killer.per_task)}")
-    assert len(killer.kills) >= 5
+    print(f"\nchaos: {len(killer.kills)} kills mid-job survived over {done[0]} jobs, all right; tasks hit:")
+    print("  " + ", ".join(f"{task} x{count}" for task, count in killer.per_task.items()))
 
 
 def test_native_workers_killed_mid_job(session: Session, workers: Workers) -> None:

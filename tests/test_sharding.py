@@ -1,0 +1,125 @@
+"""One job over several real workers from the notebook: shards, --devices, --verify, --bg, threads."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+
+from webnet_magic.client import session as sessions
+from webnet_magic.client.session import Session, _targets
+from webnet_magic.ops import call, compile_graph
+
+from .conftest import Workers, wait_until
+from .peers import Peer, sly
+
+
+@pytest.fixture
+def fleet(shell: InteractiveShell, workers: Workers) -> Iterator[Session]:
+    """The magic's session with two calibrated native workers, d1 three times slower than d2."""
+    assert shell.run_cell("%webnet start").success
+    session = sessions.current()
+    assert session is not None
+    workers.start(session.url, "--name", "slow", "--slowdown", "3")
+    wait_until(lambda: [d for d in session.devices() if d["gflops"]], 60, "d1 to calibrate")
+    workers.start(session.url, "--name", "fast")
+    wait_until(lambda: len([d for d in session.devices() if d["gflops"]]) == 2, 60, "d2 to calibrate")
+    shell.run_cell("import numpy as np\nrng = np.random.default_rng(0)")
+    shell.run_cell("A = rng.standard_normal((640, 384), np.float32)\nB = rng.standard_normal((384, 512), np.float32)")
+    yield session
+
+
+def jobs_done(session: Session) -> dict[str, int]:
+    return {d["id"]: d["jobs_done"] for d in session.devices()}
+
+
+def test_a_large_matmul_is_shared_by_both_devices(shell: InteractiveShell, fleet: Session) -> None:
+    speeds = {d["id"]: d["gflops"] for d in fleet.devices()}
+    assert speeds["d2"] > speeds["d1"]  # the throttled worker measured slower
+    result = shell.run_cell("%webnet A @ B -> C --verify")
+    assert result.success, result.error_in_exec
+    np.testing.assert_allclose(shell.user_ns["C"], shell.user_ns["A"] @ shell.user_ns["B"], rtol=1e-4, atol=1e-4)
+    assert jobs_done(fleet) == {"d1": 1, "d2": 1}
+
+
+def test_devices_and_shard_off_keep_a_job_in_one_place(shell: InteractiveShell, fleet: Session) -> None:
+    assert shell.run_cell("%webnet A @ B -> C --devices d1").success
+    assert jobs_done(fleet) == {"d1": 1, "d2": 0}
+    assert shell.run_cell("%webnet A @ B -> C --shard off").success
+    assert sum(jobs_done(fleet).values()) == 2
+    result = shell.run_cell("%webnet A @ B -> C --devices d7")
+    assert "no device 'd7' is connected" in str(result.error_in_exec)
+
+
+def test_shards_are_sized_by_speed_fastest_first() -> None:
+    """With speeds 4 and 1 GF/s, four shards go fast, slow, fast, slow."""
+    node = call("matmul", np.ones((512, 64), np.float32), np.ones((64, 64), np.float32))
+    plan = compile_graph([node])
+    fleet = [{"id": "d1", "gflops": 1.0}, {"id": "d2", "gflops": 4.0}]
+    assert [d["id"] for d in _targets([node], plan, fleet, 4)] == ["d2", "d1", "d2", "d1"]
+    assert _targets([node], plan, fleet, "auto") == [None]  # 4 Mflop: not worth a round trip each
+    assert _targets([node], plan, fleet, "off") == [None]
+
+
+def test_a_background_job_binds_when_done_and_is_awaitable(shell: InteractiveShell, fleet: Session) -> None:
+    shell.run_cell("C = 'before'")
+    result = shell.run_cell("h = %webnet A @ B -> C --bg")
+    assert result.success, result.error_in_exec
+    handle = shell.user_ns["h"]
+    handle.result(60)
+    assert handle.done() and handle.progress.done == handle.progress.total
+    np.testing.assert_allclose(shell.user_ns["C"], shell.user_ns["A"] @ shell.user_ns["B"], rtol=1e-4, atol=1e-4)
+    assert "done" in repr(handle)
+    assert shell.run_cell("h2 = %webnet A @ B --bg\nD = await h2").success
+    np.testing.assert_array_equal(shell.user_ns["D"], shell.user_ns["C"])
+
+
+def test_cancelling_a_background_job_stops_its_shards_and_binds_nothing(
+    shell: InteractiveShell, fleet: Session
+) -> None:
+    shell.run_cell("C = 'before'\nX = np.ones((1024, 1024), np.float32)")
+    handle = shell.run_cell("%webnet X @ X -> C --bg --shard 2").result
+    wait_until(lambda: handle.progress.running, 30, "the shards to start")
+    assert handle.cancel() and handle.cancelled()
+    wait_until(lambda: all(d["state"] == "idle" for d in fleet.devices()), 60, "both devices to drop their shards")
+    time.sleep(0.3)
+    assert shell.user_ns["C"] == "before"
+    assert fleet.broker.fleet()["jobs"] == []
+
+
+def test_many_jobs_from_threads_run_at_once(fleet: Session) -> None:
+    rng = np.random.default_rng(1)
+    pairs = [(rng.random((96, 64), np.float32), rng.random((64, 80), np.float32)) for _ in range(8)]
+    results: dict[int, np.ndarray] = {}
+
+    def work(i: int) -> None:
+        results[i] = fleet.matmul(*pairs[i], timeout=120)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(pairs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    for i, (a, b) in enumerate(pairs):
+        np.testing.assert_allclose(results[i], a @ b, rtol=1e-5)
+    assert all(n > 0 for n in jobs_done(fleet).values())  # both devices took some
+
+
+def test_verify_bans_a_device_that_returns_wrong_numbers(shell: InteractiveShell, fleet: Session) -> None:
+    """A hand-written worker that passes calibration, then answers zeros, is caught by Freivalds' test;
+    its shard reruns on a real device."""
+    liar = Peer(fleet.broker, sly(), name="liar")
+    try:
+        wait_until(lambda: {d["id"]: d for d in fleet.devices()}["d3"]["gflops"], 10, "the liar to calibrate")
+        result = shell.run_cell("%webnet A @ B -> C --verify --shard 2 --devices d2,d3")
+        assert result.success, result.error_in_exec
+        np.testing.assert_allclose(shell.user_ns["C"], shell.user_ns["A"] @ shell.user_ns["B"], rtol=1e-4, atol=1e-4)
+        liar_state = {d["id"]: d for d in fleet.devices()}["d3"]
+        assert liar_state["banned"] and "Freivalds" in liar_state["reason"]
+        shell.run_cell("%webnet devices")
+    finally:
+        liar.stop()
