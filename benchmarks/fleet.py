@@ -91,7 +91,8 @@ def main() -> None:
                 args.repeat, lambda d=device["id"]: session.run_graph([node], devices=d, shard="off", timeout=600)
             )
             alone.append(seconds)
-            print(f"{device['id']:<6} {slowdown:>7g}x {device['gflops']:>7.1f} GF/s {seconds:>10.3f}  {device['adapter']}")
+            calibrated = f"{device['gflops']:.1f} GF/s"
+            print(f"{device['id']:<6} {slowdown:>7g}x {calibrated:>12} {seconds:>10.3f}  {device['adapter']}")
         ideal = 1 / sum(1 / t for t in alone)
         speeds = {d["id"]: d["gflops"] for d in session.devices()}
         print(f"speeds now (refined by the solo runs): {', '.join(f'{k} {v:.1f}' for k, v in speeds.items())} GF/s")

@@ -95,9 +95,7 @@ def test_bad_input_is_one_line_and_leaves_the_output_untouched(started, capsys, 
     assert sessions.current().devices()[0]["jobs_done"] == 0
 
 
-def test_a_worker_lost_mid_job_with_none_to_replace_it_times_out_and_binds_nothing(
-    started, workers: Workers
-) -> None:
+def test_a_worker_lost_mid_job_with_none_to_replace_it_times_out_and_binds_nothing(started, workers: Workers) -> None:
     """Killing the only worker: the job waits for another device, then the timeout names what failed."""
     session = sessions.current()
     run(started, "C = 'untouched'\nX = np.ones((1024, 1024), np.float32)")
