@@ -200,6 +200,11 @@ class Session:
         results = self.run_graph(outputs, **run)
         return results[0] if len(results) == 1 else tuple(results)
 
+    def submit(self, expression: str, namespace: Mapping[str, Any] | None = None, **launch: Any) -> Job:
+        """Like :meth:`evaluate`, but returns a :class:`~webnet_magic.client.jobs.Job` at once
+        (``.result()``, ``.done()``, ``.cancel()``, ``.progress``, ``await``); ``launch`` as for :meth:`launch`."""
+        return self.launch(parse(expression, Graph(), namespace_resolver(namespace or {})), **launch)
+
     def compute(
         self,
         op: str,
