@@ -88,7 +88,7 @@ def test_put_pins_an_array_on_devices_including_later_ones_and_free_lets_go(shel
     shell.run_cell("%webnet start")
     session = sessions.current()
     workers.start(session.url)
-    wait_until(session.devices, 60, "the first worker")
+    session.wait_for_devices(1, 60)
     shell.run_cell("import numpy as np\nW = np.random.rand(300, 300)\nX = np.random.rand(4, 300)")
     capsys.readouterr()
     shell.run_cell("%webnet put W")
@@ -120,7 +120,7 @@ def test_putting_a_name_again_replaces_what_it_pinned(shell, workers: Workers) -
     shell.run_cell("%webnet start")
     session = sessions.current()
     workers.start(session.url)
-    wait_until(session.devices, 60, "the worker")
+    session.wait_for_devices(1, 60)
     first = np.random.rand(200, 200)
     for value in (first, first + 1, first + 2):
         assert session.put("W", value).devices == {"d1": True}
@@ -131,7 +131,7 @@ def test_an_array_too_large_for_a_device_is_not_sent_to_it(shell, workers: Worke
     shell.run_cell("%webnet start")
     session = sessions.current()
     workers.start(session.url, "--max-buffer-mb", "0.5")
-    wait_until(session.devices, 60, "the small worker")
+    session.wait_for_devices(1, 60)
     assert session.put("W", np.ones((512, 512), np.float32)).devices == {"d1": False}
     shell.run_cell("import numpy as np\nA = np.ones((4, 4))")
     assert shell.run_cell("%webnet A @ A -> C").success  # the worker is fine

@@ -8,7 +8,7 @@ import pytest
 from webnet_magic.client import session as sessions
 from webnet_magic.ops import OPS
 
-from .conftest import Workers, wait_until
+from .conftest import Workers
 
 SAXPY = """%%webnet kernel saxpy(x, y, a: f32) -> out[x.shape] --workgroups auto
 @group(0) @binding(0) var<storage, read> x: array<f32>;
@@ -50,7 +50,7 @@ def notebook(shell, workers: Workers):
     shell.run_cell("%webnet start")
     session = sessions.current()
     workers.start(session.url)
-    wait_until(session.devices, 60, "the native worker")
+    session.wait_for_devices(1, 60)
     shell.run_cell("import numpy as np\nX = np.arange(1000, dtype=np.float32)\nY = np.ones(1000, np.float32)")
     yield shell
     for name in ("saxpy", "count_positive", "broken"):

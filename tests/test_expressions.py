@@ -11,7 +11,7 @@ from webnet_magic.client import session as sessions
 from webnet_magic.client.expressions import ExpressionError, namespace_resolver, parse, parse_program
 from webnet_magic.errors import ShapeError
 
-from .conftest import Workers, wait_until
+from .conftest import Workers
 
 rng = np.random.default_rng(7)
 NS = {
@@ -83,7 +83,7 @@ def notebook(shell, workers: Workers):
     shell.run_cell("%webnet start")
     session = sessions.current()
     workers.start(session.url)
-    wait_until(session.devices, 60, "the native worker")
+    session.wait_for_devices(1, 60)
     shell.user_ns.update(NS)
     return shell
 

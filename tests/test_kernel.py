@@ -169,7 +169,8 @@ def test_a_cell_of_only_the_magic_line_runs_on_a_worker_and_the_panel_updates_li
 
 
 def test_a_long_job_shows_a_progress_bar_and_the_panel_lists_its_shards(kernel: Kernel, workers: Workers) -> None:
-    """A sharded job on a slow worker: a bar under the cell, updated in place, and the job in the panel."""
+    """A sharded job on a slow worker: a bar under the cell, updated in place, the job in the panel; then
+    the same in the background (`--bg`), awaited at top level as ipykernel allows."""
     url, _ = started(kernel)
     workers.start(url, "--slowdown", "6")
     assert kernel.execute("from webnet_magic.client.session import current").status == "ok"
@@ -184,6 +185,9 @@ def test_a_long_job_shows_a_progress_bar_and_the_panel_lists_its_shards(kernel: 
     assert listed and listed[0][0]["total"] == 4
     assert panel_states(kernel, "jobs")[-1] == []  # gone from the panel once done
     assert kernel.value("float(C[0, 0])") == 256.0
+    # In the background: the cell returns at once; top-level await on the handle gives the result.
+    assert kernel.execute("h = %webnet A @ A -> E --bg --shard 2\nD = await h").status == "ok"
+    assert kernel.value("float(D[0, 0]) + float(E[0, 0])") == 512.0
 
 
 def test_bad_input_in_the_kernel_is_a_usage_error_and_leaves_variables(kernel: Kernel) -> None:

@@ -23,7 +23,7 @@ def started(shell, workers: Workers, capsys):
     assert run(shell, "%webnet start").success
     session = sessions.current()
     workers.start(session.url)
-    wait_until(session.devices, 60, "the native worker")
+    session.wait_for_devices(1, 60)
     capsys.readouterr()
     shell.run_cell("import numpy as np\nrng = np.random.default_rng(0)")
     shell.run_cell("A = rng.random((300, 129))\nB = rng.random((129, 77))")

@@ -73,9 +73,7 @@ def test_a_background_job_binds_when_done_and_is_awaitable(shell: InteractiveShe
     handle.result(60)
     assert handle.done() and handle.progress.done == handle.progress.total
     np.testing.assert_allclose(shell.user_ns["C"], shell.user_ns["A"] @ shell.user_ns["B"], rtol=1e-4, atol=1e-4)
-    assert "done" in repr(handle)
-    assert shell.run_cell("h2 = %webnet A @ B --bg\nD = await h2").success
-    np.testing.assert_array_equal(shell.user_ns["D"], shell.user_ns["C"])
+    assert "done" in repr(handle)  # `await` on a handle: in test_kernel.py, under ipykernel's own loop
 
 
 def test_cancelling_a_background_job_stops_its_shards_and_binds_nothing(

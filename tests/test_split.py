@@ -10,7 +10,7 @@ from webnet_magic.client import session as sessions
 from webnet_magic.errors import DeviceLimitError
 from webnet_magic.ops.split import bounds, buffer_limit, split
 
-from .conftest import Workers, wait_until
+from .conftest import Workers
 
 LIMIT = 64 * 1024  # bytes: a tiny device, so the split is exercised with small arrays
 
@@ -98,7 +98,7 @@ def test_the_magic_splits_work_for_a_device_with_small_limits(shell, workers: Wo
     shell.run_cell("%webnet start")
     session = sessions.current()
     workers.start(session.url, "--max-buffer-mb", "0.25")
-    wait_until(session.devices, 60, "the small worker")
+    session.wait_for_devices(1, 60)
     assert session.devices()[0]["limits"]["maxStorageBufferBindingSize"] == 256 * 1024
     shell.run_cell("import numpy as np\nA = np.random.rand(600, 500)\nB = np.random.rand(500, 300)")
     result = shell.run_cell("%webnet A @ B -> C")

@@ -38,6 +38,7 @@ from .progress import ProgressBar
 
 _warned: dict[Any, Any] = {}  # warnings registry: each conversion note is shown once
 POLL = 0.1  # seconds between checks while waiting; bounds how late a Ctrl-C or timeout is seen
+NOT_READY = ("no WebGPU", "calibrating", "banned")  # device states :meth:`Session.wait_for_devices` waits past
 
 
 @dataclass(frozen=True)
@@ -130,14 +131,16 @@ class Session:
         return worker
 
     def wait_for_devices(self, count: int = 1, timeout: float = 60.0) -> list[dict[str, Any]]:
-        """Block until ``count`` devices with WebGPU are connected; returns them.
+        """Block until ``count`` devices are ready for jobs; returns them.
 
-        A local worker that dies meanwhile (no GPU adapter, no display, ...) is reported
+        Ready means connected with WebGPU, past the short calibration run every device does
+        on joining (so its speed is known and its first figures are not the calibration's),
+        and not banned.  A local worker that dies meanwhile (no GPU adapter, no display, ...) is reported
         at once with its own last words, rather than as a timeout.
         """
         deadline = time.monotonic() + _checked_timeout(timeout)
         while True:
-            usable = [d for d in self.devices() if d["state"] != "no WebGPU"]
+            usable = [d for d in self.devices() if d["state"] not in NOT_READY]
             if len(usable) >= count:
                 return usable
             for worker in self._local_workers:
@@ -145,7 +148,7 @@ class Session:
                     self._local_workers.remove(worker)
                     raise NoDeviceError(f"the local {worker.kind} worker exited: {worker.last_words()}")
             if time.monotonic() > deadline:
-                raise NoDeviceError(f"{len(usable)} of {count} device(s) connected after {timeout:g} s")
+                raise NoDeviceError(f"{len(usable)} of {count} device(s) ready after {timeout:g} s")
             time.sleep(POLL)
 
     def put(self, name: str, value: Any) -> Pinned:

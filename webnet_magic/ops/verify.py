@@ -126,12 +126,12 @@ def _compare(node: Node, got: np.ndarray, exact: np.ndarray, rtol: float, rows: 
     bad = ~(same | close)
     if not bad.any():
         return None
-    where = np.unravel_index(int(np.argmax(bad)), bad.shape)
+    where = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), bad.shape))
     row = where if rows is None else (int(rows[where[0]]), *where[1:])
     checked = "all" if rows is None else f"{len(rows)} sampled rows"
     return (
         f"{int(bad.sum())} element(s) of {checked} differ from numpy's answer "
-        f"(first at {tuple(int(i) for i in row)}: {got64[where]!r} instead of {exact64[where]!r})"
+        f"(first at {row}: {got64[where]!r} instead of {exact64[where]!r})"
     )
 
 
