@@ -16,6 +16,11 @@ function size(bytes) {
   return `${bytes} B`;
 }
 
+// The largest buffer the device binds: its limits as reported, WebGPU's defaults where it said nothing.
+function maxBuffer(limits) {
+  return Math.min(limits.maxStorageBufferBindingSize ?? 128 << 20, limits.maxBufferSize ?? 256 << 20);
+}
+
 function speed(gflops) {
   if (gflops === null || gflops === undefined) return "–";
   return gflops >= 1 ? `${gflops.toFixed(1)} GF/s` : `${(gflops * 1000).toFixed(0)} MF/s`;
@@ -56,7 +61,7 @@ function render({ model, el }) {
     totals.textContent = running ? `sent ${size(model.get("sent"))} · received ${size(model.get("received"))}` : "";
     if (devices.length) {
       const head = table.insertRow();
-      for (const h of ["id", "device", "adapter", "state", "jobs", "speed", "failures", "holds"]) cell(head, h, "webnet-head");
+      for (const h of ["id", "device", "adapter", "state", "jobs", "speed", "failures", "holds", "max buffer"]) cell(head, h, "webnet-head");
       for (const d of devices) {
         const row = table.insertRow();
         row.dataset.device = d.id;
@@ -68,6 +73,7 @@ function render({ model, el }) {
         cell(row, speed(d.gflops));
         cell(row, String(d.failures), d.failures ? "webnet-failures" : "");
         cell(row, d.job || "");
+        cell(row, size(maxBuffer(d.limits)));
         if (d.reason) row.title = d.reason;
       }
     }

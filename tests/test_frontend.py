@@ -2,12 +2,14 @@
 
 The kernel, the widget manager and anywidget are JupyterLab's own; the worker is native.
 While the matmul cell blocks waiting for a device, a worker joins, and the panel must
-show it and then its finished job, without any cell running the update.
+show it and then its finished job, without any cell running the update; then, with no
+cell running at all, a second worker joins and the first one dies, and the panel follows.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import socket
 import subprocess
@@ -94,3 +96,14 @@ def test_the_panel_renders_and_updates_live_while_a_cell_blocks(page, lab: str, 
     # jobs done: the blocked cell's matmul ran on the worker, and the panel heard it live
     assert "llvmpipe" in page.inner_text(".webnet-panel tr[data-device='d1']")
     page.wait_for_selector("text=Y ok: 256.0")  # the cell after the matmul ran with Y bound
+    assert re.fullmatch(r"sent [\d.]+ (KB|MB) · received [\d.]+ (KB|MB)", page.inner_text(".webnet-totals"))
+
+    # The fleet changes with no cell running: a second device joins (and calibrates), the first leaves.
+    workers.start(url, "--name", "second")
+    page.wait_for_selector(".webnet-panel tr[data-device='d2']")
+    wait_until(lambda: "2 devices connected" in page.inner_text(".webnet-title"), 30, "the title to count two")
+    speed_cell = ".webnet-panel tr[data-device='d2'] td:nth-child(6)"
+    page.wait_for_function(f'/F\\/s$/.test(document.querySelector("{speed_cell}")?.textContent)')
+    workers.processes[0].kill()
+    page.wait_for_selector(".webnet-panel tr[data-device='d1']", state="detached")
+    wait_until(lambda: "1 device connected" in page.inner_text(".webnet-title"), 30, "the title to count one")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 
 import numpy as np
@@ -169,6 +170,7 @@ def test_status_devices_url_and_help_print_plain_text(started, capsys) -> None:
     run(started, "%webnet devices")
     out = capsys.readouterr().out
     assert "d1" in out and "idle" in out and "llvmpipe" in out
+    assert re.search(r"max buf.*\n.* \d+ MB  ", out)  # the largest buffer it binds, from its hello
     run(started, "%webnet help")
     assert "matmul" in capsys.readouterr().out
 

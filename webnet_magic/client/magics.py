@@ -24,6 +24,7 @@ from traitlets import Float, Int, Unicode
 from ..errors import DeviceLimitError, DeviceNotFound, DtypeError, ShapeError, WorkerError
 from ..ops import Graph, Node
 from ..ops.custom import KernelDefinitionError, compile_error, define, install, restore
+from ..ops.split import buffer_limit
 from ..program import Program
 from . import session as sessions
 from .expressions import ExpressionError, namespace_resolver, parse_program
@@ -120,12 +121,14 @@ class WebnetMagics(Magics):
         if not devices:
             print("webnet: no device connected; open the URL from %webnet url on a device with WebGPU")
             return
-        print(f"{'id':<5} {'state':<11} {'jobs':>5} {'fails':>5} {'GF/s':>8} {'last ms':>8}  name / adapter")
+        row = "{:<5} {:<11} {:>5} {:>5} {:>8} {:>8} {:>8}  {}".format
+        print(row("id", "state", "jobs", "fails", "GF/s", "last ms", "max buf", "name / adapter"))
         for d in devices:
             last = f"{d['last_job_ms']:.1f}" if d["last_job_ms"] is not None else "-"
             speed = f"{d['gflops']:.3g}" if d["gflops"] is not None else "-"
+            buffer = f"{buffer_limit(d['limits']) / 1e6:.0f} MB"
             who = f"{d['name']} / {d['adapter']}" + (f"  ({d['reason']})" if d["banned"] else "")
-            print(f"{d['id']:<5} {d['state']:<11} {d['jobs_done']:>5} {d['failures']:>5} {speed:>8} {last:>8}  {who}")
+            print(row(d["id"], d["state"], d["jobs_done"], d["failures"], speed, last, buffer, who))
 
     def _url(self, command: Command) -> None:
         print(self._session().url)
