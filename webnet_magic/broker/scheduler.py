@@ -21,6 +21,7 @@ arrays, or fail with an error from :mod:`webnet_magic.errors`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import math
@@ -618,11 +619,17 @@ class Scheduler:
         device.speed = rate if device.speed is None else (1 - SPEED_SMOOTHING) * device.speed + SPEED_SMOOTHING * rate
 
     def _calibrate(self, device: Device) -> None:
-        """A short matmul on a new device: its speed, and a first check that its results are right."""
+        """A short matmul on a new device, twice: a first check that its results are right, then its speed.
+
+        The first run pays for what only a first run pays (a lazy shader compile at the first
+        dispatch, first allocations: ten times the kernel itself on lavapipe), so it carries no
+        work to measure; the second, checked too, gives the speed.
+        """
         from .calibration import calibration
 
         program, check = calibration()
-        self.submit(program, devices=frozenset({device.id}), check=check, internal=True)
+        for run in (dataclasses.replace(program, work=0.0), program):
+            self.submit(run, devices=frozenset({device.id}), check=check, internal=True)
 
     def _finish(
         self,
