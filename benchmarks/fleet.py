@@ -26,12 +26,14 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 
 import numpy as np
 
 from webnet_magic.client.session import Session
+from webnet_magic.errors import NoDeviceError
 from webnet_magic.ops import call
 from webnet_magic.worker.native import TOKEN_ENV, split_token
 
@@ -54,14 +56,16 @@ def start_workers(session: Session, slowdowns: list[float], threads: int | None)
     workers = []
     for i, slowdown in enumerate(slowdowns, 1):
         name = f"worker {i} ({slowdown:g}x slower)"
-        workers.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "webnet_magic.worker", page, "--name", name, "--slowdown", str(slowdown)],
-                env=env,
-                stderr=subprocess.DEVNULL,
-            )
-        )
-        session.wait_for_devices(i, timeout=120)  # joined and calibrated
+        command = [sys.executable, "-m", "webnet_magic.worker", page, "--name", name, "--slowdown", str(slowdown)]
+        log = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the worker); not a pipe nobody reads
+        workers.append(subprocess.Popen(command, env=env, stderr=log))
+        try:
+            session.wait_for_devices(i, timeout=120)  # joined and calibrated
+        except NoDeviceError:
+            for worker in workers:
+                worker.kill()
+            log.seek(0)
+            raise NoDeviceError(f"{name} did not join: {log.read().decode()[-2000:]}") from None
     return workers
 
 

@@ -112,6 +112,7 @@ class Device:
     state: str = "idle"
     attempt: Attempt | None = None
     cache: set[str] = field(default_factory=set)  # content keys the worker says it keeps
+    calibrating: set[str] = field(default_factory=set)  # its calibration tasks not yet finished
     last_seen: float = field(default_factory=time.monotonic)
     # -- history, carried over when the device comes back ---------------------------------
     jobs_done: int = 0
@@ -157,7 +158,7 @@ class Device:
         state = self.state if self.webgpu else "no WebGPU"
         if self.banned:
             state = "banned"
-        elif attempt is not None and attempt.task.internal:
+        elif self.calibrating:  # between its two runs too: ready means its speed is known
             state = "calibrating"
         return {
             "id": self.id,
@@ -629,7 +630,8 @@ class Scheduler:
 
         program, check = calibration()
         for run in (dataclasses.replace(program, work=0.0), program):
-            self.submit(run, devices=frozenset({device.id}), check=check, internal=True)
+            task = self.submit(run, devices=frozenset({device.id}), check=check, internal=True)
+            device.calibrating.add(task.id)
 
     def _finish(
         self,
@@ -640,6 +642,9 @@ class Scheduler:
         cancelled: bool = False,
     ) -> None:
         self.tasks.pop(task.id, None)
+        if task.internal:
+            for device in self.devices.values():
+                device.calibrating.discard(task.id)
         if not task.future.done():
             if cancelled:
                 task.progress.state = "cancelled"

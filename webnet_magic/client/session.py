@@ -25,7 +25,7 @@ import numpy as np
 from ..broker.thread import BrokerThread
 from ..errors import BrokerStopped, DeviceLimitError, JobTimeout, NoDeviceError
 from ..ops import Graph, Node, Plan, call, compile_graph, evaluate
-from ..ops.compiler import CACHE_MIN_BYTES, content_key
+from ..ops.compiler import CACHE_MIN_BYTES, ContentKeys, content_key
 from ..ops.dtypes import conversion_note, to_wire
 from ..ops.graph import topological
 from ..ops.split import buffer_limit, shardable, split
@@ -269,7 +269,8 @@ class Session:
         if not self.running:
             raise BrokerStopped("the webnet broker is not running; start it with %webnet start")
         allowed = _device_set(devices)
-        plan = compile_graph(outputs, wire)
+        keys = ContentKeys()  # the whole plan and every shard share their inputs' hashes
+        plan = compile_graph(outputs, wire, keys)
         warn_conversions(plan.note)
         if wire == "f16":
             warn_conversions("webnet --wire f16: float data travels as float16 (about 3 significant digits)")
@@ -281,7 +282,7 @@ class Session:
             pieces = [(plan, 0)]
             assemble: Assemble = lambda results: plan.finish(results[0])  # noqa: E731
         elif len(outputs) == 1:
-            cut = split(outputs[0], limit, wire, [_speed(d) / targets.count(d) for d in targets])
+            cut = split(outputs[0], limit, wire, [_speed(d) / targets.count(d) for d in targets], keys)
             pieces = [(p.plan, p.shard) for p in cut.pieces]
             assemble = lambda results: [  # noqa: E731
                 cut.assemble([p.plan.finish(r)[0] for p, r in zip(cut.pieces, results, strict=True)])

@@ -49,7 +49,8 @@ class Value:
 class Builder:
     """Collects a program's inputs, buffers, dispatches and outputs as ops emit them."""
 
-    def __init__(self) -> None:
+    def __init__(self, keys: ContentKeys) -> None:
+        self.keys = keys
         self.inputs: list[np.ndarray] = []
         self.buffers: list[Buffer] = []
         self.steps: list[Step] = []
@@ -58,7 +59,7 @@ class Builder:
     def input(self, array: np.ndarray, cacheable: bool = True) -> int:
         """A buffer filled from ``array``; arrays worth caching on the worker get a content key."""
         self.inputs.append(array)
-        key = content_key(array) if cacheable and array.nbytes >= CACHE_MIN_BYTES else None
+        key = self.keys(array) if cacheable and array.nbytes >= CACHE_MIN_BYTES else None
         self.buffers.append(Buffer(padded(array.nbytes), input=len(self.inputs) - 1, key=key))
         return len(self.buffers) - 1
 
@@ -91,6 +92,28 @@ def content_key(array: np.ndarray) -> str:
     digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
     digest.update(np.ascontiguousarray(array).data)
     return digest.hexdigest()[:32]
+
+
+class ContentKeys:
+    """Content keys for one launch: each buffer hashed once, however many programs send it.
+
+    A sharded matmul compiles the whole plan and then every shard and block, each sending
+    all of B: hashing B each time cost more than the rest of the launch.  Entries are keyed
+    by where the bytes are (address, shape, strides, dtype), so equal views of one block
+    share one, and each holds its array so that memory cannot be freed and reused while the
+    memo lives.  A memo must not outlive its launch: an array changed in place afterwards
+    needs hashing again.
+    """
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[object, ...], tuple[np.ndarray, str]] = {}
+
+    def __call__(self, array: np.ndarray) -> str:
+        where = (array.__array_interface__["data"][0], array.shape, array.strides, array.dtype.str)
+        known = self._known.get(where)
+        if known is None:
+            known = self._known[where] = (array, content_key(array))
+        return known[1]
 
 
 def grid(groups: int) -> tuple[int, int, int]:
@@ -126,7 +149,7 @@ class Plan:
         return evaluate(self.nodes)
 
 
-def compile_graph(outputs: Sequence[Node], wire: str = "f32") -> Plan:
+def compile_graph(outputs: Sequence[Node], wire: str = "f32", keys: ContentKeys | None = None) -> Plan:
     """One program computing ``outputs``; intermediates stay on the device.
 
     ``wire="f16"`` halves the bytes of float32 data both ways: float inputs travel as
@@ -154,7 +177,7 @@ def compile_graph(outputs: Sequence[Node], wire: str = "f32") -> Plan:
             return False
         return _kind(node) == "kernel" or uses[id(node)] > 1
 
-    builder, values = Builder(), {}
+    builder, values = Builder(keys or ContentKeys()), {}
     for node in order:
         if not materialized(node):
             continue

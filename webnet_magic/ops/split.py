@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import DeviceLimitError
-from .compiler import Plan, compile_graph
+from .compiler import ContentKeys, Plan, compile_graph
 from .graph import Graph, Node, topological
 from .restrict import restrict
 
@@ -68,16 +68,19 @@ def shardable(node: Node) -> bool:
     return bool(node.shape) and node.shape[0] > 1 and (_plain_matmul(node) or restrict(node, slice(0, 1)) is not None)
 
 
-def split(node: Node, limit: int, wire: str = "f32", weights: Sequence[float] = (1.0,)) -> Split:
+def split(
+    node: Node, limit: int, wire: str = "f32", weights: Sequence[float] = (1.0,), keys: ContentKeys | None = None
+) -> Split:
     """``node``'s computation as shards in proportion to ``weights``, in pieces whose buffers fit ``limit``.
 
     Raises :class:`DeviceLimitError` naming the limit when the computation cannot be cut to fit.
     """
+    keys = keys or ContentKeys()
     if _plain_matmul(node):
-        return _matmul(node, limit, wire, weights)
+        return _matmul(node, limit, wire, weights, keys)
     if shardable(node):
-        return _rows(node, limit, wire, weights)
-    plan = compile_graph([node], wire)
+        return _rows(node, limit, wire, weights, keys)
+    plan = compile_graph([node], wire, keys)
     if plan.program.largest_buffer <= limit:
         return Split([Piece(plan, _put_rows(0, None))], node.shape, node.dtype)
     raise DeviceLimitError(
@@ -114,7 +117,7 @@ def _largest(node: Node) -> int:
     return max(n.size * 4 for n in topological([node]))
 
 
-def _matmul(node: Node, limit: int, wire: str, weights: Sequence[float]) -> Split:
+def _matmul(node: Node, limit: int, wire: str, weights: Sequence[float], keys: ContentKeys) -> Split:
     """Shards of C's rows (or columns, when it has more of them), each in blocks that fit ``limit``."""
     a_node, b_node = node.args
     a, b = (_value(n) for n in (a_node, b_node))
@@ -142,7 +145,7 @@ def _matmul(node: Node, limit: int, wire: str, weights: Sequence[float]) -> Spli
                          graph.input(f"{b_node.text}[{p}:, {j}:{j1}]", b[p : p + kb, j:j1])],
                         {}, node.text,
                     )  # fmt: skip
-                    pieces.append(Piece(compile_graph([part], wire), _add_block(i, i1, j, j1), shard))
+                    pieces.append(Piece(compile_graph([part], wire, keys), _add_block(i, i1, j, j1), shard))
     return Split(pieces, (m, n), "float32")
 
 
@@ -153,20 +156,20 @@ def _add_block(r0: int, r1: int, c0: int, c1: int) -> Callable[[np.ndarray, np.n
     return place
 
 
-def _rows(node: Node, limit: int, wire: str, weights: Sequence[float]) -> Split:
+def _rows(node: Node, limit: int, wire: str, weights: Sequence[float], keys: ContentKeys) -> Split:
     """Shards of ``node``'s first axis, each in chunks of rows that fit ``limit`` (broadcast inputs are not cut)."""
     pieces = []
     for shard, lo, hi in bounds(node.shape[0], weights):
-        pieces += _fitted(node, lo, hi, limit, wire, shard)
+        pieces += _fitted(node, lo, hi, limit, wire, shard, keys)
     return Split(pieces, node.shape, node.dtype)
 
 
-def _fitted(node: Node, lo: int, hi: int, limit: int, wire: str, shard: int) -> list[Piece]:
+def _fitted(node: Node, lo: int, hi: int, limit: int, wire: str, shard: int, keys: ContentKeys) -> list[Piece]:
     """Rows ``lo:hi`` of ``node`` as pieces within ``limit``: the whole range if it fits, else chunks
     sized from the first try (checked again, as a buffer need not shrink in proportion)."""
     part = restrict(node, slice(lo, hi))
     assert part is not None  # the caller checked that rows can be cut
-    plan = compile_graph([part], wire)
+    plan = compile_graph([part], wire, keys)
     largest = plan.program.largest_buffer
     if largest <= limit:
         return [Piece(plan, _put_rows(lo, hi), shard)]
@@ -175,7 +178,8 @@ def _fitted(node: Node, lo: int, hi: int, limit: int, wire: str, shard: int) -> 
             f"one row of {node.text!r} needs a {largest}-byte buffer, above the device's buffer limit of {limit} bytes"
         )
     step = max(1, min((hi - lo) // 2, (hi - lo) * limit // largest))
-    return [p for start in range(lo, hi, step) for p in _fitted(node, start, min(start + step, hi), limit, wire, shard)]
+    chunks = [(start, min(start + step, hi)) for start in range(lo, hi, step)]
+    return [p for start, stop in chunks for p in _fitted(node, start, stop, limit, wire, shard, keys)]
 
 
 def _put_rows(r0: int, r1: int | None) -> Callable[[np.ndarray, np.ndarray], None]:
