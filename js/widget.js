@@ -58,7 +58,8 @@ function render({ model, el }) {
     note.textContent = running ? model.get("note") : "";
     table.replaceChildren();
     jobs.replaceChildren();
-    totals.textContent = running ? `sent ${size(model.get("sent"))} · received ${size(model.get("received"))}` : "";
+    const tunnel = model.get("reach") === "ngrok" ? ` · through ngrok ${size(model.get("tunnel"))} of about 1 GB a month free` : "";
+    totals.textContent = running ? `sent ${size(model.get("sent"))} · received ${size(model.get("received"))}${tunnel}` : "";
     if (devices.length) {
       const head = table.insertRow();
       for (const h of ["id", "device", "adapter", "state", "jobs", "speed", "failures", "holds", "max buffer"]) cell(head, h, "webnet-head");
@@ -91,7 +92,7 @@ function render({ model, el }) {
       jobs.append(line);
     }
   };
-  for (const name of ["devices", "jobs", "sent", "received", "running", "url", "qr_svg", "note"]) model.on(`change:${name}`, draw);
+  for (const name of ["devices", "jobs", "sent", "received", "tunnel", "running", "url", "qr_svg", "note"]) model.on(`change:${name}`, draw);
   draw();
 }
 

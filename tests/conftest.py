@@ -97,7 +97,7 @@ def chromium() -> Iterator[object]:
         browser = pw.chromium.launch(
             executable_path=path,
             args=[f for f in chromium_flags(software_gpu=True) if f != "--headless=new"]
-            + ["--host-resolver-rules=MAP insecure.webnet.test 127.0.0.1"],
+            + ["--host-resolver-rules=MAP insecure.webnet.test 127.0.0.1, MAP tunnel.webnet.test 127.0.0.1"],
             headless=True,
         )
         yield browser

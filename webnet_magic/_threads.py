@@ -38,3 +38,30 @@ async def in_daemon_thread(fn: Callable[..., T], *args: Any) -> T:
 
     threading.Thread(target=work, name="webnet-work", daemon=True).start()
     return await done
+
+
+def run_with_deadline(fn: Callable[[], T], timeout: float, on_timeout: Callable[[], None]) -> T:
+    """``fn()`` in a daemon thread, waited for at most ``timeout`` seconds from this thread.
+
+    For library calls with no deadline of their own (pyngrok reads an agent's log until a line
+    it wants).  On timeout ``on_timeout`` runs (it should make ``fn`` return, e.g. by killing
+    the process it waits on) and TimeoutError is raised; ``fn``'s own error is re-raised here.
+    """
+    outcome: list[tuple[T | None, BaseException | None]] = []
+
+    def work() -> None:
+        try:
+            outcome.append((fn(), None))
+        except BaseException as exc:
+            outcome.append((None, exc))
+
+    thread = threading.Thread(target=work, name="webnet-deadline", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not outcome:
+        on_timeout()
+        raise TimeoutError(f"no answer within {timeout:g} s")
+    result, error = outcome[0]
+    if error is not None:
+        raise error
+    return result  # type: ignore[return-value]

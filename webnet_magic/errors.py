@@ -60,3 +60,7 @@ class VerificationFailed(WorkerError):
 
 class BrokerStopped(WebnetError, RuntimeError):
     """The broker was stopped (``%webnet stop``) while a job was waiting or running."""
+
+
+class TunnelError(WebnetError, RuntimeError):
+    """A tunnel or https mode could not be opened; the broker keeps serving this machine."""

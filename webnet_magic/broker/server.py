@@ -80,6 +80,8 @@ class Broker:
         self.pinned: dict[str, np.ndarray] = {}  # content key -> array, for %webnet put
         self.bytes_sent = 0  # to all workers this session, frames included
         self.bytes_received = 0
+        self.tunnel_host: str | None = None  # the public Host of a tunnel to this broker, if one is open
+        self.tunnel_bytes = 0  # page, scripts and frames through it, both ways (ngrok's free tier caps them)
         self._heartbeat_task: asyncio.Task[None] | None = None
 
     def token_ok(self, offered: str | None) -> bool:
@@ -94,7 +96,7 @@ class Broker:
                 (
                     "/({})".format("|".join(name.replace(".", r"\.") for name in STATIC_FILES)),
                     StaticFile,
-                    {"path": str(self.static_dir)},
+                    {"path": str(self.static_dir), "broker": self},
                 ),
             ],
             websocket_max_message_size=MAX_FRAME,  # larger frames are refused by tornado itself
@@ -160,7 +162,18 @@ def _log_without_query(handler: tornado.web.RequestHandler) -> None:
     log.debug("%d %s %s (%s)", handler.get_status(), request.method, request.path, request.remote_ip)
 
 
-class WorkerPage(tornado.web.RequestHandler):
+class TunnelCounted(tornado.web.RequestHandler):
+    """A handler whose response bodies through the tunnel are added to the broker's count."""
+
+    broker: Broker
+
+    def write(self, chunk: str | bytes | dict[str, Any]) -> None:
+        if self.request.host == self.broker.tunnel_host and isinstance(chunk, bytes):
+            self.broker.tunnel_bytes += len(chunk)
+        super().write(chunk)
+
+
+class WorkerPage(TunnelCounted):
     """The worker page; it needs the token in its query string but only the socket checks it."""
 
     def initialize(self, broker: Broker) -> None:
@@ -181,7 +194,11 @@ class NoContent(tornado.web.RequestHandler):
         self.set_status(204)
 
 
-class StaticFile(tornado.web.StaticFileHandler):
+class StaticFile(TunnelCounted, tornado.web.StaticFileHandler):
+    def initialize(self, path: str, broker: Broker) -> None:  # type: ignore[override]
+        super().initialize(path)
+        self.broker = broker
+
     def set_extra_headers(self, path: str) -> None:
         self.set_header("Cache-Control", "no-cache")
 
@@ -198,6 +215,7 @@ class WorkerSocket(tornado.websocket.WebSocketHandler):
         self._message_ids = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._hello_timer: asyncio.TimerHandle | None = None
+        self.tunneled = False
 
     def check_origin(self, origin: str) -> bool:
         # The session token is the credential; the page may be reached through a tunnel's host name.
@@ -212,6 +230,7 @@ class WorkerSocket(tornado.websocket.WebSocketHandler):
             self.close(CLOSE_TRY_LATER, f"this notebook already has {MAX_SOCKETS} worker connections")
             return
         self.broker.sockets.add(self)
+        self.tunneled = self.request.host == self.broker.tunnel_host
         limit = self.broker.silence_limit  # a peer silent this long is gone, hello or not
         self._hello_timer = asyncio.get_running_loop().call_later(
             limit, lambda: self._refuse(f"no hello within {limit:g} s")
@@ -223,6 +242,7 @@ class WorkerSocket(tornado.websocket.WebSocketHandler):
         if isinstance(frame, str):
             return self._refuse("text frames are not part of the protocol")
         self.broker.bytes_received += len(frame)
+        self.broker.tunnel_bytes += len(frame) if self.tunneled else 0
         if self.device is not None:
             self.device.bytes_in += len(frame)
             self.device.last_seen = time.monotonic()
@@ -352,6 +372,7 @@ class WorkerSocket(tornado.websocket.WebSocketHandler):
         for frame in encode(message, next(self._message_ids) & 0xFFFFFFFF, self.broker.chunk_size):
             await self.write_message(frame, binary=True)
             self.broker.bytes_sent += len(frame)
+            self.broker.tunnel_bytes += len(frame) if self.tunneled else 0
             if self.device is not None:
                 self.device.bytes_out += len(frame)
 

@@ -17,6 +17,7 @@ import concurrent.futures
 import contextlib
 import logging
 import secrets
+import ssl as ssl_module
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -88,6 +89,7 @@ class BrokerThread:
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
         self._server: tornado.httpserver.HTTPServer | None = None
+        self._https: tornado.httpserver.HTTPServer | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -149,11 +151,31 @@ class BrokerThread:
         self.broker.start_heartbeat()
 
     async def _shutdown(self) -> None:
-        assert self._server is not None
-        self._server.stop()  # no new connections; the listening socket is closed now
+        servers = [s for s in (self._server, self._https) if s is not None]
+        for server in servers:
+            server.stop()  # no new connections; the listening socket is closed now
         await self.broker.shutdown()
         await asyncio.sleep(0.05)  # let the close frames go out
-        await self._server.close_all_connections()
+        for server in servers:
+            await server.close_all_connections()
+
+    def serve_https(self, host: str, ssl: ssl_module.SSLContext, port: int = 0) -> int:
+        """Also serve the page and socket over https on ``host`` (the LAN mode); returns the port.
+
+        The loopback listener stays as it was, for local workers and the notebook's own browser.
+        """
+
+        def bind() -> int:
+            sockets = tornado.netutil.bind_sockets(port, host)
+            self._https = tornado.httpserver.HTTPServer(self.broker.application(), ssl_options=ssl)
+            self._https.add_sockets(sockets)
+            return int(sockets[0].getsockname()[1])
+
+        return self.call(bind)
+
+    def expose_through(self, host: str | None) -> None:
+        """Count the bytes of requests whose ``Host`` is ``host`` (a tunnel's public name) apart."""
+        self.call(setattr, self.broker, "tunnel_host", host)
 
     # -- calls from the notebook thread --------------------------------------------------------
 
@@ -231,6 +253,7 @@ class BrokerThread:
             "jobs": self.broker.scheduler.jobs_snapshot(),
             "sent": self.broker.bytes_sent,
             "received": self.broker.bytes_received,
+            "tunnel": self.broker.tunnel_bytes,
         }
 
     def _changed(self) -> None:

@@ -55,6 +55,7 @@ class WebnetMagics(Magics):
     lease = Float(60.0, help="Base of each task's lease in seconds (expected run time is added).").tag(config=True)
     attempts = Int(3, help="Failed attempts (on lost or wrong devices) before a task's job fails.").tag(config=True)
     progress_after = Float(1.0, help="Seconds a blocking job runs before its progress bar shows.").tag(config=True)
+    tunnel = Unicode("auto", help="auto (ngrok in Colab/Kaggle with an authtoken), ngrok or off.").tag(config=True)
 
     @no_var_expand
     @line_cell_magic
@@ -94,9 +95,16 @@ class WebnetMagics(Magics):
                     silence_limit=self.silence_limit,
                     lease=self.lease,
                     attempts=self.attempts,
+                    tunnel=command.options.get("tunnel") or self.tunnel,
+                    authtoken=command.options.get("authtoken"),
+                    lan=command.options.get("lan") or False,
                 )
             except OSError as exc:
                 raise UsageError(f"webnet: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+            except ValueError as exc:
+                raise UsageError(f"webnet: {exc}") from None
+            if running.reach.problem:
+                print(f"webnet: {running.reach.problem}")
         display(running.panel())
 
     def _stop(self, command: Command) -> None:
@@ -113,6 +121,8 @@ class WebnetMagics(Magics):
         busy = sum(d["state"] in ("busy", "calibrating") for d in devices)
         print(f"webnet broker at {session.url}")
         print(f"{len(devices)} device(s) connected, {busy} busy; {len(fleet['jobs'])} job(s) in flight")
+        if session.reach.kind == "ngrok":
+            print(f"through the ngrok tunnel: {fleet['tunnel'] / 1e6:.1f} MB so far (free tier: about 1 GB a month)")
         for job in fleet["jobs"]:
             print(f"  job {job['id']}: {job['done']}/{job['total']} done")
 

@@ -53,7 +53,7 @@ class _Parser(argparse.ArgumentParser):
 
 #: One line per sub-command, shown by ``%webnet help``.
 SUBCOMMANDS = {
-    "start": "start the broker here and show the QR code + device panel  [--port N] [--host H]",
+    "start": "start the broker here and show the QR code + device panel  [--tunnel auto|ngrok|off] [--lan]",
     "stop": "stop the broker, disconnect every device",
     "status": "the broker's URL and devices",
     "devices": "a table of connected devices",
@@ -102,6 +102,19 @@ def _build() -> tuple[_Parser, _Parser]:
     start = sub.add_parser("start", prog="%webnet start", add_help=False)
     start.add_argument("--port", type=_port, help="port to listen on (0: any free port)")
     start.add_argument("--host", help="address to bind (default 127.0.0.1: this machine only)")
+    start.add_argument(
+        "--tunnel",
+        choices=("auto", "ngrok", "off"),
+        help="reach phones through ngrok: auto (default: in Colab/Kaggle with a token), ngrok, off",
+    )
+    start.add_argument("--authtoken", "--token", dest="authtoken", help="ngrok authtoken (better: NGROK_AUTHTOKEN)")
+    start.add_argument(
+        "--lan",
+        nargs="?",
+        const=True,
+        metavar="ADDRESS",
+        help="serve https on this Wi-Fi (default: this machine's LAN address)",
+    )
     for name in ("stop", "status", "devices", "url", "help"):
         sub.add_parser(name, prog=f"%webnet {name}", add_help=False)
     for name in ("put", "free"):

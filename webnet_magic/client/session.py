@@ -31,6 +31,7 @@ from ..ops.graph import topological
 from ..ops.split import buffer_limit, shardable, split
 from ..ops.verify import checker
 from ..program import Program
+from ..tunnel import expose
 from ..worker.launch import LocalWorker, launch
 from .expressions import namespace_resolver, parse
 from .jobs import Assemble, Job
@@ -74,6 +75,12 @@ class Session:
         added), and how many times a task may fail on a device before its job fails.
     calibrate
         Time a short matmul on each device as it joins, to size shards by speed.
+    tunnel, authtoken, lan
+        How a phone reaches the broker (see :func:`webnet_magic.tunnel.expose`): ``tunnel``
+        is ``"auto"`` (ngrok in Colab and Kaggle when an authtoken is found), ``"ngrok"`` or
+        ``"off"``; ``lan=True`` (or an address) serves https on the local network instead.
+        If a tunnel cannot be opened the broker still serves this machine and
+        ``reach.problem`` says why.
     """
 
     def __init__(
@@ -86,6 +93,9 @@ class Session:
         lease: float = 60.0,
         attempts: int = 3,
         calibrate: bool = True,
+        tunnel: str = "auto",
+        authtoken: str | None = None,
+        lan: bool | str = False,
     ) -> None:
         self.broker = BrokerThread(
             host,
@@ -96,13 +106,23 @@ class Session:
             attempts=attempts,
             calibrate=calibrate,
         ).start()
+        try:
+            self.reach = expose(self.broker, tunnel=tunnel, authtoken=authtoken, lan=lan)
+        except BaseException:
+            self.broker.stop()
+            raise
         self._panel: Any = None
         self._local_workers: list[LocalWorker] = []
         self._pinned: dict[str, str] = {}  # name -> content key, for put / free
 
     @property
     def url(self) -> str:
-        """The worker URL with its token: open it on a device with WebGPU."""
+        """The worker URL with its token, for a phone: the tunnel's or the LAN's when there is one."""
+        return self.reach.url
+
+    @property
+    def local_url(self) -> str:
+        """The worker URL on this machine (127.0.0.1), which local workers use."""
         return self.broker.url
 
     @property
@@ -126,7 +146,7 @@ class Session:
 
         For a notebook with no phone at hand, and for demos and tests.
         """
-        worker = launch(self.url, kind)
+        worker = launch(self.local_url, kind)
         self._local_workers.append(worker)
         return worker
 
@@ -182,8 +202,13 @@ class Session:
         return list(self._pinned)
 
     def stop(self) -> None:
-        """Close every worker connection, fail pending jobs, free the port, stop local workers."""
+        """Close every worker connection, fail pending jobs, free the port, close the tunnel, stop local workers.
+
+        The tunnel closes last, so a phone behind it hears that the notebook stopped (and stops
+        reconnecting) rather than seeing its link drop.
+        """
         self.broker.stop()
+        self.reach.close()
         for worker in self._local_workers:
             worker.stop()
         self._local_workers.clear()
@@ -348,7 +373,7 @@ class Session:
                     if not usable:
                         raise NoDeviceError(
                             f"no WebGPU device connected within {timeout:g} s. Open {self.url} on a device "
-                            f"with WebGPU, or run: python -m webnet_magic.worker '{self.url}'"
+                            f"with WebGPU, or run: python -m webnet_magic.worker '{self.local_url}'"
                         )
                     failures = job.progress.failures
                     history = f" (failed attempts: {'; '.join(failures)})" if failures else ""
@@ -369,7 +394,7 @@ class Session:
 
     def _waiting_text(self) -> str:
         lines = [f"webnet: waiting for a device. Open {self.url} in a browser with WebGPU"]
-        lines.append(f"        or run: python -m webnet_magic.worker '{self.url}'")
+        lines.append(f"        or run: python -m webnet_magic.worker '{self.local_url}'")
         lines += [
             f"        device {d['id']} ({d['name']}) joined without WebGPU: {d['reason']}"
             for d in self.devices()

@@ -40,14 +40,13 @@ class DevicePanel(anywidget.AnyWidget):
     jobs = traitlets.List(traitlets.Dict()).tag(sync=True)
     sent = traitlets.Int(0).tag(sync=True)
     received = traitlets.Int(0).tag(sync=True)
+    reach = traitlets.Unicode("local").tag(sync=True)  # local, ngrok or lan: how the link is reached
+    tunnel = traitlets.Int(0).tag(sync=True)  # bytes through the ngrok tunnel, both ways
 
     def __init__(self, session: Session, **kwargs: Any) -> None:
-        # Every link is plain http for now, and WebGPU needs https unless the page is on localhost.
-        note = (
-            "This link works in a browser on this machine only: WebGPU needs https or localhost, "
-            "and other devices cannot reach 127.0.0.1."
-        )
-        super().__init__(url=session.url, qr_svg=qr_svg(session.url), note=note, **kwargs)
+        reach = session.reach
+        note = f"{reach.problem} {reach.note}" if reach.problem else reach.note
+        super().__init__(url=reach.url, qr_svg=qr_svg(reach.url), note=note, reach=reach.kind, **kwargs)
         self._update(session.broker.fleet())
         session.broker.add_listener(self._update)
 
@@ -55,7 +54,7 @@ class DevicePanel(anywidget.AnyWidget):
         if self.running:
             with self.hold_sync():  # one message to the front end per change
                 self.devices, self.jobs = fleet["devices"], fleet["jobs"]
-                self.sent, self.received = fleet["sent"], fleet["received"]
+                self.sent, self.received, self.tunnel = fleet["sent"], fleet["received"], fleet["tunnel"]
 
     def stopped(self) -> None:
         self.running = False
@@ -67,6 +66,8 @@ class DevicePanel(anywidget.AnyWidget):
         lines = ["webnet broker running. Open this link on a device with WebGPU:", f"  {self.url}"]
         if self.note:
             lines.append(f"  ({self.note})")
+        if self.reach == "ngrok":
+            lines.append(f"through the tunnel so far: {self.tunnel / 1e6:.1f} MB (ngrok's free tier: ~1 GB a month)")
         lines.append(f"devices: {len(self.devices)}")
         lines += [f"  {d['id']}  {d['name']}  [{d['state']}, {d['jobs_done']} jobs]" for d in self.devices]
         lines += [f"job {j['id']}: {j['done']}/{j['total']} done" for j in self.jobs]
