@@ -17,6 +17,7 @@ const state = {
   jobsDone: 0,
   lastJobMs: null,
   job: null,
+  trail: [], // the last statuses shown, oldest first (for tests: a job's phases pass quickly)
 };
 
 const HIGH_WATER = 8 * 1024 * 1024; // bytes queued on the socket before send() waits
@@ -29,6 +30,7 @@ function show(status, detail = "") {
   $("status").textContent = status;
   $("status").dataset.tone = TONES[status] || "bad";
   $("detail").textContent = detail;
+  state.trail = [...state.trail.slice(-19), detail ? `${status}: ${detail}` : status];
   $("device").textContent = [state.deviceId, state.adapter].filter(Boolean).join(" · ");
   $("jobs").textContent = `${state.jobsDone} job${state.jobsDone === 1 ? "" : "s"} done`;
   $("last").textContent = state.lastJobMs === null ? "" : `last job ${state.lastJobMs.toFixed(1)} ms on the GPU`;
@@ -183,12 +185,15 @@ class Worker {
     if (this.cancelled.has(job)) return this.fail(job, "cancelled", "cancelled before it started");
     if (!this.executor) return this.fail(job, "no-webgpu", this.noGpu || "this page has no WebGPU device");
     state.job = job;
-    show("running", `job ${job}`);
+    const steps = message.fields.steps.length;
+    const received = (message.arrays || []).reduce((n, a) => n + a.bytes.byteLength, 0);
+    show("running", `job ${job}: ${steps} GPU step${steps === 1 ? "" : "s"} on ${(received / 1e6).toFixed(1)} MB received`);
     try {
       const { outputs, timings } = await this.executor.run(message);
       if (socket !== this.socket) return; // the link dropped meanwhile; the notebook already failed the job
       if (this.cancelled.has(job)) return this.fail(job, "cancelled", "cancelled while running");
-      await this.send({ type: "result", fields: { job, timings, cache: this.executor.cache.held() }, arrays: outputs });
+      const result = { type: "result", fields: { job, timings, cache: this.executor.cache.held() }, arrays: outputs };
+      await this.send(result, (part) => show("running", `job ${job}: sending the result, ${Math.round(part * 100)}%`));
       state.jobsDone += 1;
       state.lastJobMs = timings.kernel;
     } catch (e) {
@@ -206,16 +211,21 @@ class Worker {
   }
 
   // Sends frame by frame, waiting while the socket's buffer is full: a large result then
-  // never sits in memory twice, and a pong can slip in between its frames.
-  async send(message) {
+  // never sits in memory twice, and a pong can slip in between its frames.  `progress` hears
+  // the fraction sent after each frame (over a phone's uplink, a result can take a while).
+  async send(message, progress = null) {
     const socket = this.socket;
     if (!socket || socket.readyState !== WebSocket.OPEN) return;
+    const total = (message.arrays || []).reduce((n, a) => n + a.bytes.byteLength, 0);
+    let sent = 0;
     for (const frame of encode(message, this.ids++)) {
       while (socket.bufferedAmount > HIGH_WATER) {
         if (socket.readyState !== WebSocket.OPEN) return;
         await new Promise((resolve) => setTimeout(resolve, 5));
       }
       socket.send(frame);
+      sent += frame.byteLength;
+      if (progress && total) progress(Math.min(1, sent / total));
     }
   }
 

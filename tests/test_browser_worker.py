@@ -57,6 +57,11 @@ def test_the_magic_runs_on_the_browser_worker(page, shell) -> None:
     assert "3 jobs done" in page.inner_text("#jobs")
     assert session.devices()[0]["last_job_ms"] > 0 and session.devices()[0]["jobs_done"] == 1
     assert session.devices()[0]["gflops"] > 0
+    # What the person holding the phone saw, phase by phase: the job, its result going back, idle.
+    trail = page.evaluate("window.webnet.trail")
+    running = [t for t in trail if t.startswith("running: job")]
+    assert any("1 GPU step" in t and "MB received" in t for t in running), trail
+    assert any(t.endswith("sending the result, 100%") for t in running) and trail[-1] == "idle", trail
 
 
 def test_a_compile_error_names_the_wgsl_line(page, broker: BrokerThread) -> None:
