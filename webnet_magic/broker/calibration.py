@@ -3,10 +3,11 @@
 A 256 x 256 x 256 matmul (34 Mflop) takes milliseconds on a phone GPU and well under
 a second on lavapipe, yet is large enough for the time to reflect arithmetic rather than
 dispatch overhead alone.  The scheduler runs it twice and times the second (the first
-pays for a lazy shader compile and first allocations).  Its inputs are not kept in the worker's cache: a device
-calibrates once per connection (one that resumes keeps its speed), and the cache, with
-what the panel counts in it, is the notebook's.  A device whose answer is outside the
-matmul's stated tolerance is banned before it is given any of the notebook's work.
+pays for a lazy shader compile and first allocations).  Its inputs are not kept in the
+worker's cache: a device calibrates once per connection (one that resumes keeps its
+speed), and the cache, with what the panel counts in it, is the notebook's.  A device
+whose answer is outside the matmul's stated tolerance is banned before it is given any
+of the notebook's work.
 """
 
 from __future__ import annotations

@@ -84,8 +84,9 @@ class WebnetMagics(Magics):
         running = sessions.current()
         host, port = command.options.get("host", self.host), command.options.get("port", self.port)
         if running is not None:
-            if port not in (0, running.broker.port) or host != running.broker.host:
-                print(f"webnet: already running at {running.url}; %webnet stop first to move it")
+            reach = {k: command.options[k] for k in ("tunnel", "lan") if k in command.options}
+            if port not in (0, running.broker.port) or host != running.broker.host or reach:
+                print(f"webnet: already running at {running.url}; %webnet stop first to move it or change its reach")
         else:
             try:
                 running = sessions.start(
