@@ -255,6 +255,7 @@ class Scheduler:
         self.lease = lease
         self.max_attempts = attempts
         self.calibrate = calibrate
+        self.stopping = False  # set by stop(): sends that fail from then on are expected
         self._on_change = on_change
         self._task_ids = itertools.count(1)
         self._device_ids = itertools.count(1)
@@ -391,6 +392,7 @@ class Scheduler:
 
     def stop(self) -> None:
         """Fail every unfinished task; the broker is going away."""
+        self.stopping = True
         for task in list(self.tasks.values()):
             self._finish(task, error=BrokerStopped("the webnet broker was stopped (%webnet stop)"))
         self.queue.clear()
@@ -668,7 +670,9 @@ class Scheduler:
 
     def _sent(self, device: Device, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
-            log.warning("sending to %s failed: %r", device.id, task.exception())
+            # At a stop, sockets close under messages still being sent: expected, not worth a warning.
+            log.log(logging.DEBUG if self.stopping else logging.WARNING, "sending to %s failed: %r",
+                    device.id, task.exception())  # fmt: skip
             device.close(1011, "send failed")
             self.leave(device, "could not be reached")
 
