@@ -64,7 +64,7 @@ class Edge:
         async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await self._connection(reader, writer, target.hostname or "127.0.0.1", target.port or 80)
 
-        server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=self.certificate.context())
+        server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=self.certificate.context)
         port = server.sockets[0].getsockname()[1]
         url = f"https://{HOST}:{port}"
         self.endpoints[name] = (server, url)

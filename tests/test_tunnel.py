@@ -14,6 +14,7 @@ import ssl
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,7 +65,9 @@ def test_a_phone_reaches_the_notebook_through_the_tunnel_past_the_warning_page(
     agent: Path, shell, phone, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     monkeypatch.setenv("NGROK_AUTHTOKEN", "standin-good")
+    private_before = set(Path(tempfile.gettempdir()).glob("webnet-*"))
     assert shell.run_cell("%webnet start --tunnel ngrok").success
+    assert set(Path(tempfile.gettempdir()).glob("webnet-*")) == private_before  # the token's file is gone
     session = sessions.current()
     assert session.reach.kind == "ngrok" and not session.reach.problem
     assert session.url.startswith(f"https://{TUNNEL_HOST}:") and session.url.endswith(f"/?token={session.broker.token}")
@@ -88,6 +91,7 @@ def test_a_phone_reaches_the_notebook_through_the_tunnel_past_the_warning_page(
 
     shell.run_cell("%webnet stop")
     wait_until(lambda: not agent_running(), 10, "the agent to be stopped with the broker")
+    assert set(Path(tempfile.gettempdir()).glob("webnet-*")) == private_before
     assert int(agent.read_text()) >= through  # the edge carried what the broker counted, and headers
 
 
@@ -159,26 +163,47 @@ def test_auto_opens_nothing_outside_colab_and_kaggle_and_asks_for_nothing(
     assert session.reach.kind == "local" and "--tunnel ngrok" in session.reach.note
 
 
-def test_authtokens_are_found_in_the_order_users_expect(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+STAND_INS = ("google.colab.userdata", "google.colab", "google", "kaggle_secrets")
+
+
+@pytest.fixture
+def hosted_modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A folder on sys.path for stand-in Colab and Kaggle modules, forgotten afterwards
+    (an imported ``google.colab`` left in sys.modules would make every later session "in Colab")."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    for module in STAND_INS:
+        sys.modules.pop(module, None)
+
+
+def test_authtokens_are_found_in_the_order_users_expect(hosted_modules: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Argument, then environment, then a Colab secret, then a Kaggle secret; the value never shows."""
-    colab = tmp_path / "google" / "colab"
+    colab = hosted_modules / "google" / "colab"
     colab.mkdir(parents=True)
     (colab / "__init__.py").write_text("")
     (colab / "userdata.py").write_text("def get(name):\n    return {'NGROK_AUTHTOKEN': 'from-colab'}[name]\n")
-    (tmp_path / "kaggle_secrets.py").write_text(
+    (hosted_modules / "kaggle_secrets.py").write_text(
         "class UserSecretsClient:\n    def get_secret(self, name):\n        return 'from-kaggle'\n"
     )
     monkeypatch.setenv("NGROK_AUTHTOKEN", "from-env")
-    monkeypatch.syspath_prepend(str(tmp_path))
     assert find_authtoken(" given ").value == "given"  # type: ignore[union-attr]
     found = find_authtoken()
     assert found is not None and found.value == "from-env" and "from-env" not in f"{found!r} {found}"
     monkeypatch.delenv("NGROK_AUTHTOKEN")
     assert find_authtoken().source == "Colab's secret NGROK_AUTHTOKEN"  # type: ignore[union-attr]
     (colab / "userdata.py").write_text("def get(name):\n    raise KeyError(name)\n")  # no such secret
-    for module in ("google.colab.userdata", "google.colab", "google"):
+    for module in STAND_INS[:3]:
         sys.modules.pop(module, None)
     assert find_authtoken().value == "from-kaggle"  # type: ignore[union-attr]
+    assert hosted() == "colab"  # google.colab is imported now, as in a Colab kernel
+
+
+def test_colab_and_kaggle_are_recognised_by_their_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("COLAB_RELEASE_TAG", "KAGGLE_KERNEL_RUN_TYPE"):
+        monkeypatch.delenv(name, raising=False)
+    assert hosted() is None
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")
+    assert hosted() == "kaggle"
     monkeypatch.setenv("COLAB_RELEASE_TAG", "release-colab-20261127")
     assert hosted() == "colab"
 

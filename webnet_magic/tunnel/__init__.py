@@ -102,10 +102,10 @@ def _lan(broker: BrokerThread, address: str | None) -> Reach:
     address = address or lan_address()
     certificate = make_certificate(address)
     try:
-        port = broker.serve_https(address, certificate.context(), broker.port)
+        port = broker.serve_https(address, certificate.context, broker.port)
     except OSError:
         try:
-            port = broker.serve_https(address, certificate.context())  # that port is taken there
+            port = broker.serve_https(address, certificate.context)  # that port is taken there
         except OSError as exc:
             raise TunnelError(f"cannot serve https on {address}: {exc.strerror or exc}") from None
     host = f"[{address}]" if ":" in address else address

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import shutil
 import socket
 import ssl
 import tempfile
@@ -24,16 +25,10 @@ VALID_FOR = datetime.timedelta(days=7)
 
 @dataclass(frozen=True)
 class Certificate:
-    """A session's certificate and key, in files only this user can read, with its fingerprint."""
+    """A session's server-side TLS context (certificate and key loaded) and the certificate's fingerprint."""
 
-    certfile: str
-    keyfile: str
+    context: ssl.SSLContext
     fingerprint: str  # SHA-256, colon-separated hex: what a browser's certificate viewer shows
-
-    def context(self) -> ssl.SSLContext:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(self.certfile, self.keyfile)
-        return context
 
 
 def lan_address() -> str:
@@ -54,7 +49,11 @@ def lan_address() -> str:
 
 
 def make_certificate(address: str) -> Certificate:
-    """A self-signed certificate for ``address`` (an IP or a host name), valid for a week."""
+    """A self-signed certificate for ``address`` (an IP or a host name), valid for a week.
+
+    The key exists on disk only while :mod:`ssl` loads it (it reads files only), in a
+    directory only this user can enter, removed at once.
+    """
     try:
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes, serialization
@@ -84,15 +83,20 @@ def make_certificate(address: str) -> Certificate:
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
-    private = tempfile.mkdtemp(prefix="webnet-lan-")  # 0700
-    certfile, keyfile = os.path.join(private, "cert.pem"), os.path.join(private, "key.pem")
-    _write_private(certfile, certificate.public_bytes(serialization.Encoding.PEM))
     key_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    _write_private(keyfile, key_pem)
+    private = tempfile.mkdtemp(prefix="webnet-lan-")  # 0700
+    try:
+        certfile, keyfile = os.path.join(private, "cert.pem"), os.path.join(private, "key.pem")
+        _write_private(certfile, certificate.public_bytes(serialization.Encoding.PEM))
+        _write_private(keyfile, key_pem)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(certfile, keyfile)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
     digest = certificate.fingerprint(hashes.SHA256()).hex().upper()
-    return Certificate(certfile, keyfile, ":".join(digest[i : i + 2] for i in range(0, len(digest), 2)))
+    return Certificate(context, ":".join(digest[i : i + 2] for i in range(0, len(digest), 2)))
 
 
 def _write_private(path: str, data: bytes) -> None:

@@ -93,8 +93,8 @@ def open_ngrok(port: int, authtoken: Authtoken, timeout: float = START_TIMEOUT) 
         public_url = "https://" + public_url.removeprefix("http://")
 
     def close() -> None:
-        with contextlib.suppress(Exception):
-            ngrok.disconnect(endpoint.public_url, config)
+        # Stopping the agent closes its endpoint.  Not ngrok.disconnect(): it would start a
+        # new agent if this one had died, and write a default config where ours was.
         with contextlib.suppress(Exception):
             ngrok.kill(config)
 
