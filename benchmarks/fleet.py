@@ -10,13 +10,14 @@ n x n float32 matmul it measures
   (``shard="auto"``);
 - numpy on this CPU, as the usual reference.
 
-    python benchmarks/fleet.py [--n 1024] [--slowdowns 1 2 4] [--repeat 3] [--threads T]
+    python benchmarks/fleet.py [--n 1024] [--slowdowns 1 2 4] [--repeat 3] [--threads T] [--shards 6 12]
 
 The target is a makespan within 1.2x of the ideal.  The throttled workers sleep rather
 than compute, but the real work of all k still shares this machine's GPU (or CPU, on
 lavapipe), which the ideal, made of solo times, does not account for: real phones do not
 share a processor.  On lavapipe ``--threads`` caps each worker's threads
-(``LP_NUM_THREADS``), so that k workers fit the cores rather than fight over them.
+(``LP_NUM_THREADS``), so that k workers fit the cores rather than fight over them.  ``--shards N ...`` also times
+the job cut into N shards (more than devices: a device that finishes early takes another).
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ def main() -> None:
     parser.add_argument("--slowdowns", type=float, nargs="+", default=[1.0, 2.0, 4.0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, help="lavapipe threads per worker (LP_NUM_THREADS)")
+    parser.add_argument("--shards", type=int, nargs="*", default=[], help="also time the fleet with N shards")
     args = parser.parse_args()
 
     rng = np.random.default_rng(0)
@@ -112,6 +114,9 @@ def main() -> None:
         print(f"{'ideal (1 / sum 1/T_i)':<28} {ideal:>8.3f} {1:>8.2f}")
         print(f"{'fastest device alone':<28} {min(alone):>8.3f} {min(alone) / ideal:>8.2f}")
         print(f"{'fleet, shards by speed':<28} {by_speed:>8.3f} {by_speed / ideal:>8.2f}")
+        for count in args.shards:
+            seconds = median_time(args.repeat, lambda count=count: fleet(count))
+            print(f"{f'fleet, {count} shards':<28} {seconds:>8.3f} {seconds / ideal:>8.2f}")
         print(f"{'numpy on this CPU':<28} {numpy_s:>8.3f} {numpy_s / ideal:>8.2f}")
         print(f"max |error| of the fleet's result vs float64: {error:.2e}")
         print(f"target: fleet <= 1.2 x ideal -> {'met' if by_speed <= 1.2 * ideal else 'NOT met'}")

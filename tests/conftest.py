@@ -127,3 +127,15 @@ def shell() -> Iterator[object]:
     ip.run_cell("%unload_ext webnet_magic", store_history=False)
     for name in [n for n in ip.user_ns if not n.startswith("_") and n not in ip.user_ns_hidden]:
         del ip.user_ns[name]
+
+
+@pytest.fixture
+def joined(shell, workers: Workers):
+    """The shell after ``%webnet start``, with one native worker joined and calibrated."""
+    from webnet_magic.client import session as sessions
+
+    assert shell.run_cell("%webnet start", store_history=False).success
+    session = sessions.current()
+    workers.start(session.url)
+    session.wait_for_devices(1, 60)
+    return shell

@@ -5,10 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from webnet_magic.client import session as sessions
 from webnet_magic.ops import OPS
-
-from .conftest import Workers
 
 SAXPY = """%%webnet kernel saxpy(x, y, a: f32) -> out[x.shape] --workgroups auto
 @group(0) @binding(0) var<storage, read> x: array<f32>;
@@ -46,11 +43,8 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
 
 
 @pytest.fixture
-def notebook(shell, workers: Workers):
-    shell.run_cell("%webnet start")
-    session = sessions.current()
-    workers.start(session.url)
-    session.wait_for_devices(1, 60)
+def notebook(joined):
+    shell = joined
     shell.run_cell("import numpy as np\nX = np.arange(1000, dtype=np.float32)\nY = np.ones(1000, np.float32)")
     yield shell
     for name in ("saxpy", "count_positive", "broken"):

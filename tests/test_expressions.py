@@ -11,8 +11,6 @@ from webnet_magic.client import session as sessions
 from webnet_magic.client.expressions import ExpressionError, namespace_resolver, parse, parse_program
 from webnet_magic.errors import ShapeError
 
-from .conftest import Workers
-
 rng = np.random.default_rng(7)
 NS = {
     "X": rng.standard_normal((33, 20)).astype(np.float32),
@@ -78,14 +76,10 @@ def test_bad_expressions_name_what_is_wrong(text: str, error: type, complaint: s
 
 
 @pytest.fixture
-def notebook(shell, workers: Workers):
+def notebook(joined):
     """A shell with a broker, one native worker, and the MLP's arrays."""
-    shell.run_cell("%webnet start")
-    session = sessions.current()
-    workers.start(session.url)
-    session.wait_for_devices(1, 60)
-    shell.user_ns.update(NS)
-    return shell
+    joined.user_ns.update(NS)
+    return joined
 
 
 def test_the_magic_runs_an_expression_as_one_job_and_brings_back_only_the_result(notebook) -> None:

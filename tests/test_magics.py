@@ -19,12 +19,9 @@ def run(shell, code: str):
 
 
 @pytest.fixture
-def started(shell, workers: Workers, capsys):
-    """A shell whose broker runs and has one native worker joined."""
-    assert run(shell, "%webnet start").success
-    session = sessions.current()
-    workers.start(session.url)
-    session.wait_for_devices(1, 60)
+def started(joined, capsys):
+    """A shell whose broker runs and has one native worker joined, with A and B."""
+    shell = joined
     capsys.readouterr()
     shell.run_cell("import numpy as np\nrng = np.random.default_rng(0)")
     shell.run_cell("A = rng.random((300, 129))\nB = rng.random((129, 77))")
