@@ -12,6 +12,8 @@ From Python::
     session = wm.start()          # broker in a background thread; open session.url on a device
     C = session.matmul(A, B)
     Y = wm.run("relu(X @ W1 + b1) @ W2", X=X, W1=W1, b1=b1, W2=W2)   # one job
+    net = wm.load_model("model.onnx")   # or a torch module with example inputs
+    P = net(X)                          # weights go to each device once
 
 Imports stay lazy so ``%load_ext`` is cheap and a missing optional extra (wgpu for
 the native worker) only matters when its feature is used.
@@ -52,6 +54,17 @@ def run(expression: str, /, *, local: bool = False, **arrays_and_options: Any) -
     return evaluate_expression(expression, arrays_and_options, local=local, **options)
 
 
+def load_model(source: Any, example: Any = None, **options: Any) -> Any:
+    """A model to run on the fleet: an ONNX path, bytes or ModelProto, or a torch module with example inputs.
+
+    ``net = load_model("resnet50.onnx")`` then ``Y = net(X)``; see
+    :func:`webnet_magic.models.load_model` (needs the ``[models]`` extra: onnx).
+    """
+    from .models import load_model as _load
+
+    return _load(source, example, **options)
+
+
 def stop() -> None:
     """Stop this process's broker, closing every worker connection and freeing its port."""
     from .client.session import stop as _stop
@@ -73,4 +86,4 @@ def unload_ipython_extension(ipython: InteractiveShell) -> None:
     unload(ipython)
 
 
-__all__ = ["__version__", "load_ipython_extension", "run", "start", "stop", "unload_ipython_extension"]
+__all__ = ["__version__", "load_ipython_extension", "load_model", "run", "start", "stop", "unload_ipython_extension"]

@@ -386,6 +386,20 @@ class Session:
             bar.close(job.progress, "interrupted")
             raise
 
+    def run_model(self, model: Any, bound: Mapping[str, np.ndarray], *, timeout: float = 60.0,
+                  progress_after: float = 1.0, **launch: Any) -> list[np.ndarray]:  # fmt: skip
+        """A loaded model on checked inputs (see :meth:`webnet_magic.models.Model.__call__`); blocks."""
+        job = self.submit_model(model, bound, **launch)
+        return self.wait(job, timeout, progress_after=progress_after)
+
+    def submit_model(self, model: Any, bound: Mapping[str, np.ndarray], **launch: Any) -> Job:
+        """A model call as a :class:`Job`, its batch cut over devices (see :mod:`webnet_magic.models.run`)."""
+        from ..models.run import launch_model
+
+        if not self.running:
+            raise BrokerStopped("the webnet broker is not running; start it with %webnet start")
+        return launch_model(self, model, bound, **launch)
+
     def run(self, program: Program, *, timeout: float, device: str | None = None) -> list[np.ndarray]:
         """One prepared program on a device (a custom kernel's compile check); Ctrl-C cancels it."""
         job_id = self.broker.broker.scheduler.new_task_id()

@@ -1,0 +1,148 @@
+"""A model call as tasks on the fleet: one task, or the batch cut over devices by their speed.
+
+Data parallelism needs a batch to cut: the inputs whose first dimension is symbolic
+(``batch``) are sliced along it, each slice is lowered and compiled on its own, and
+goes to the device it was sized for.  The outputs are joined back along their first
+axis, which is checked to be the batch in every slice before the batch is cut
+(otherwise the call runs as one task).  Each slice is a task of one job, so retries,
+leases, ``--verify`` and cancel work as for any sharded job.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import DeviceLimitError
+from ..ops import Graph, Node, Plan, compile_graph
+from ..ops.graph import topological
+from ..ops.split import buffer_limit
+from ..ops.verify import checker
+from .lowering import Value
+
+if TYPE_CHECKING:
+    from ..client.jobs import Job
+    from ..client.session import Session
+    from .model import Model
+
+#: A batch is cut over devices only when each slice keeps at least this many items.
+MIN_SLICE = 1
+
+
+def launch_model(
+    session: Session,
+    model: Model,
+    bound: Mapping[str, np.ndarray],
+    *,
+    devices: str | Sequence[str] | None = None,
+    shard: str | int = "auto",
+    verify: bool = False,
+    wire: str = "f32",
+    bind: Any = None,
+) -> Job:
+    """Submit ``model`` on ``bound`` inputs; returns the job at once (its results are the model's outputs)."""
+    from ..client.jobs import Job
+    from ..client.session import _device_set, _shard_count, _speed, warn_conversions
+
+    allowed = _device_set(devices)
+    fleet = [d for d in session.devices() if d["state"] not in ("no WebGPU", "banned", "calibrating")
+             and (allowed is None or d["id"] in allowed)]  # fmt: skip
+    batch = _batch_size(model, bound)
+    count = 1
+    if shard != "off" and batch > 1:
+        count = len(fleet) if shard == "auto" else _shard_count(shard)
+    count = max(1, min(count, batch // MIN_SLICE if batch else 1))
+    ranked = sorted(fleet, key=_speed, reverse=True)
+    targets = [ranked[i % len(ranked)] for i in range(count)] if ranked else [None] * count
+    sizes = _proportional(batch, [_speed(t) for t in targets]) if count > 1 else [batch]
+    slices = _slices(sizes) if count > 1 else [slice(None)]
+    pieces = [_lower(model, {k: (a[s] if _batched(model, k) else a) for k, a in bound.items()}, wire) for s in slices]
+    if count > 1 and not all(_batch_first(p, size) for p, size in zip(pieces, sizes, strict=True)):
+        pieces, targets, count = [_lower(model, bound, wire)], [None], 1
+    for plan, _values in pieces:
+        warn_conversions(plan.note if plan else None)
+    limit = min((buffer_limit(d["limits"]) for d in fleet), default=buffer_limit({}))
+    job_id = session.broker.broker.scheduler.new_task_id()
+    tasks = []
+    for i, ((plan, _values), target) in enumerate(zip(pieces, targets, strict=True), 1):
+        if plan is None:
+            continue
+        _check_fits(model, plan, limit)
+        tasks.append(
+            session.broker.submit(
+                plan.program,
+                task_id=job_id if count == 1 else f"{job_id}.{i}",
+                devices=allowed,
+                prefer=target["id"] if target else None,
+                check=checker(plan, wire) if verify else None,
+                group=job_id,
+                shards=count,
+            )
+        )
+
+    def assemble(results: list[list[np.ndarray]]) -> list[np.ndarray]:
+        done = iter(results)
+        per_piece = []
+        for plan, values in pieces:
+            outputs = iter(plan.finish(next(done))) if plan is not None else iter(())
+            per_piece.append([next(outputs) if isinstance(v, Node) else v.array for v in values])
+        joined = [np.concatenate(parts) if len(parts) > 1 else parts[0] for parts in zip(*per_piece, strict=True)]
+        return model.finish(joined)
+
+    # (with no task, every output was known on the host: the job is done at once)
+    return Job(session.broker, job_id, tasks, assemble, text=f"{model.name}(...)", bind=bind)
+
+
+def _lower(model: Model, arrays: Mapping[str, np.ndarray], wire: str) -> tuple[Plan | None, list[Value]]:
+    graph = Graph()
+    values = model.lower(graph, {name: graph.input(name, a) for name, a in arrays.items()})
+    devices = [v for v in values if isinstance(v, Node)]
+    return (compile_graph(devices, wire, model.weight_keys()) if devices else None), values
+
+
+def _batched(model: Model, name: str) -> bool:
+    spec = next(s for s in model.inputs if s.name == name)
+    return bool(spec.shape) and isinstance(spec.shape[0], str)
+
+
+def _batch_size(model: Model, bound: Mapping[str, np.ndarray]) -> int:
+    """The symbolic first dimension shared by the batched inputs (0 when there is none)."""
+    sizes = {bound[s.name].shape[0] for s in model.inputs if _batched(model, s.name)}
+    return sizes.pop() if len(sizes) == 1 else 0
+
+
+def _batch_first(piece: tuple[Plan | None, list[Value]], size: int) -> bool:
+    plan, values = piece
+    return all(isinstance(v, Node) and v.shape and v.shape[0] == size for v in values)
+
+
+def _proportional(total: int, speeds: Sequence[float]) -> list[int]:
+    """``total`` items shared by speed, each share at least one (largest remainders get the rest)."""
+    weights = [max(s, 1e-9) for s in speeds]
+    exact = [total * w / sum(weights) for w in weights]
+    sizes = [max(1, math.floor(e)) for e in exact]
+    while sum(sizes) > total:
+        sizes[sizes.index(max(sizes))] -= 1
+    order = sorted(range(len(exact)), key=lambda i: exact[i] - sizes[i], reverse=True)
+    for i in order[: total - sum(sizes)]:
+        sizes[i] += 1
+    return sizes
+
+
+def _slices(sizes: Sequence[int]) -> list[slice]:
+    starts = np.cumsum([0, *sizes])
+    return [slice(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:], strict=True)]
+
+
+def _check_fits(model: Model, plan: Plan, limit: int) -> None:
+    """Refuse a program with a buffer beyond the devices' limit, naming the tensor that needs it."""
+    if plan.program.largest_buffer <= limit:
+        return
+    largest = max(topological(plan.nodes), key=lambda n: n.size * 4)
+    raise DeviceLimitError(
+        f"{model.name}: {largest.text} needs {largest.size * 4 / 1e6:.1f} MB in one buffer, above the devices' limit "
+        f"of {limit / 1e6:.1f} MB; call it with a smaller batch (the batch is cut over devices when there are several)"
+    )
