@@ -115,6 +115,36 @@ def convolutions(draw: st.DrawFn) -> Case:
     return arrays, options
 
 
+@st.composite
+def windows(draw: st.DrawFn, rank: int, dilated: bool = True) -> tuple[tuple[int, ...], dict[str, Any]]:
+    """Spatial sizes and a window that fits them: kernel, strides (some past the kernel), pads, dilations."""
+    axes = []
+    for _ in range(rank):
+        k, d = draw(st.integers(1, 4)), draw(st.integers(1, 3)) if dilated else 1
+        extent = d * (k - 1) + 1
+        begin, end = draw(st.integers(0, extent - 1)), draw(st.integers(0, extent - 1))
+        size = draw(st.integers(max(1, extent - begin - end), 12))
+        axes.append((size, k, draw(st.integers(1, 5)), begin, end, d))
+    sizes, kernel, strides, begins, ends, dilations = zip(*axes, strict=True)
+    return sizes, {"kernel": kernel, "strides": strides, "pads": begins + ends, "dilations": dilations}
+
+
+@st.composite
+def convs(draw: st.DrawFn) -> Case:
+    """1-D to 3-D convs with groups (depthwise among them), dilations, asymmetric pads, strides past the kernel."""
+    rank = draw(st.sampled_from([1, 2, 2, 3]))
+    sizes, options = draw(windows(rank))
+    groups = draw(st.sampled_from([1, 1, 2, 3]))
+    c, f = groups * draw(st.integers(1, 3)), groups * draw(st.sampled_from([1, 2, 5, 16, 20]))
+    if draw(st.booleans()):  # depthwise
+        groups, c, f = c, c, c * draw(st.integers(1, 2))
+    x = _values((draw(st.integers(1, 2)), c, *sizes), draw(seeds), -1, 1)
+    arrays = [x, _values((f, c // groups, *options.pop("kernel")), draw(seeds), -1, 1)]
+    if draw(st.booleans()):
+        arrays.append(_values((f,), draw(seeds), -1, 1))
+    return arrays, {**options, "groups": groups}
+
+
 #: For each op, how to draw an argument list and options it accepts.
 CASES: dict[str, Callable[[], st.SearchStrategy[Case]]] = {
     "add": lambda: binary(),
@@ -144,4 +174,5 @@ CASES: dict[str, Callable[[], st.SearchStrategy[Case]]] = {
     "layernorm": lambda: rows(affine=True),
     "matmul": matmuls,
     "conv2d": convolutions,
+    "conv": convs,
 }

@@ -201,16 +201,15 @@ def compile_graph(outputs: Sequence[Node], wire: str = "f32", keys: ContentKeys 
 
 
 def flops(node: Node) -> int:
-    """Floating-point operations of a compute-bound node (matmul, conv2d); 0 for the rest.
+    """Floating-point operations of a compute-bound node (matmul, conv, conv2d); 0 for the rest.
 
     Only these count towards a program's ``work``: they run near a GPU's arithmetic
     peak, so work over time measures a device's speed in a way memory-bound ops do not.
     """
     if node.op == "matmul":
         return 2 * math.prod(node.shape) * node.args[0].shape[-1]
-    if node.op == "conv2d":
-        _, channels, kh, kw = node.args[1].shape
-        return 2 * math.prod(node.shape) * channels * kh * kw
+    if node.op in ("conv", "conv2d"):  # each output: a dot product over w's (C / groups, *kernel)
+        return 2 * math.prod(node.shape) * math.prod(node.args[1].shape[1:])
     return 0
 
 
