@@ -11,6 +11,7 @@ has arrived and been checked.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +19,6 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
-from IPython.display import display
 from traitlets import Float, Int, Unicode
 
 from ..errors import DeviceLimitError, DeviceNotFound, DtypeError, ShapeError, WorkerError
@@ -26,6 +26,7 @@ from ..ops import Graph, Node
 from ..ops.custom import KernelDefinitionError, compile_error, define, install, restore
 from ..ops.split import buffer_limit
 from ..program import Program
+from ..worker.native import split_token
 from . import session as sessions
 from .expressions import ExpressionError, namespace_resolver, parse_program
 from .parsing import Command, MagicSyntaxError, help_text, parse
@@ -86,7 +87,8 @@ class WebnetMagics(Magics):
         if running is not None:
             reach = {k: command.options[k] for k in ("tunnel", "lan") if k in command.options}
             if port not in (0, running.broker.port) or host != running.broker.host or reach:
-                print(f"webnet: already running at {running.url}; %webnet stop first to move it or change its reach")
+                where = split_token(running.url)[0]  # the token only when asked for: %webnet url
+                print(f"webnet: already running at {where}; %webnet stop first to move it or change its reach")
         else:
             try:
                 running = sessions.start(
@@ -106,7 +108,7 @@ class WebnetMagics(Magics):
                 raise UsageError(f"webnet: {exc}") from None
             if running.reach.problem:
                 print(f"webnet: {running.reach.problem}")
-        display(running.panel())
+        running.panel().show()
 
     def _stop(self, command: Command) -> None:
         if sessions.current() is None:
@@ -120,7 +122,7 @@ class WebnetMagics(Magics):
         fleet = session.broker.fleet()
         devices = fleet["devices"]
         busy = sum(d["state"] in ("busy", "calibrating") for d in devices)
-        print(f"webnet broker at {session.url}")
+        print(f"webnet broker at {split_token(session.url)[0]} (%webnet url shows the link with its token)")
         print(f"{len(devices)} device(s) connected, {busy} busy; {len(fleet['jobs'])} job(s) in flight")
         if session.reach.kind == "ngrok":
             print(f"through the ngrok tunnel: {fleet['tunnel'] / 1e6:.1f} MB so far (free tier: about 1 GB a month)")
@@ -165,6 +167,22 @@ class WebnetMagics(Magics):
                 raise
             raise UsageError(f"webnet: {compile_error(custom, str(exc))}") from None
         print(f"webnet: {custom.signature} defined and compiled on {usable[0]['id']} ({usable[0]['name']})")
+
+    def _load(self, command: Command) -> None:
+        """Load a model (a path, or a notebook variable) and bind it; its summary is printed."""
+        from ..models import ModelError, load_model
+
+        source: Any = command.expression
+        resolve = namespace_resolver(self._namespace, "in the notebook")
+        try:
+            if not os.path.exists(source) and source.isidentifier():
+                source = resolve(source)
+            example = resolve(command.options["example"]) if command.options.get("example") else None
+            model = load_model(source, example)
+        except (ModelError, DtypeError, ExpressionError) as exc:
+            raise UsageError(f"webnet: {exc}") from None
+        self._namespace[command.outputs[0]] = model
+        print(f"webnet: {command.outputs[0]} = {model!r}")
 
     def _put(self, command: Command) -> None:
         session, resolve = self._session(), namespace_resolver(self._namespace, "in the notebook")

@@ -33,6 +33,7 @@ from ..ops.verify import checker
 from ..program import Program
 from ..tunnel import expose
 from ..worker.launch import LocalWorker, launch
+from ..worker.native import split_token
 from .expressions import namespace_resolver, parse
 from .jobs import Assemble, Job
 from .progress import ProgressBar
@@ -372,8 +373,9 @@ class Session:
                     bar.close(job.progress, "timed out")
                     if not usable:
                         raise NoDeviceError(
-                            f"no WebGPU device connected within {timeout:g} s. Open {self.url} on a device "
-                            f"with WebGPU, or run: python -m webnet_magic.worker '{self.local_url}'"
+                            f"no WebGPU device connected within {timeout:g} s. Open the worker link "
+                            f"({split_token(self.url)[0]}; %webnet url shows the link with its token) on a device "
+                            "with WebGPU, or run: python -m webnet_magic.worker LINK"
                         )
                     failures = job.progress.failures
                     history = f" (failed attempts: {'; '.join(failures)})" if failures else ""
@@ -407,8 +409,9 @@ class Session:
         return self.wait(Job(self.broker, job_id, [task], lambda results: results[0]), timeout)
 
     def _waiting_text(self) -> str:
-        lines = [f"webnet: waiting for a device. Open {self.url} in a browser with WebGPU"]
-        lines.append(f"        or run: python -m webnet_magic.worker '{self.local_url}'")
+        where = split_token(self.url)[0]
+        lines = [f"webnet: waiting for a device at {where} (%webnet url shows the link with its token)"]
+        lines.append("        Open that link in a browser with WebGPU, or run: python -m webnet_magic.worker LINK")
         lines += [
             f"        device {d['id']} ({d['name']}) joined without WebGPU: {d['reason']}"
             for d in self.devices()
