@@ -1,6 +1,8 @@
 // The device panel shown by %webnet start (an anywidget ESM module): QR code, worker link, the
-// fleet (devices with speed, state, jobs, failures), jobs in flight with their shards, and the bytes
-// moved this session.  The broker thread updates the traits live, even while a cell blocks.
+// fleet (devices with speed, state, jobs, failures), jobs in flight with their shards, the bytes
+// moved this session and the connections refused.  The broker thread updates the traits live, even
+// while a cell blocks.  Once the session stops the panel says so and how to start another; the
+// kernel then replaces it with the same words as plain text, which is what a saved notebook keeps.
 
 function cell(row, text, cls) {
   const td = document.createElement("td");
@@ -51,15 +53,18 @@ function render({ model, el }) {
   const draw = () => {
     const running = model.get("running");
     const devices = model.get("devices");
-    title.textContent = running ? `webnet: ${devices.length} device${devices.length === 1 ? "" : "s"} connected` : "webnet: broker stopped";
+    title.textContent = running ? `webnet: ${devices.length} device${devices.length === 1 ? "" : "s"} connected` : "webnet: this session has ended";
     qr.innerHTML = running ? model.get("qr_svg") : "";
-    link.href = model.get("url");
+    if (running) link.href = model.get("url");
+    else link.removeAttribute("href");
     link.textContent = running ? model.get("url") : "";
-    note.textContent = running ? model.get("note") : "";
+    note.textContent = running ? model.get("note") : "Run %webnet start to start a new one.";
     table.replaceChildren();
     jobs.replaceChildren();
     const tunnel = model.get("reach") === "ngrok" ? ` · through ngrok ${size(model.get("tunnel"))} of about 1 GB a month free` : "";
-    totals.textContent = running ? `sent ${size(model.get("sent"))} · received ${size(model.get("received"))}${tunnel}` : "";
+    const refused = model.get("refused") ?? 0; // 0 while the broker counts none
+    const turnedAway = refused ? ` · ${refused} refused connection${refused === 1 ? "" : "s"}` : "";
+    totals.textContent = running ? `sent ${size(model.get("sent"))} · received ${size(model.get("received"))}${tunnel}${turnedAway}` : "";
     if (devices.length) {
       const head = table.insertRow();
       for (const h of ["id", "device", "adapter", "state", "jobs", "speed", "failures", "holds", "max buffer"]) cell(head, h, "webnet-head");
@@ -92,7 +97,7 @@ function render({ model, el }) {
       jobs.append(line);
     }
   };
-  for (const name of ["devices", "jobs", "sent", "received", "tunnel", "running", "url", "qr_svg", "note"]) model.on(`change:${name}`, draw);
+  for (const name of ["devices", "jobs", "sent", "received", "refused", "tunnel", "running", "url", "qr_svg", "note"]) model.on(`change:${name}`, draw);
   draw();
 }
 

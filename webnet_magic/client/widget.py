@@ -1,29 +1,60 @@
 """The panel ``%webnet start`` shows: QR code, worker link, and the fleet as it works.
 
 It is an anywidget; the broker thread sets ``devices`` (speed, state, jobs,
-failures, bans), ``jobs`` (in flight, with who holds which shard) and the bytes
-sent and received after every change, which reaches the front end while the
-notebook is idle or a cell blocks (ipykernel >= 7.0.1 sends from threads).
-Where widgets do not render (a terminal, nbconvert), the text form shows the URL.
+failures, bans), ``jobs`` (in flight, with who holds which shard), the bytes
+sent and received and the connections refused after every change, which reaches
+the front end while the notebook is idle or a cell blocks (ipykernel >= 7.0.1
+sends from threads).
+
+The link carries the session's token, so it lives only in the widget's live
+state (what the QR code and the link are drawn from) and never in what a
+notebook saves as output: the text form says how to get the link instead, and
+when the session stops every shown copy of the panel is replaced by a line
+saying so.  A notebook opened later then shows that the session has ended and
+how to start one, never a stale link.
 """
 
 from __future__ import annotations
 
+import uuid
 from typing import TYPE_CHECKING, Any
 
 import anywidget
 import segno
 import traitlets
+from IPython.display import display, update_display
 
 from .._assets import static_dir
 
 if TYPE_CHECKING:
     from .session import Session
 
+#: Modules of blank margin around the code: the QR standard's quiet zone, which phone cameras need.
+QR_QUIET_ZONE = 4
+#: Screen pixels per module at the code's natural size (the panel's CSS never lets it shrink below).
+QR_MODULE_PX = 4
+
+#: What a front end without the live panel shows: a terminal, a front end without Jupyter widgets,
+#: or the notebook reopened after the kernel stopped.  No link: it would be stale, and it holds the token.
+FALLBACK_TEXT = (
+    "webnet: the live panel (QR code, devices) shows in a notebook with Jupyter widgets while this session runs.\n"
+    "If you reopened this notebook, the session has ended: run %webnet start to start a new one.\n"
+    "While it runs, %webnet url prints the link for a device (with its token), %webnet status what is connected."
+)
+ENDED_TEXT = "webnet: this session has ended. Run %webnet start to start a new one."
+
 
 def qr_svg(url: str) -> str:
-    """The QR code of ``url`` as an inline SVG (no image library, no network)."""
-    return segno.make(url, error="m").svg_inline(scale=4, border=2, dark="#111", light="#fff")
+    """The QR code of ``url`` as an inline SVG (no image library, no network).
+
+    It has a ``viewBox`` so a narrow output area scales it instead of cropping it, a
+    4-module quiet zone, and crisp edges so a screenshot of it still decodes.
+    """
+    code = segno.make(url, error="m")
+    side = code.symbol_size(border=QR_QUIET_ZONE)[0] * QR_MODULE_PX
+    svg = code.svg_inline(scale=1, border=QR_QUIET_ZONE, omitsize=True, dark="#111", light="#fff")
+    size = f'<svg width="{side}" height="{side}" shape-rendering="crispEdges" role="img" aria-label="QR code" '
+    return svg.replace("<svg ", size, 1)
 
 
 class DevicePanel(anywidget.AnyWidget):
@@ -40,6 +71,7 @@ class DevicePanel(anywidget.AnyWidget):
     jobs = traitlets.List(traitlets.Dict()).tag(sync=True)
     sent = traitlets.Int(0).tag(sync=True)
     received = traitlets.Int(0).tag(sync=True)
+    refused = traitlets.Int(0).tag(sync=True)  # connections the broker turned away (bad token, over a limit)
     reach = traitlets.Unicode("local").tag(sync=True)  # local, ngrok or lan: how the link is reached
     tunnel = traitlets.Int(0).tag(sync=True)  # bytes through the ngrok tunnel, both ways
 
@@ -47,28 +79,36 @@ class DevicePanel(anywidget.AnyWidget):
         reach = session.reach
         note = f"{reach.problem} {reach.note}" if reach.problem else reach.note
         super().__init__(url=reach.url, qr_svg=qr_svg(reach.url), note=note, reach=reach.kind, **kwargs)
+        self._display_id = f"webnet-panel-{uuid.uuid4().hex}"
+        self._shown = False
         self._update(session.broker.fleet())
         session.broker.add_listener(self._update)
+
+    def show(self) -> None:
+        """Display the panel; every copy shares one display id, so :meth:`stopped` can replace them all."""
+        display(self, display_id=self._display_id)
+        self._shown = True
 
     def _update(self, fleet: dict[str, Any]) -> None:
         if self.running:
             with self.hold_sync():  # one message to the front end per change
                 self.devices, self.jobs = fleet["devices"], fleet["jobs"]
                 self.sent, self.received, self.tunnel = fleet["sent"], fleet["received"], fleet["tunnel"]
+                self.refused = fleet.get("refused", 0)
 
     def stopped(self) -> None:
-        self.running = False
-        self.devices, self.jobs = [], []
+        """The session ended: drop the link, replace every shown copy with :data:`ENDED_TEXT`, close the model.
+
+        Once closed the model is in no widget state a front end saves, and the outputs a
+        notebook saves say that the session ended rather than showing a dead link.
+        """
+        with self.hold_sync():
+            self.running = False
+            self.devices, self.jobs, self.url, self.qr_svg, self.note = [], [], "", "", ""
+        if self._shown:
+            update_display({"text/plain": ENDED_TEXT}, raw=True, display_id=self._display_id)
+        self.close()
 
     def __repr__(self) -> str:
-        if not self.running:
-            return "webnet broker: stopped"
-        lines = ["webnet broker running. Open this link on a device with WebGPU:", f"  {self.url}"]
-        if self.note:
-            lines.append(f"  ({self.note})")
-        if self.reach == "ngrok":
-            lines.append(f"through the tunnel so far: {self.tunnel / 1e6:.1f} MB (ngrok's free tier: ~1 GB a month)")
-        lines.append(f"devices: {len(self.devices)}")
-        lines += [f"  {d['id']}  {d['name']}  [{d['state']}, {d['jobs_done']} jobs]" for d in self.devices]
-        lines += [f"job {j['id']}: {j['done']}/{j['total']} done" for j in self.jobs]
-        return "\n".join(lines)
+        """The text in the widget's display bundle (anywidget's ``text/plain``): never the link."""
+        return FALLBACK_TEXT if self.running else ENDED_TEXT

@@ -3,11 +3,19 @@
 For when no phone is at hand: the demo, a notebook on a laptop, and tests.  The
 browser worker is the same page a phone opens; the native one runs the same WGSL
 through wgpu-py.  Both are child processes, stopped with :meth:`LocalWorker.stop`.
+
+Neither carries the session token on its command line, which every local user can
+read (``ps``, ``/proc/*/cmdline``; a URL's fragment is no better, it is argv too).
+The native worker reads it from its environment, which only its owner can read;
+Chromium opens a page in its private profile directory (mode 0700, the page 0600)
+that sends it on to the worker link, so the token exists only in that file and in
+the browser's memory.
 """
 
 from __future__ import annotations
 
 import contextlib
+import html
 import os
 import shutil
 import signal
@@ -15,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO
 
 from .native import TOKEN_ENV, split_token
@@ -105,7 +114,7 @@ def launch(url: str, kind: str = "auto", *, software_gpu: bool = True, name: str
             raise RuntimeError("no Chromium found; install it (Debian: apt-get install chromium)")
         profile = tempfile.TemporaryDirectory(prefix="webnet-chromium-", ignore_cleanup_errors=True)
         flags = [*chromium_flags(software_gpu), f"--user-data-dir={profile.name}"]
-        process, log = _spawn([chromium, *flags, url])
+        process, log = _spawn([chromium, *flags, _forwarding_page(Path(profile.name), url)])
         return LocalWorker("browser", process, log, profile)
     if not native_available():
         raise RuntimeError(
@@ -116,6 +125,22 @@ def launch(url: str, kind: str = "auto", *, software_gpu: bool = True, name: str
     args = [sys.executable, "-m", "webnet_magic.worker", page] + (["--name", name] if name else [])
     process, log = _spawn(args, {**os.environ, TOKEN_ENV: token})
     return LocalWorker("native", process, log)
+
+
+def _forwarding_page(folder: Path, url: str) -> str:
+    """The ``file:`` URL of a page, readable by this user only, that sends the browser on to ``url``.
+
+    ``folder`` is private already (``mkdtemp`` makes it 0700); the page is created 0600 besides,
+    and carries no referrer on to the worker page.
+    """
+    page = folder / "start.html"
+    fd = os.open(page, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
+        file.write(
+            '<!doctype html><meta charset="utf-8"><meta name="referrer" content="no-referrer">'
+            f'<meta http-equiv="refresh" content="0; url={html.escape(url)}"><title>webnet worker</title>'
+        )
+    return page.as_uri()
 
 
 def _spawn(args: list[str], env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], IO[bytes]]:
