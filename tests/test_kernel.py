@@ -131,16 +131,17 @@ def panel_devices(kernel: Kernel) -> list[list[dict[str, Any]]]:
     return panel_states(kernel, "devices")
 
 
-def test_start_shows_the_panel_and_a_text_form_with_the_url(kernel: Kernel) -> None:
-    """%webnet start displays the anywidget (QR code + URL in its state) with a text/plain fallback."""
+def test_start_shows_the_panel_and_a_text_form_without_the_link(kernel: Kernel) -> None:
+    """%webnet start displays the anywidget (QR code + URL in its live state); its text/plain fallback,
+    which a saved notebook keeps, says how to get the link and holds no token."""
     assert kernel.execute("%load_ext webnet_magic").status == "ok"
     reply = kernel.execute("%webnet start")
     (data,) = reply.displays
     assert WIDGET_MIME in data
-    assert "?token=" in data["text/plain"]
+    assert "?token=" not in data["text/plain"] and "%webnet url" in data["text/plain"]
     opened = [m for m in reply.comms if m["msg_type"] == "comm_open"]
     states = [m["content"]["data"]["state"] for m in opened if "url" in m["content"]["data"]["state"]]
-    assert states and states[0]["qr_svg"].startswith("<svg") and states[0]["url"] in data["text/plain"]
+    assert states and states[0]["qr_svg"].startswith("<svg") and "?token=" in states[0]["url"]
 
 
 def test_a_cell_of_only_the_magic_line_runs_on_a_worker_and_the_panel_updates_live(
