@@ -2,7 +2,8 @@
 
 The syntax is Python's: ``@ + - * / **`` and unary minus, calls of the ops in
 :data:`~webnet_magic.ops.OPS` (keyword arguments are their options: ``sum(X, axis=1)``),
-``.T`` for a transpose, number constants, and tuples for several results.  Any other
+``.T`` for a transpose, number constants, and tuples for several results.  A loaded model
+(:func:`webnet_magic.load_model`) is called like an op: ``softmax(net(X))``, ``net(X)[1]``.  Any other
 sub-expression (a name, ``model.weight``, ``X[:, :10]``) is an array evaluated in the
 notebook's namespace and sent as an input.  A cell body may also hold assignments
 (``H = relu(X @ W1 + b1)`` then ``Y = H @ W2``); the names they bind are values on the
@@ -97,7 +98,19 @@ class _Reader:
             options = {k.arg: self.option(k.value, tree.func.id) for k in tree.keywords if k.arg}
             return self.graph.apply(tree.func.id, args, options, text)
         if isinstance(tree, ast.Call) and isinstance(tree.func, ast.Name):
-            raise ExpressionError(f"unknown function {tree.func.id!r} in {text!r}; ops: {', '.join(sorted(OPS))}")
+            outputs = self.model_call(tree)
+            if outputs is None:
+                ops = ", ".join(sorted(OPS))
+                raise ExpressionError(f"unknown function {tree.func.id!r} in {text!r}; ops: {ops}, or a loaded model")
+            if len(outputs) != 1:
+                raise ExpressionError(f"{text!r} has {len(outputs)} outputs; pick one with {text}[0] ... [{len(outputs) - 1}]")
+            return outputs[0]
+        outputs = self.model_call(tree.value) if _called_by_name(tree) else None
+        if outputs is not None:
+            index = self.option(tree.slice, tree.value.func.id)
+            if not isinstance(index, int) or not -len(outputs) <= index < len(outputs):
+                raise ExpressionError(f"{text!r}: the model has {len(outputs)} outputs; index them 0 to {len(outputs) - 1}")
+            return outputs[index]
         if isinstance(tree, ast.Name) and tree.id in self.local:
             return self.local[tree.id]
         if isinstance(tree, ast.Name | ast.Attribute | ast.Subscript):
@@ -112,6 +125,20 @@ class _Reader:
             return self.graph.input(text, self.resolve(text))
         raise ExpressionError(f"{text!r} cannot run on a device; use arrays, numbers, ops and @ + - * / **")
 
+    def model_call(self, tree: ast.Call) -> list[Node] | None:
+        """``net(X, ...)`` where ``net`` is a loaded model (:class:`~webnet_magic.models.Model`): its output
+        nodes; None when the name is no model."""
+        try:
+            target = self.resolve(tree.func.id)  # type: ignore[attr-defined]
+        except ExpressionError:
+            return None
+        lower = getattr(target, "__webnet_lower__", None)
+        if lower is None:
+            return None
+        if tree.keywords:
+            raise ExpressionError(f"{self.source(tree)!r}: inside an expression a model takes its inputs in order")
+        return lower(self.graph, [self.node(a) for a in tree.args], self.source(tree))
+
     def constant(self, tree: ast.expr) -> Node:
         try:
             value = ast.literal_eval(tree)
@@ -124,6 +151,11 @@ class _Reader:
             return ast.literal_eval(tree)
         except ValueError:
             raise ExpressionError(f"{op}'s options must be constants, not {self.source(tree)!r}") from None
+
+
+def _called_by_name(tree: ast.expr) -> bool:
+    """``name(...)[...]``: possibly one output of a model call."""
+    return isinstance(tree, ast.Subscript) and isinstance(tree.value, ast.Call) and isinstance(tree.value.func, ast.Name)
 
 
 def namespace_resolver(namespace: Mapping[str, Any], where: str = "") -> Resolve:

@@ -59,6 +59,7 @@ SUBCOMMANDS = {
     "devices": "a table of connected devices",
     "url": "print the worker URL (with its token) as plain text",
     "kernel": "NAME(x, y, a: f32) -> out[x.shape] [--workgroups auto]   (a cell: WGSL below) define an op",
+    "load": "MODEL [EXAMPLE] -> NAME  load an ONNX file (a path, or a variable: ModelProto, bytes, torch module)",
     "put": "NAME ...  keep these arrays on every device: later jobs send none of their bytes",
     "free": "NAME ...  let devices drop what put kept",
     "help": "this text",
@@ -140,6 +141,8 @@ def parse(line: str, cell: str | None = None) -> Command:
         if not (cell and cell.strip()):
             raise MagicSyntaxError("%%webnet kernel needs the WGSL source in the cell body, under the first line")
         return Command("kernel", cell, options={"line": line.split(None, 1)[1] if len(line.split()) > 1 else ""})
+    if line.split()[:1] == ["load"]:
+        return _load(line, cell)
     left, arrow, right = line.partition("->")
     expression, left_options = _split_options(left)
     try:
@@ -165,6 +168,20 @@ def parse(line: str, cell: str | None = None) -> Command:
     options = vars(_RUN.parse_args(option_tokens + after))
     text = _expression(words, expression, cell)
     return Command("run", text, tuple(outputs), {k: v for k, v in options.items() if v is not None})
+
+
+def _load(line: str, cell: str | None) -> Command:
+    """``load MODEL [EXAMPLE] -> NAME``: the model's source and, for a torch module, its example inputs."""
+    usage = "%webnet load takes a model and a name: %webnet load model.onnx -> net (or: load module example -> net)"
+    left, arrow, right = line.rpartition("->")
+    try:
+        words, names = shlex.split(left)[1:], shlex.split(right)
+    except ValueError as exc:
+        raise MagicSyntaxError(f"%webnet load: cannot split the line: {exc}") from None
+    if not arrow or len(names) != 1 or not 1 <= len(words) <= 2 or (cell and cell.strip()):
+        raise MagicSyntaxError(usage)
+    _check_output(names[0])
+    return Command("load", words[0], (names[0],), {"example": words[1] if len(words) == 2 else None})
 
 
 def _split_options(left: str) -> tuple[str, str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -101,16 +102,18 @@ def export_torch(module: Any, example: Any, *, opset: int | None = None) -> Any:
     was_training = module.training
     module.eval()
     try:
-        torch.onnx.export(
-            module,
-            args,
-            buffer,
-            input_names=names,
-            output_names=["output"],
-            dynamic_axes={n: {0: "batch"} for n in [*names, "output"]},
-            opset_version=opset or 17,
-            dynamo=False,
-        )
+        with warnings.catch_warnings():  # torch's TorchScript exporter warns that it is not the newest one;
+            warnings.simplefilter("ignore", DeprecationWarning)  # it is the one that needs no onnxscript
+            torch.onnx.export(
+                module,
+                args,
+                buffer,
+                input_names=names,
+                output_names=["output"],
+                dynamic_axes={n: {0: "batch"} for n in [*names, "output"]},
+                opset_version=opset or 17,
+                dynamo=False,
+            )
     finally:
         module.train(was_training)
     return _onnx().load_model_from_string(buffer.getvalue())

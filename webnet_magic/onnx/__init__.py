@@ -1,0 +1,1 @@
+"""ONNX's backend interface over webnet_magic (see :mod:`webnet_magic.onnx.backend`)."""
