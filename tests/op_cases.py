@@ -145,6 +145,37 @@ def convs(draw: st.DrawFn) -> Case:
     return arrays, {**options, "groups": groups}
 
 
+@st.composite
+def pools(draw: st.DrawFn, average: bool = False) -> Case:
+    """1-D to 3-D windows, with ceil_mode (and count_include_pad for averages); maxpool of ints too."""
+    sizes, options = draw(windows(draw(st.sampled_from([1, 2, 2, 3]))))
+    options["ceil_mode"] = draw(st.booleans())
+    if average:
+        options["count_include_pad"] = draw(st.booleans())
+    dtype = "float32" if average else draw(st.sampled_from(["float32", "int32"]))
+    shape = (draw(st.integers(1, 2)), draw(st.integers(1, 3)), *sizes)
+    return [_values(shape, draw(seeds), -100, 100, dtype)], options
+
+
+@st.composite
+def global_pools(draw: st.DrawFn, ints: bool = False) -> Case:
+    shape = draw(hnp.array_shapes(min_dims=2, max_dims=5, min_side=1, max_side=9))
+    dtype = draw(st.sampled_from(["float32", "int32"] if ints else ["float32"]))
+    return [_values(shape, draw(seeds), -100, 100, dtype)], {}
+
+
+@st.composite
+def lrns(draw: st.DrawFn) -> Case:
+    shape = draw(hnp.array_shapes(min_dims=2, max_dims=4, min_side=1, max_side=9))
+    options = {
+        "size": draw(st.integers(1, 6)),
+        "alpha": draw(st.sampled_from([1e-4, 0.01, 0.5])),
+        "beta": draw(st.sampled_from([0.75, 0.5, 1.0, 2.0])),
+        "bias": draw(st.sampled_from([1.0, 2.0, 0.5])),
+    }
+    return [_values(shape, draw(seeds), -3, 3)], options
+
+
 #: For each op, how to draw an argument list and options it accepts.
 CASES: dict[str, Callable[[], st.SearchStrategy[Case]]] = {
     "add": lambda: binary(),
@@ -175,4 +206,9 @@ CASES: dict[str, Callable[[], st.SearchStrategy[Case]]] = {
     "matmul": matmuls,
     "conv2d": convolutions,
     "conv": convs,
+    "maxpool": pools,
+    "avgpool": lambda: pools(average=True),
+    "global_avgpool": global_pools,
+    "global_maxpool": lambda: global_pools(ints=True),
+    "lrn": lrns,
 }

@@ -88,6 +88,6 @@ def _arg_rows(node: Node, rows: Rows) -> list[Rows | None] | None:
         return [rows]
     if node.op in ("softmax", "layernorm") and ndim >= 2:
         return [lined_up(a) for a in node.args]
-    if node.op == "conv2d":
-        return [rows] + [None] * (len(node.args) - 1)
+    if node.op in ("conv", "conv2d", "maxpool", "avgpool", "global_avgpool", "global_maxpool", "lrn"):
+        return [rows] + [None] * (len(node.args) - 1)  # images are independent: cut x, keep w and b whole
     return None
