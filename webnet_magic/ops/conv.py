@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -203,14 +203,26 @@ def taps(conv: Conv) -> np.ndarray:
     return np.stack([offset, *grid_[1:]], axis=-1).reshape(-1, 4).astype(np.int32)
 
 
-def emit_conv(builder: Builder, args: Sequence[Value], out: Value, conv: Conv) -> None:
-    """The dispatches computing ``out`` = conv of ``args`` (x, w[, b]) with the tiled or the direct kernel."""
+def emit_conv(
+    builder: Builder,
+    args: Sequence[Value],
+    out: Value,
+    conv: Conv,
+    tiling: Tiling | Literal["auto", "direct"] = "auto",
+    limit: int = MAX_GROUPS,
+) -> None:
+    """The dispatches computing ``out`` = conv of ``args`` (x, w[, b]).
+
+    ``tiling`` picks the kernel (by default :func:`choose_tiling`'s; benchmarks and tests
+    force each one); ``limit`` is the most workgroups per dispatch dimension: larger outputs
+    take several dispatches of the tiled kernel (the direct one spreads over x and y).
+    """
     x, w = args[0], args[1]
     bias = args[2] if len(args) == 3 else x
     win = conv.window.as_3d()
     pixels = math.prod(win.out)
     table = builder.input(taps(conv))
-    tiling = choose_tiling(conv)
+    chosen = choose_tiling(conv) if tiling == "auto" else None if tiling == "direct" else tiling
     words = [
         conv.batch * pixels, pixels, win.out[1] * win.out[2], win.out[2], *win.size, math.prod(win.size),
         *win.strides, *win.begin, conv.channels, conv.channels // conv.groups, conv.depth,
@@ -218,17 +230,17 @@ def emit_conv(builder: Builder, args: Sequence[Value], out: Value, conv: Conv) -
     ]  # fmt: skip
     bindings = [x.buffer, w.buffer, bias.buffer, table, out.buffer]
     has_bias = int(len(args) == 3)
-    if tiling is None:
+    if chosen is None:
         params = builder.uniform(*words, 0, 0, 0, has_bias, math.prod(conv.shape))
         builder.dispatch(DIRECT, [*bindings, params], grid(-(-math.prod(conv.shape) // 256)))
         return
-    rows, cols = _tiles(conv, tiling)
+    rows, cols = _tiles(conv, chosen)
     filter_tiles = rows // conv.groups
-    for row0 in range(0, rows, MAX_GROUPS):
-        for col0 in range(0, cols, MAX_GROUPS):
+    for row0 in range(0, rows, limit):
+        for col0 in range(0, cols, limit):
             params = builder.uniform(*words, filter_tiles, col0, row0, has_bias, 0)
-            groups = (min(MAX_GROUPS, cols - col0), min(MAX_GROUPS, rows - row0), 1)
-            builder.dispatch(tiling.kernel, [*bindings, params], groups)
+            groups = (min(limit, cols - col0), min(limit, rows - row0), 1)
+            builder.dispatch(chosen.kernel, [*bindings, params], groups)
 
 
 def emit(builder: Builder, args: Sequence[Value], out: Value, attrs: Mapping[str, Any]) -> None:

@@ -33,7 +33,7 @@ from .window import Window, window
 
 TEMPLATE = files(__package__).joinpath("pool.wgsl").read_text()
 #: The result of a window with no tap inside x: what ONNX Runtime starts its max from.
-LOWEST = {"float32": "-3.40282347e+38f", "int32": "i32(-2147483647 - 1)", "uint32": "0u"}
+LOWEST = {"float32": "bitcast<f32>(0xff7fffffu)", "int32": "i32(-2147483647 - 1)", "uint32": "0u"}
 #: Per op: (fold a value v into acc, finish).
 RECIPES = {
     "maxpool": ("if (!seen || v > acc) { acc = v; }", "select({{LOWEST}}, acc, seen)"),
