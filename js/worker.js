@@ -4,6 +4,11 @@
 // the page serves the socket too).  The page keeps the screen awake while connected, answers
 // heartbeats while a job runs, and reconnects with backoff when the link drops; it stops
 // for good only when the notebook stops the broker or refuses the token.
+//
+// The notebook may send the next jobs before this one is done (pipelining): the next job's
+// data arrives while this one computes, and this one's result goes back while the next
+// computes.  Jobs run one at a time, in the order they came; answers leave in that order
+// too.  A job cancelled while it waits is answered at once and never runs.
 
 import { Assembler, CLOSE, encode, ProtocolError } from "./protocol.js";
 import { Executor, JobError, missingWebGPU, openDevice } from "./gpu.js";
@@ -62,6 +67,12 @@ function cacheBytes() {
   return megabytes("cache", 256);
 }
 
+// How many jobs this page holds at once, if the link says (?depth=1: one at a time); else the notebook decides.
+function depthLimit() {
+  const depth = Number(new URLSearchParams(location.search).get("depth"));
+  return Number.isInteger(depth) && depth >= 1 ? { maxJobsHeld: depth } : {};
+}
+
 function adapterName(a) {
   return a.description || [a.vendor, a.architecture, a.device].filter(Boolean).join(" ") || "WebGPU";
 }
@@ -76,8 +87,12 @@ class Worker {
     this.backoff = 250;
     this.stopped = false;
     this.ids = 1;
-    this.queue = Promise.resolve();
-    this.cancelled = new Set();
+    this.queue = Promise.resolve(); // jobs, puts and frees, one at a time
+    this.outbox = Promise.resolve(); // results, one at a time, while the next job runs
+    this.waiting = new Map(); // jobs here and not started -> jobs ahead of each when it came
+    this.inHand = 0; // jobs here whose compute has not finished
+    this.sending = 0; // results not yet sent
+    this.cancelled = new Set(); // cancels heard for jobs that are running, or not yet here
     this.lastHeard = performance.now();
     this.silenceLimit = 30000;
     this.wakeLock = null;
@@ -105,10 +120,13 @@ class Worker {
     socket.binaryType = "arraybuffer";
     this.socket = socket;
     this.assembler = new Assembler();
+    this.waiting = new Map(); // jobs of an earlier link are the notebook's to run again
+    this.inHand = 0;
     socket.onopen = () => {
       this.backoff = 250;
       this.lastHeard = performance.now();
-      const describe = this.gpu ? this.gpu.describe : { adapter: {}, limits: {}, features: [] };
+      const found = this.gpu ? this.gpu.describe : { adapter: {}, limits: {}, features: [] };
+      const describe = { ...found, limits: { ...found.limits, ...depthLimit() } };
       this.send({
         type: "hello",
         fields: { runtime: "browser", name: pageName(), webgpu: !!this.gpu, reason: this.noGpu, resume: this.resume, ...describe },
@@ -158,15 +176,22 @@ class Worker {
       this.send({ type: "pong", fields: f, arrays: message.arrays });
     } else if (message.type === "job" || message.type === "put" || message.type === "free") {
       const socket = this.socket; // in order: a put is done before the job that uses it
+      const arrived = performance.now();
+      if (message.type === "job") this.waiting.set(f.job, this.inHand++);
       // A step that throws must not stop the ones after it (a rejected chain would skip them all).
-      this.queue = this.queue.then(() => this.work(message, socket)).catch((e) => console.error("webnet:", e));
+      this.queue = this.queue.then(() => this.work(message, socket, arrived)).catch((e) => console.error("webnet:", e));
     } else if (message.type === "cancel") {
-      this.cancelled.add(f.job);
+      if (this.waiting.delete(f.job)) {
+        this.inHand -= 1; // not started: answered now, skipped when its turn comes
+        this.fail(f.job, "cancelled", "cancelled before it started");
+      } else {
+        this.cancelled.add(f.job);
+      }
     }
   }
 
-  async work(message, socket) {
-    if (message.type === "job") return this.runJob(message, socket);
+  async work(message, socket, arrived) {
+    if (message.type === "job") return this.runJob(message, socket, arrived);
     const key = message.fields.key;
     try {
       if (!this.executor) return;
@@ -179,31 +204,60 @@ class Worker {
     }
   }
 
-  async runJob(message, socket) {
+  async runJob(message, socket, arrived) {
     const job = message.fields.job;
     if (socket !== this.socket) return; // it came on a link that has dropped; the notebook failed it
-    if (this.cancelled.has(job)) return this.fail(job, "cancelled", "cancelled before it started");
-    if (!this.executor) return this.fail(job, "no-webgpu", this.noGpu || "this page has no WebGPU device");
-    state.job = job;
-    const steps = message.fields.steps.length;
-    const received = (message.arrays || []).reduce((n, a) => n + a.bytes.byteLength, 0);
-    show("running", `job ${job}: ${steps} GPU step${steps === 1 ? "" : "s"} on ${(received / 1e6).toFixed(1)} MB received`);
+    if (!this.waiting.has(job)) return; // cancelled while it waited, and answered then
+    const ahead = this.waiting.get(job);
+    this.waiting.delete(job);
     try {
+      if (this.cancelled.delete(job)) return this.fail(job, "cancelled", "cancelled before it started");
+      // A device lost with jobs waiting: theirs is a device failure too (retried), not a page without WebGPU.
+      if (!this.executor) return this.fail(job, this.gpu ? "device-lost" : "no-webgpu", this.noGpu || "this page has no WebGPU device");
+      state.job = job;
+      const steps = message.fields.steps.length;
+      const received = (message.arrays || []).reduce((n, a) => n + a.bytes.byteLength, 0);
+      show("running", `job ${job}: ${steps} GPU step${steps === 1 ? "" : "s"} on ${(received / 1e6).toFixed(1)} MB received`);
+      const started = performance.now();
       const { outputs, timings } = await this.executor.run(message);
       if (socket !== this.socket) return; // the link dropped meanwhile; the notebook already failed the job
-      if (this.cancelled.has(job)) return this.fail(job, "cancelled", "cancelled while running");
-      const result = { type: "result", fields: { job, timings, cache: this.executor.cache.held() }, arrays: outputs };
-      await this.send(result, (part) => show("running", `job ${job}: sending the result, ${Math.round(part * 100)}%`));
-      state.jobsDone += 1;
-      state.lastJobMs = timings.kernel;
+      if (this.cancelled.delete(job)) return this.fail(job, "cancelled", "cancelled while running");
+      // queue: waiting here for the jobs ahead; ahead: how many there were when it came.
+      Object.assign(timings, { queue: started - arrived, ahead });
+      const result = { type: "result", fields: { job, timings }, arrays: outputs };
+      this.sending += 1;
+      this.outbox = this.outbox.then(() => this.sendResult(result, arrived, socket)).catch((e) => console.error("webnet:", e));
     } catch (e) {
       const missing = e instanceof JobError ? e.missing : [];
       const cache = this.executor ? this.executor.cache.held() : []; // (none after a device loss)
       this.fail(job, e instanceof JobError ? e.kind : "internal", e.message || String(e), { missing, cache });
     } finally {
+      this.inHand -= 1;
       state.job = null;
-      if (this.socket) show(this.executor ? "idle" : "no WebGPU", this.noGpu);
+      this.settle();
     }
+  }
+
+  // A result goes back while the next job runs; it says how long the job was here (the notebook
+  // takes that from the job's whole time to measure the link) and what the cache now holds.
+  async sendResult(result, arrived, socket) {
+    const job = result.fields.job;
+    try {
+      if (socket !== this.socket) return; // the link dropped meanwhile; the notebook already failed the job
+      result.fields.timings.held = performance.now() - arrived;
+      result.fields.cache = this.executor ? this.executor.cache.held() : [];
+      await this.send(result, (part) => show("running", `job ${job}: sending the result, ${Math.round(part * 100)}%`));
+      state.jobsDone += 1;
+      state.lastJobMs = result.fields.timings.kernel;
+    } finally {
+      this.sending -= 1;
+      this.settle();
+    }
+  }
+
+  // Idle once nothing is computing or waiting to be sent.
+  settle() {
+    if (this.socket && !this.inHand && !this.sending) show(this.executor ? "idle" : "no WebGPU", this.noGpu);
   }
 
   fail(job, kind, text, extra = {}) {

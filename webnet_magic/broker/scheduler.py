@@ -14,6 +14,16 @@ error that names every device it failed on and why.  Replies are matched by
 attempt id, so a late or duplicate result from an attempt that was given up on is
 dropped and never mixed into an answer.
 
+A device may hold several attempts at once (*pipelining*): while it computes one,
+the next one's inputs are already on their way and the previous one's results on
+their way back, so a phone's link and its GPU are busy at the same time.  It runs
+them in the order they were sent; how many it holds follows from its measured link
+and speed (:mod:`~webnet_magic.broker.link`) and the memory they take.  Placement
+counts the work a device already holds: a task goes where it would finish first.
+Only the attempt at the head of a device's line is running; when the device is
+lost, that one counts as a failure and the ones behind it go back to the queue as
+they were, never having started.
+
 The futures handed out by :meth:`Scheduler.submit` resolve to the checked output
 arrays, or fail with an error from :mod:`webnet_magic.errors`.
 """
@@ -45,6 +55,7 @@ from ..errors import (
 )
 from ..program import Program
 from ..protocol import CLOSE_SILENT, MAX_MESSAGE_BYTES, Message, ProtocolError
+from .link import LinkEstimate, pipeline_depth
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +87,12 @@ LINK_FLOOR = 1e6
 RECENT_ATTEMPTS = 16
 #: Devices that left are remembered this many at a time, to come back as themselves.
 DEPARTED_KEPT = 256
+#: Bytes of jobs (inputs and outputs) one device may hold beyond the one it runs: they take its memory.
+HOLD_BYTES = 256 << 20
+#: Seconds a job costs beyond its compute and transfer while nothing is measured (so held work counts).
+JOB_OVERHEAD = 1e-3
+#: Timings a worker reports that are GPU work, from which its speed is measured.
+BUSY_PARTS = ("upload", "kernel", "download", "throttle")
 
 
 @dataclass
@@ -88,6 +105,7 @@ class Progress:
     sent: int = 0  # payload bytes sent to devices (cached inputs are not)
     received: int = 0
     failures: list[str] = field(default_factory=list)  # "d2 (Safari on iOS): disconnected", ...
+    timings: dict[str, float] = field(default_factory=dict)  # what the device reported, milliseconds
 
 
 @dataclass
@@ -110,8 +128,10 @@ class Device:
     reason: str = ""
     resume: str = ""
     state: str = "idle"
-    attempt: Attempt | None = None
+    attempts: list[Attempt] = field(default_factory=list)  # held, in the order sent; the first runs
     cache: set[str] = field(default_factory=set)  # content keys the worker says it keeps
+    link: LinkEstimate = field(default_factory=LinkEstimate)
+    outbox: asyncio.Future[None] | None = None  # the last job being sent: the next one's data follows it
     calibrating: set[str] = field(default_factory=set)  # its calibration tasks not yet finished
     last_seen: float = field(default_factory=time.monotonic)
     # -- history, carried over when the device comes back ---------------------------------
@@ -130,6 +150,15 @@ class Device:
     @property
     def usable(self) -> bool:
         return self.webgpu and self.state != "closing"
+
+    @property
+    def attempt(self) -> Attempt | None:
+        """The attempt the device is running (the head of its line), if any."""
+        return self.attempts[0] if self.attempts else None
+
+    def holds(self, keys: set[str]) -> set[str]:
+        """The worker's cache as it will be: what it listed, and keyed inputs on their way in held jobs."""
+        return keys | {k for a in self.attempts for k in a.keys}
 
     def inherit(self, old: Device) -> None:
         """Become ``old`` again (a worker that reconnected): same id, secret and history."""
@@ -161,6 +190,7 @@ class Device:
         elif self.calibrating:  # between its two runs too: ready means its speed is known
             state = "calibrating"
         return {
+            **self.link.snapshot(),
             "id": self.id,
             "name": self.name,
             "runtime": self.runtime,
@@ -176,6 +206,7 @@ class Device:
             "last_job_ms": self.last_job_ms,
             "job": attempt.task.id if attempt is not None and not attempt.task.internal else None,
             "group": attempt.task.group if attempt is not None and not attempt.task.internal else None,
+            "queued": max(0, len(self.attempts) - 1),  # jobs held behind the running one
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
             "returns": self.returns,
@@ -214,9 +245,18 @@ class Attempt:
     task: Task
     device: Device
     started: float
-    expected: float  # seconds the scheduler expects it to take
+    expected: float  # seconds the scheduler expects it to compute
+    transfer: float = 0.0  # seconds it expects its bytes to take on the link, both ways
+    payload: int = 0  # input bytes it carries (inputs the worker holds are not sent)
+    keys: frozenset[str] = frozenset()  # content keys of the inputs it carries, kept by the worker
+    sent_at: float | None = None  # when its first frame went out
+    quiet: bool = False  # sent while the device held nothing else: its timing measures the link
     timer: asyncio.TimerHandle | None = None
     live: bool = True
+
+    @property
+    def cost(self) -> float:
+        return self.expected + self.transfer
 
 
 @dataclass
@@ -228,13 +268,17 @@ class Group:
 
 
 class Scheduler:
-    """Pairs queued tasks with idle devices; ``on_change`` is called after every visible change.
+    """Pairs queued tasks with devices that have room; ``on_change`` is called after every visible change.
 
     ``cancel_grace`` is how long a device may take to acknowledge a cancelled attempt before
     it is dropped: a worker that answers pings but never finishes would otherwise stay busy
     forever.  ``lease`` is the base of every attempt's lease (seconds), to which the
     expected run and transfer times are added.  ``calibrate`` runs a short matmul on each
-    device as it joins, to measure its speed before real work is sized for it.
+    device as it joins, to measure its speed before real work is sized for it.  ``depth``
+    fixes how many attempts a device may hold at once (None: from its link and speed, see
+    :func:`~webnet_magic.broker.link.pipeline_depth`; 1 turns pipelining off), and
+    ``hold_bytes`` bounds the bytes of those beyond the first.  A worker may report a
+    ``maxJobsHeld`` limit of its own, which is kept to as well.
     """
 
     def __init__(
@@ -245,6 +289,8 @@ class Scheduler:
         lease: float = 60.0,
         attempts: int = 3,
         calibrate: bool = True,
+        depth: int | None = None,
+        hold_bytes: int = HOLD_BYTES,
     ) -> None:
         self.devices: dict[str, Device] = {}
         self.departed: OrderedDict[str, Device] = OrderedDict()  # resume secret -> device
@@ -255,6 +301,8 @@ class Scheduler:
         self.lease = lease
         self.max_attempts = attempts
         self.calibrate = calibrate
+        self.depth = depth
+        self.hold_bytes = hold_bytes
         self.stopping = False  # set by stop(): sends that fail from then on are expected
         self._on_change = on_change
         self._task_ids = itertools.count(1)
@@ -273,10 +321,17 @@ class Scheduler:
         self.devices[device.id] = device
         log.info("device %s %s: %s (%s)", device.id, "is back" if device.returns else "joined", device.name,
                  device.runtime)  # fmt: skip
+        if device.usable:  # a first round trip, before any job's frames can queue ahead of the ping
+            self._send(device, Message("ping", {"t": time.time()}))
         if self.calibrate and device.usable and not device.banned and device.speed is None:
             self._calibrate(device)
         self._pump()
         self._changed()
+
+    def pong(self, device: Device, sent: Any) -> None:
+        """A heartbeat ping sent at ``sent`` (``time.time()``, echoed by the device) came back: a round trip."""
+        if isinstance(sent, int | float) and not isinstance(sent, bool):
+            device.link.heard(time.time() - sent)
 
     def returning(self, secret: str) -> Device | None:
         """The device a worker was, by the resume secret it offers (connected or departed), if any."""
@@ -300,12 +355,26 @@ class Scheduler:
             self.departed[device.resume] = device
             while len(self.departed) > DEPARTED_KEPT:
                 self.departed.popitem(last=False)
-        attempt, device.attempt = device.attempt, None
-        if attempt is not None and attempt.live:
+        held, device.attempts = device.attempts, []
+        for position, attempt in reversed(list(enumerate(held))):  # back to the queue in their order
+            if not attempt.live:
+                continue
             self._end(attempt)
-            self._failed(attempt.task, device, "disconnected", reason)
+            if position == 0:  # the one it was running
+                self._failed(attempt.task, device, "disconnected", reason)
+            else:
+                self._requeue(attempt)
         self._pump()
         self._changed()
+
+    def _requeue(self, attempt: Attempt) -> None:
+        """An attempt that waited behind another on a lost device goes back to the queue: it never ran."""
+        task = attempt.task
+        if task.future.done():
+            return
+        task.tried.discard(attempt.device.id)
+        task.progress.state, task.progress.device = "queued", None
+        self.queue.appendleft(task)
 
     # -- tasks -----------------------------------------------------------------------------
 
@@ -351,8 +420,9 @@ class Scheduler:
         if task in self.queue:
             self.queue.remove(task)
         for device in self.devices.values():
-            if device.attempt is not None and device.attempt.task is task and device.attempt.live:
-                self._abandon(device.attempt)
+            for attempt in list(device.attempts):
+                if attempt.task is task and attempt.live:
+                    self._abandon(attempt)
         self._finish(task, cancelled=True)
         self._pump()
 
@@ -366,8 +436,13 @@ class Scheduler:
                 self._failed(task, device, "bad-result", f"returned a malformed result ({exc})")
             else:
                 task.progress.received += sum(a.nbytes for a in outputs)
-                device.last_job_ms = _milliseconds(timings.get("kernel"))
-                self._measure(device, task.program.work, _busy_ms(timings))
+                task.progress.timings = _reported(timings)
+                device.last_job_ms = task.progress.timings.get("kernel")
+                self._measure(device, task.program.work, _busy_ms(task.progress.timings))
+                held = task.progress.timings.get("held")  # on the worker, from arrival to the result going out
+                if attempt.quiet and attempt.sent_at is not None and held is not None:
+                    took = time.monotonic() - attempt.sent_at - held / 1e3
+                    device.link.moved(attempt.payload + task.program.output_bytes, took)
                 if task.check is None:
                     self._succeeded(attempt, outputs)
                 else:
@@ -404,7 +479,7 @@ class Scheduler:
         """The notebook's jobs in flight, for the panel: shards done of total, and who holds which."""
         running: dict[str, dict[str, str]] = {}
         for device in self.devices.values():
-            attempt = device.attempt
+            attempt = device.attempt  # the one it runs; those behind it wait on the device
             if attempt is not None and attempt.live and not attempt.task.internal:
                 running.setdefault(attempt.task.group, {})[attempt.task.id] = device.id
         return [
@@ -451,27 +526,62 @@ class Scheduler:
     def _choose(self, task: Task) -> Device | None:
         """The device to start ``task`` on now, or None to keep it queued.
 
-        Devices it has not failed on come first.  A shard waits for the device it was sized
-        for unless an idle one would finish it sooner; any other task goes to the fastest
-        idle device.
+        Devices it has not failed on come first.  Of those with room, it goes to the one that
+        would finish it first, counting the work each already holds and the time its link
+        takes to move the task's bytes.  A shard waits for the device it was sized for unless
+        another would finish it sooner.
         """
         eligible = self._eligible(task)
         fresh = [d for d in eligible if d.id not in task.tried]
-        idle = [d for d in (fresh or eligible) if d.state == "idle"]
-        if not idle:
-            return None
-        fastest = max(idle, key=self._speed)
-        preferred = self.devices.get(task.prefer or "")
-        if preferred is None or preferred not in (fresh or eligible):
-            return fastest
-        if preferred in idle:
-            return preferred
+        pool = fresh or eligible
         now = time.monotonic()
-        free_at = now
-        if preferred.attempt is not None:
-            free_at = max(now, preferred.attempt.started + preferred.attempt.expected)
-        stolen = now + self._expected(task.program, fastest)
-        return fastest if stolen < free_at + self._expected(task.program, preferred) else None
+        roomy = [d for d in pool if self._has_room(d, task.program)]
+        if not roomy:
+            return None
+        best = min(roomy, key=lambda d: self._done_by(task.program, d, now))
+        preferred = self.devices.get(task.prefer or "")
+        if preferred is None or preferred not in pool or preferred is best:
+            return best
+        if self._done_by(task.program, best, now) < self._done_by(task.program, preferred, now):
+            return best
+        return preferred if preferred in roomy else None
+
+    def _has_room(self, device: Device, program: Program) -> bool:
+        """Whether ``device`` may take ``program`` now: it is idle, or holds fewer jobs than its depth
+        and their bytes leave room for this one's."""
+        held = device.attempts
+        if not held:
+            return True
+        if len(held) >= self._depth(device, program):
+            return False
+        budget = min(self.hold_bytes, device.limits.get("maxBufferSize", self.hold_bytes))
+        return sum(a.payload + a.task.program.output_bytes for a in held) + _moved(program) <= budget
+
+    def _depth(self, device: Device, program: Program) -> int:
+        """How many jobs like ``program`` the device may hold: configured, or from its link and speed."""
+        held = device.limits.get("maxJobsHeld")
+        if self.depth is not None:
+            depth = self.depth
+        else:
+            sent = _sent_bytes(program, device.holds(device.cache))
+            depth = pipeline_depth(device.link, sent, program.output_bytes, self._expected(program, device))
+        return max(1, min(depth, held) if held is not None else depth)
+
+    def _done_by(self, program: Program, device: Device, now: float) -> float:
+        """When ``device`` would be done with ``program`` if given it now, after the work it holds."""
+        ahead = sum(a.cost for a in device.attempts)
+        if device.attempts:  # the head has been at it for a while
+            head = device.attempts[0]
+            ahead -= min(head.cost, now - head.started)
+        return now + ahead + self._cost(program, device)
+
+    def _cost(self, program: Program, device: Device) -> float:
+        """Seconds ``program`` takes on ``device``: compute, and its bytes both ways on the link."""
+        sent = _sent_bytes(program, device.holds(device.cache))
+        return self._expected(program, device) + self._transfer(device, sent + program.output_bytes)
+
+    def _transfer(self, device: Device, nbytes: int) -> float:
+        return device.link.transfer(nbytes) or JOB_OVERHEAD
 
     def _speed(self, device: Device) -> float:
         """A device's speed, or the fleet's mean (1 GFLOP/s with none measured) until it is measured."""
@@ -499,22 +609,46 @@ class Scheduler:
                 self._start(task, device)
 
     def _start(self, task: Task, device: Device) -> None:
+        """Send ``task`` to ``device``, behind whatever the device already holds."""
+        now = time.monotonic()
+        ahead = self._done_by(task.program, device, now) - now - self._cost(task.program, device)
+        behind = list(device.attempts)
         task.attempts += 1
-        expected = self._expected(task.program, device)
-        attempt = Attempt(f"{task.id}~{task.attempts}", task, device, time.monotonic(), expected)
-        device.attempt, device.state = attempt, "busy"
-        device.recent[attempt.id] = task.program.output_bytes
+        program = task.program
+        held = frozenset() if task.resent else device.holds(device.cache)  # a resend carries all of its data
+        message = program.to_message(f"{task.id}~{task.attempts}", held=held)
+        payload = sum(a.nbytes for a in message.arrays)
+        keys = frozenset(b.key for b in program.buffers if b.key and b.input is not None and b.key not in held)
+        attempt = Attempt(message.fields["job"], task, device, now, self._expected(program, device),
+                          self._transfer(device, payload + program.output_bytes), payload, keys)  # fmt: skip
+        device.attempts.append(attempt)
+        device.state = "busy"
+        device.recent[attempt.id] = program.output_bytes
         while len(device.recent) > RECENT_ATTEMPTS:
             device.recent.popitem(last=False)
         task.tried.add(device.id)
-        held = frozenset() if task.resent else device.cache  # a resend carries all of its data
-        message = task.program.to_message(attempt.id, held=held)
         progress = task.progress
         progress.state, progress.device, progress.attempts = "running", device.id, task.attempts
-        progress.sent += sum(a.nbytes for a in message.arrays)
-        transfer = (task.program.input_bytes + task.program.output_bytes) / LINK_FLOOR
-        self._lease(attempt, self.lease + LEASE_FACTOR * expected + transfer)
-        self._send(device, message)
+        progress.sent += payload
+        # Its lease allows for the work ahead of it on the device, and for everyone's bytes on a slow link.
+        moved = payload + program.output_bytes + sum(a.payload + a.task.program.output_bytes for a in behind)
+        self._lease(attempt, self.lease + LEASE_FACTOR * (attempt.expected + ahead) + moved / LINK_FLOOR)
+        self._send_job(device, message, attempt)
+
+    def _send_job(self, device: Device, message: Message, attempt: Attempt) -> None:
+        """Send a job once the device's previous one is out, so each job's data arrives whole and in order."""
+        previous = device.outbox
+
+        async def send() -> None:
+            if previous is not None:
+                await asyncio.wait([previous])
+            if attempt not in device.attempts:  # given up on before it left: the device never hears of it
+                return
+            attempt.sent_at = time.monotonic()
+            attempt.quiet = device.attempts[0] is attempt  # nothing else of this device's on the link
+            await device.send(message)
+
+        device.outbox = self._send(device, send())
 
     def _lease(self, attempt: Attempt, seconds: float) -> None:
         attempt.timer = asyncio.get_running_loop().call_later(seconds, self._lease_over, attempt, seconds)
@@ -539,25 +673,38 @@ class Scheduler:
             attempt.timer.cancel()
 
     def _abandon(self, attempt: Attempt) -> None:
-        """Tell the device to drop a live attempt; it stays busy until it says so (or is dropped)."""
+        """Tell the device to drop a live attempt; it holds it until it says so (or is dropped).
+
+        An attempt still waiting to be sent is simply forgotten: the device never hears of it.
+        """
         self._end(attempt)
         device = attempt.device
+        if attempt.sent_at is None:
+            self._release(device, attempt)
+            return
         self._send(device, Message("cancel", {"job": attempt.id}))
         asyncio.get_running_loop().call_later(self.cancel_grace, self._cancel_overdue, device, attempt)
 
+    def _release(self, device: Device, attempt: Attempt) -> None:
+        """``device`` no longer holds ``attempt``."""
+        if attempt in device.attempts:
+            device.attempts.remove(attempt)
+        if not device.attempts and device.state == "busy":
+            device.state = "idle"
+
     def _cancel_overdue(self, device: Device, attempt: Attempt) -> None:
-        if device.attempt is attempt and self.devices.get(device.id) is device:
+        if attempt in device.attempts and self.devices.get(device.id) is device:
             log.warning("device %s did not drop cancelled attempt %s; disconnecting it", device.id, attempt.id)
             device.close(CLOSE_SILENT, "did not acknowledge a cancelled job")
             self.leave(device, "did not acknowledge a cancelled job")
 
     def _reply(self, device: Device, attempt_id: str) -> Attempt | None:
-        """The device answered ``attempt_id`` and is free again; the attempt, if its answer still counts."""
-        attempt = device.attempt
-        if attempt is None or attempt.id != attempt_id:
+        """The device answered ``attempt_id`` and no longer holds it; the attempt, if its answer still counts."""
+        attempt = next((a for a in device.attempts if a.id == attempt_id), None)
+        if attempt is None:
             log.info("dropping a late or duplicate reply for %s from %s", attempt_id, device.id)
             return None
-        device.attempt, device.state = None, "idle"
+        self._release(device, attempt)
         live = attempt.live
         self._end(attempt)
         if not live or attempt.task.future.done():
@@ -606,8 +753,7 @@ class Scheduler:
             what = "its calibration check" if task.internal else f"verification of job {task.id}"
             log.warning("device %s failed %s (%s); banned for this session", device.id, what, problem)
             device.banned = f"failed {what}: {problem}"
-            other = device.attempt
-            if other is not None and other.live:  # it gets no more work, not even what it holds
+            for other in [a for a in device.attempts if a.live]:  # it gets no more work, not even what it holds
                 self._abandon(other)
                 self._failed(other.task, device, "verify", f"was banned ({device.banned})")
             self._failed(task, device, "verify", f"failed verification: {problem}")
@@ -664,9 +810,12 @@ class Scheduler:
                     del self.groups[task.group]
         self._changed()
 
-    def _send(self, device: Device, message: Message) -> None:
-        task = asyncio.get_running_loop().create_task(device.send(message))
+    def _send(self, device: Device, what: Message | Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Send a message (or run a coroutine that sends) in the background; a failure drops the device."""
+        coroutine = device.send(what) if isinstance(what, Message) else what
+        task = asyncio.get_running_loop().create_task(coroutine)
         task.add_done_callback(lambda t: self._sent(device, t))
+        return task
 
     def _sent(self, device: Device, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -694,8 +843,23 @@ def _milliseconds(value: Any) -> float | None:
     return ms if math.isfinite(ms) and ms >= 0 else None
 
 
-def _busy_ms(timings: dict[str, Any]) -> float | None:
-    """The time a worker says a job kept it busy: everything but compiling (done once per kernel)."""
-    parts = [_milliseconds(v) for k, v in timings.items() if k not in ("compile", "total")]
-    measured = [p for p in parts if p is not None]
+def _reported(timings: dict[str, Any]) -> dict[str, float]:
+    """A worker's timings, keeping the finite, non-negative numbers (at most 20 of them)."""
+    kept = {str(k)[:20]: _milliseconds(v) for k, v in list(timings.items())[:20]}
+    return {k: v for k, v in kept.items() if v is not None}
+
+
+def _busy_ms(timings: dict[str, float]) -> float | None:
+    """The time a worker says a job kept its GPU busy: not compiling (once per kernel), nor waiting."""
+    measured = [timings[k] for k in BUSY_PARTS if k in timings]
     return sum(measured) if measured else None
+
+
+def _sent_bytes(program: Program, held: set[str]) -> int:
+    """Input bytes a job message carries to a worker holding the content keys ``held``."""
+    return sum(program.inputs[b.input].nbytes for b in program.buffers if b.input is not None and b.key not in held)
+
+
+def _moved(program: Program) -> int:
+    """Bytes a job and its result take on a device, at most: all of its inputs and outputs."""
+    return program.input_bytes + program.output_bytes

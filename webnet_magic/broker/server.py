@@ -300,6 +300,8 @@ class WorkerSocket(tornado.websocket.WebSocketHandler):
             _, answer = self.probes.pop(str(f.get("probe")), (0, None))
             if answer is not None and not answer.done():
                 answer.set_result(list(m.arrays))
+            elif "probe" not in f:  # a heartbeat's: the link's round trip
+                scheduler.pong(self.device, f["t"])
         else:
             raise ProtocolError(f"a worker may not send {m.type!r}")
 

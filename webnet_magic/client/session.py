@@ -16,9 +16,9 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -37,6 +37,9 @@ from ..worker.native import split_token
 from .expressions import namespace_resolver, parse
 from .jobs import Assemble, Job
 from .progress import ProgressBar
+
+if TYPE_CHECKING:
+    from .stream import Stream
 
 _warned: dict[Any, Any] = {}  # warnings registry: each conversion note is shown once
 POLL = 0.1  # seconds between checks while waiting; bounds how late a Ctrl-C or timeout is seen
@@ -233,6 +236,21 @@ class Session:
         """Like :meth:`evaluate`, but returns a :class:`~webnet_magic.client.jobs.Job` at once
         (``.result()``, ``.done()``, ``.cancel()``, ``.progress``, ``await``); ``launch`` as for :meth:`launch`."""
         return self.launch(parse(expression, Graph(), namespace_resolver(namespace or {})), **launch)
+
+    def map(
+        self, computation: str | Callable[[Any], Node | Sequence[Node]], items: Iterable[Any], **options: Any
+    ) -> Stream:
+        """``computation`` on every item, one job each: an iterator of the results, in order, as they arrive.
+
+        ``computation`` is an expression (each item a dict of names, or an array for its one free
+        name) or a function that builds one item's graph.  At most ``in_flight`` items are out at
+        once; devices hold several each and faster ones take more.  See
+        :class:`~webnet_magic.client.stream.Stream` for the options (``namespace``, ``in_flight``,
+        ``timeout``, ``devices``, ``wire``, ...), ``cancel()`` and ``progress``.
+        """
+        from .stream import Stream
+
+        return Stream(self, computation, items, **options)
 
     def compute(
         self,

@@ -35,6 +35,11 @@ def main(argv: list[str] | None = None) -> int:
         help="GPU memory kept for arrays reused across jobs (default 1024 MB)",
     )
     parser.add_argument(
+        "--depth",
+        type=int,
+        help="jobs this worker holds at once, the running one included (default: from the link; 1: one at a time)",
+    )
+    parser.add_argument(
         "--max-buffer-mb",
         type=float,
         help="report (and keep to) a smaller largest buffer than the GPU allows, as a phone would",
@@ -47,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             args.url,
             name=args.name,
             slowdown=args.slowdown,
+            depth=args.depth,
             power_preference=args.power,
             cache_bytes=int(args.cache_mb * 2**20),
             max_buffer_bytes=None if args.max_buffer_mb is None else int(args.max_buffer_mb * 2**20),

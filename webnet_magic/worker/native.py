@@ -4,6 +4,12 @@ It speaks the same protocol as the browser page and runs the same WGSL, so a
 Mac's Metal GPU, a Linux box's Vulkan GPU, or lavapipe in CI can stand in for a
 phone.  GPU work runs in a helper thread so heartbeats are answered while a
 long kernel runs: a busy worker is never mistaken for a silent one.
+
+The broker may send the next jobs before this one is done (pipelining).  Three
+things then happen at once: the next job's data arrives (the reading loop), the
+current job computes (the GPU thread), and the previous result goes back (the
+sending task).  Jobs still run one at a time, in the order they came; a job
+cancelled while it waits is answered at once and never runs.
 """
 
 from __future__ import annotations
@@ -79,8 +85,10 @@ class NativeWorker:
     """Connects, says hello, runs jobs one at a time, and reconnects with backoff when the link drops.
 
     ``slowdown`` stretches every job to ``slowdown`` times its real duration; benchmarks
-    use it to stand in for slower devices.  ``on_job`` is called after each job
-    (with its id and timings) for callers that want to observe progress.
+    use it to stand in for slower devices.  ``depth`` caps how many jobs the broker may
+    send ahead (reported as the ``maxJobsHeld`` limit; 1 turns pipelining off for this
+    worker).  ``on_job`` is called after each job (with its id and timings) for callers
+    that want to observe progress.
     """
 
     def __init__(
@@ -90,18 +98,22 @@ class NativeWorker:
         *,
         name: str | None = None,
         slowdown: float = 1.0,
+        depth: int | None = None,
         on_job: Callable[[str, dict[str, float]], None] | None = None,
     ) -> None:
         self.url = socket_url(url)
         self.executor = executor
         self.name = name or f"{platform.node()} ({executor.describe()['adapter']['device']})"
         self.slowdown = slowdown
+        self.depth = depth
         self.on_job = on_job
         self.device_id: str | None = None
         self.resume = ""  # the broker's secret for coming back as the same device after a drop
         self.jobs_done = 0
         self._ids = itertools.count(1)
-        self._cancelled: set[str] = set()
+        self._cancelled: set[str] = set()  # cancels heard for jobs that are running, or not yet here
+        self._waiting: dict[str, int] = {}  # jobs here and not started -> jobs ahead of each when it came
+        self._in_hand = 0  # jobs here whose compute has not finished
         self._last_heard = time.monotonic()
         self._silence_limit = 30.0  # until the broker's welcome says its heartbeat
 
@@ -127,13 +139,19 @@ class NativeWorker:
 
     async def _serve(self, conn: WebSocketClientConnection) -> tuple[int | None, str | None]:
         assembler = Assembler()
-        work: asyncio.Queue[Message] = asyncio.Queue()
+        work: asyncio.Queue[tuple[Message, float]] = asyncio.Queue()  # with when each came
+        outbox: asyncio.Queue[tuple[Message, float | None]] = asyncio.Queue()
+        self._waiting.clear()
+        self._in_hand = 0
         self._last_heard = time.monotonic()
         describe = self.executor.describe()
+        if self.depth is not None:
+            describe["limits"]["maxJobsHeld"] = self.depth
         hello = {"runtime": "native", "name": self.name, "webgpu": True, "resume": self.resume, **describe}
         await self._send(conn, Message("hello", hello))
         tasks = [
-            asyncio.ensure_future(self._run_jobs(conn, work)),
+            asyncio.ensure_future(self._run_jobs(work, outbox)),
+            asyncio.ensure_future(self._send_replies(conn, outbox)),
             asyncio.ensure_future(self._watch(conn)),
         ]
         try:
@@ -152,9 +170,17 @@ class NativeWorker:
                 elif message.type == "ping":  # a pong echoes its ping: fields and any arrays
                     await self._send(conn, Message("pong", f, message.arrays))
                 elif message.type in ("job", "put", "free"):
-                    work.put_nowait(message)
+                    if message.type == "job":
+                        self._waiting[f["job"]] = self._in_hand
+                        self._in_hand += 1
+                    work.put_nowait((message, time.perf_counter()))
                 elif message.type == "cancel":
-                    self._cancelled.add(f["job"])
+                    if f["job"] in self._waiting:  # not started: answered now, skipped when its turn comes
+                        del self._waiting[f["job"]]
+                        self._in_hand -= 1
+                        await self._send(conn, error_message(f["job"], "cancelled", "cancelled before it started"))
+                    else:
+                        self._cancelled.add(f["job"])
         except ProtocolError as exc:
             log.error("closing: the broker broke the protocol: %s", exc)
             conn.close(CLOSE_PROTOCOL, str(exc)[:120])
@@ -165,16 +191,25 @@ class NativeWorker:
                 task.cancel()
         return conn.close_code, conn.close_reason
 
-    async def _run_jobs(self, conn: WebSocketClientConnection, work: asyncio.Queue[Message]) -> None:
-        """Jobs, puts and frees, one at a time and in the order they came (a put precedes its use)."""
+    async def _run_jobs(
+        self, work: asyncio.Queue[tuple[Message, float]], outbox: asyncio.Queue[tuple[Message, float | None]]
+    ) -> None:
+        """Jobs, puts and frees, one at a time and in the order they came (a put precedes its use).
+
+        Each answer goes to the outbox and the next job starts at once, while the answer travels.
+        """
         while True:
-            message = await work.get()
+            message, arrived = await work.get()
             f = message.fields
             if message.type == "job":
-                reply = await self._job(f["job"], message)  # with the keys now cached, for the broker
-                await self._send(
-                    conn, Message(reply.type, {**reply.fields, "cache": self.executor.cache.held()}, reply.arrays)
-                )
+                if f["job"] not in self._waiting:
+                    continue  # cancelled while it waited, and answered then
+                ahead = self._waiting.pop(f["job"])
+                try:
+                    reply = await self._job(f["job"], message, arrived, ahead)
+                finally:
+                    self._in_hand -= 1
+                outbox.put_nowait((reply, arrived))
                 continue
             try:
                 if message.type == "put":
@@ -183,11 +218,25 @@ class NativeWorker:
                     await in_daemon_thread(self.executor.drop, f["key"])
             except Exception as exc:  # a put that does not fit: the cache listing says it is not held
                 log.warning("could not %s %s: %s", message.type, f["key"], exc)
-            await self._send(conn, self._cache_message(f["key"]))
+            outbox.put_nowait((self._cache_message(f["key"]), None))
 
-    async def _job(self, job: str, message: Message) -> Message:
-        """Run one job; the result or error to send back."""
+    async def _send_replies(
+        self, conn: WebSocketClientConnection, outbox: asyncio.Queue[tuple[Message, float | None]]
+    ) -> None:
+        """Answers in the order they were made; a job's carries the keys now cached, and how long it was held here."""
+        while True:
+            reply, arrived = await outbox.get()
+            if arrived is not None:
+                fields = {**reply.fields, "cache": self.executor.cache.held()}
+                if reply.type == "result":  # the broker takes this from the job's time to measure the link
+                    fields["timings"] = {**fields["timings"], "held": (time.perf_counter() - arrived) * 1e3}
+                reply = Message(reply.type, fields, reply.arrays)
+            await self._send(conn, reply)
+
+    async def _job(self, job: str, message: Message, arrived: float, ahead: int) -> Message:
+        """Run one job that came at ``arrived`` with ``ahead`` jobs before it here; the result or error to send back."""
         if job in self._cancelled:
+            self._cancelled.discard(job)
             return error_message(job, "cancelled", "cancelled before it started")
         started = time.perf_counter()
         try:
@@ -205,8 +254,11 @@ class NativeWorker:
             log.exception("job %s failed", job)
             return error_message(job, "internal", f"{type(exc).__name__}: {exc}")
         if job in self._cancelled:
+            self._cancelled.discard(job)
             return error_message(job, "cancelled", "cancelled while running")
         timings["total"] = (time.perf_counter() - started) * 1e3
+        timings["queue"] = (started - arrived) * 1e3  # here, waiting for the jobs ahead of it
+        timings["ahead"] = ahead  # jobs running or waiting here when it came: it arrived while they ran
         self.jobs_done += 1
         log.debug("job %s done in %.1f ms (kernel %.1f ms)", job, timings["total"], timings["kernel"])
         if self.on_job:
