@@ -251,18 +251,20 @@ def emit(builder: Builder, args: Sequence[Value], out: Value, attrs: Mapping[str
 
 
 def convolve(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, conv: Conv) -> np.ndarray:
-    """The conv in float64: one strided slice of the padded input per kernel position."""
+    """The conv in float64: per kernel position, one strided slice of the padded input times that
+    position's weights (a matmul per group, so numpy's BLAS does the work)."""
     win = conv.window
     padded = np.pad(x.astype(np.float64), [(0, 0), (0, 0), *zip(win.begin, win.end, strict=True)])
-    g = conv.groups
-    grouped = padded.reshape(conv.batch, g, conv.channels // g, *padded.shape[2:])
+    g, n, pixels = conv.groups, conv.batch, math.prod(win.out)
+    grouped = padded.reshape(n, g, conv.channels // g, *padded.shape[2:])
     filters = w.astype(np.float64).reshape(g, conv.filters // g, conv.channels // g, *win.kernel)
-    y = np.zeros((conv.batch, g, conv.filters // g, *win.out))
+    y = np.zeros((g, conv.filters // g, n * pixels))
     for index, slices in win.offsets():
-        y += np.einsum("ngc...,gfc->ngf...", grouped[(..., *slices)], filters[(..., *index)])
-    y = y.reshape(conv.shape)
+        patch = grouped[(..., *slices)].reshape(n, g, -1, pixels).transpose(1, 2, 0, 3).reshape(g, -1, n * pixels)
+        y += np.matmul(filters[(..., *index)], patch)
+    y = y.reshape(conv.filters, n, *win.out).swapaxes(0, 1)
     if b is not None:
-        y += b.astype(np.float64).reshape(-1, *(1,) * len(win.out))
+        y = y + b.astype(np.float64).reshape(-1, *(1,) * len(win.out))
     return y
 
 
