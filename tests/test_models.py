@@ -65,7 +65,7 @@ def test_a_model_describes_itself(session):
     net = wm.load_model(model_zoo.demo_mlp(), torch.randn(2, 40))
     text = repr(net)
     assert "input  input: float32(batch, 40)" in text and "output output: float32(batch, 1)" in text
-    assert "Gemm ×2" in text and "MB of weights" in text
+    assert "Gemm x2" in text and "MB of weights" in text
     assert "<table>" in net._repr_html_()
     assert [s.name for s in net.inputs] == ["input"] and net.ops["Relu"] == 1
 

@@ -103,13 +103,17 @@ class _Reader:
                 ops = ", ".join(sorted(OPS))
                 raise ExpressionError(f"unknown function {tree.func.id!r} in {text!r}; ops: {ops}, or a loaded model")
             if len(outputs) != 1:
-                raise ExpressionError(f"{text!r} has {len(outputs)} outputs; pick one with {text}[0] ... [{len(outputs) - 1}]")
+                raise ExpressionError(
+                    f"{text!r} has {len(outputs)} outputs; pick one with {text}[0] ... [{len(outputs) - 1}]"
+                )
             return outputs[0]
         outputs = self.model_call(tree.value) if _called_by_name(tree) else None
         if outputs is not None:
             index = self.option(tree.slice, tree.value.func.id)
             if not isinstance(index, int) or not -len(outputs) <= index < len(outputs):
-                raise ExpressionError(f"{text!r}: the model has {len(outputs)} outputs; index them 0 to {len(outputs) - 1}")
+                raise ExpressionError(
+                    f"{text!r}: the model has {len(outputs)} outputs; index them 0 to {len(outputs) - 1}"
+                )
             return outputs[index]
         if isinstance(tree, ast.Name) and tree.id in self.local:
             return self.local[tree.id]
@@ -155,7 +159,9 @@ class _Reader:
 
 def _called_by_name(tree: ast.expr) -> bool:
     """``name(...)[...]``: possibly one output of a model call."""
-    return isinstance(tree, ast.Subscript) and isinstance(tree.value, ast.Call) and isinstance(tree.value.func, ast.Name)
+    return (
+        isinstance(tree, ast.Subscript) and isinstance(tree.value, ast.Call) and isinstance(tree.value.func, ast.Name)
+    )
 
 
 def namespace_resolver(namespace: Mapping[str, Any], where: str = "") -> Resolve:

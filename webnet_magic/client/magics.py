@@ -19,6 +19,7 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
+from IPython.display import display
 from traitlets import Float, Int, Unicode
 
 from ..errors import DeviceLimitError, DeviceNotFound, DtypeError, ShapeError, WorkerError
@@ -108,7 +109,7 @@ class WebnetMagics(Magics):
                 raise UsageError(f"webnet: {exc}") from None
             if running.reach.problem:
                 print(f"webnet: {running.reach.problem}")
-        running.panel().show()
+        display(running.panel())
 
     def _stop(self, command: Command) -> None:
         if sessions.current() is None:

@@ -43,6 +43,8 @@ Handler = Callable[["Lowering", OnnxNode, list["Value | None"]], "Value | list[V
 HANDLERS: dict[str, Handler] = {}
 #: Ops whose result is always known on the host (their inputs' shapes suffice).
 SHAPE_ONLY = frozenset({"Shape", "Size"})
+#: Arrays a call brings with at most this many elements may also serve as axes, pads or shapes.
+KNOWN_INPUT = 4096
 
 
 def handles(*ops: str) -> Callable[[Handler], Handler]:
@@ -184,8 +186,7 @@ class Lowering:
             args = [None if not name else self._get(name, node) for name in node.inputs]
             present = [a for a in args if a is not None]
             if node.op in SHAPE_ONLY:
-                results: list[Value] = [Host(a) for a in _shape_op(node, present[0].shape if isinstance(present[0], Node)
-                                                                    else present[0].array.shape)]  # fmt: skip
+                results: list[Value] = [Host(a) for a in _shape_op(node, shape_of(present[0]))]
             elif all(isinstance(a, Host) for a in present) and node.op != "Dropout":
                 arrays = [None if a is None else a.array for a in args]  # type: ignore[union-attr]
                 results = [Host(_frozen(v)) for v in fold(node, arrays, self.opset)]
@@ -256,6 +257,8 @@ class Lowering:
         """A value that must be known on the host (a shape, axes, pads), or a clear refusal."""
         if value is None:
             raise ModelError(f"{node.describe()} needs its {what}")
+        if isinstance(value, Node) and value.op == "input" and value.leaf is not None and value.size <= KNOWN_INPUT:
+            return value.leaf.array  # a small array the call brought: its values are known here too
         if isinstance(value, Node):
             raise ModelError(
                 f"{node.describe()}: its {what} is computed from the model's inputs, not known before the call; "

@@ -86,7 +86,7 @@ class Model:
         ]
         lines += [f"  input  {spec}" for spec in self.inputs]
         lines += [f"  output {spec}" for spec in self.outputs]
-        lines.append("  ops    " + ", ".join(f"{op} ×{k}" for op, k in self.ops.most_common()) + ">")
+        lines.append("  ops    " + ", ".join(f"{op} x{k}" for op, k in self.ops.most_common()) + ">")
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
@@ -95,7 +95,7 @@ class Model:
             for kind, specs in (("input", self.inputs), ("output", self.outputs))
             for spec in specs
         )
-        ops = ", ".join(f"{html.escape(op)} ×{k}" for op, k in self.ops.most_common())
+        ops = ", ".join(f"{html.escape(op)} x{k}" for op, k in self.ops.most_common())
         return (
             f"<b>webnet model {html.escape(self.name)}</b>: {sum(self.ops.values())} nodes, "
             f"{_size(self.parameter_bytes)} of weights<table>{rows}</table><small>{ops}</small>"
@@ -132,10 +132,6 @@ class Model:
             raise ModelError(f"{self.name} needs input {missing[0]} (inputs: {_names(specs)})")
         arrays_out = {name: to_wire(name, value).array for name, value in bound.items()}
         self._check_shapes({name: a.shape for name, a in arrays_out.items()})
-        for spec in specs:
-            kind = np.dtype(spec.dtype).kind if spec.dtype != "bool" else "b"
-            if kind == "f" and np.asarray(bound[spec.name]).dtype.kind not in "fiub":
-                raise ModelError(f"{self.name}: input {spec} must be numeric")
         return {spec.name: arrays_out[spec.name] for spec in specs}
 
     def _check_shapes(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
@@ -204,7 +200,7 @@ class Model:
             array = np.asarray(array)
             if spec.dtype == "bool":
                 array = array != 0
-            elif spec.dtype in ("int64", "float64") or (spec.dtype != array.dtype.name and spec.dtype != "float16"):
+            elif spec.dtype not in (array.dtype.name, "undefined"):
                 array = array.astype(spec.dtype)
             results.append(array)
         return results

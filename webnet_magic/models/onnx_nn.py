@@ -61,10 +61,8 @@ def _pool(cx: Lowering, n: OnnxNode, xs: Args) -> Value:
     ceil = bool(n.attrs.get("ceil_mode", 0))
     if n.op == "MaxPool":
         return cx.apply("maxpool", [x], n, kernel=kernel, ceil_mode=ceil, **window)
-    if window["dilations"] != (1,) * len(kernel):
-        raise ModelError(f"{n.describe()}: dilated average pooling is not supported")
-    return cx.apply("avgpool", [x], n, kernel=kernel, strides=window["strides"], pads=window["pads"], ceil_mode=ceil,
-                    count_include_pad=bool(n.attrs.get("count_include_pad", 0)))  # fmt: skip
+    return cx.apply("avgpool", [x], n, kernel=kernel, ceil_mode=ceil,
+                    count_include_pad=bool(n.attrs.get("count_include_pad", 0)), **window)  # fmt: skip
 
 
 @handles("GlobalAveragePool", "GlobalMaxPool")
@@ -162,14 +160,20 @@ def _softmax(cx: Lowering, n: OnnxNode, xs: Args) -> Value:
 
 @handles("LayerNormalization")
 def _layernorm(cx: Lowering, n: OnnxNode, xs: Args) -> Value:
-    if len(n.outputs) > 1 and any(n.outputs[1:]):
-        raise ModelError(f"{n.describe()}: its mean and inverse-deviation outputs are not supported")
     x = cx.device(xs[0], n.inputs[0])  # type: ignore[arg-type]
     axis = n.attrs.get("axis", -1) % len(x.shape)
+    eps = float(n.attrs.get("epsilon", 1e-5))
     extra = [cx.device(v, name) for v, name in zip(xs[1:3], n.inputs[1:3], strict=False) if v is not None]
-    if len(extra) == 1:  # gamma without beta
-        return cx.apply("layernorm", [x, extra[0]], n, eps=float(n.attrs.get("epsilon", 1e-5)), axis=axis)
-    return cx.apply("layernorm", [x, *extra], n, eps=float(n.attrs.get("epsilon", 1e-5)), axis=axis)
+    y = cx.apply("layernorm", [x, *extra], n, eps=eps, axis=axis)
+    if len(n.outputs) == 1 or not any(n.outputs[1:]):
+        return y
+    # The statistics (for training graphs): mean, and 1 / sqrt(var + eps), over the normalized axes.
+    axes = tuple(range(axis, len(x.shape)))
+    mean = cx.apply("mean", [x], n, axis=axes, keepdims=True)
+    centred = cx.elementwise("sub", n, [x, mean])
+    var = cx.apply("mean", [cx.elementwise("mul", n, [centred, centred])], n, axis=axes, keepdims=True)
+    inverse = cx.apply("reciprocal", [cx.apply("sqrt", [cx.elementwise("add", n, [var, _f(eps)])], n)], n)
+    return [y, mean, inverse]
 
 
 REDUCE = {"ReduceSum": "sum", "ReduceMean": "mean", "ReduceMax": "max", "ReduceMin": "min", "ReduceProd": "prod"}
@@ -189,8 +193,15 @@ def _reduce(cx: Lowering, n: OnnxNode, xs: Args) -> Value:
 
 @handles("ArgMax", "ArgMin")
 def _arg(cx: Lowering, n: OnnxNode, xs: Args) -> Value:
-    if n.attrs.get("select_last_index", 0):
-        raise ModelError(f"{n.describe()}: select_last_index=1 is not supported")
     x = cx.device(xs[0], n.inputs[0])  # type: ignore[arg-type]
     axis = n.attrs.get("axis", 0) % len(x.shape)
-    return cx.apply(n.op.lower(), [x], n, axis=axis, keepdims=bool(n.attrs.get("keepdims", 1)))
+    keepdims = bool(n.attrs.get("keepdims", 1))
+    if not n.attrs.get("select_last_index", 0):
+        return cx.apply(n.op.lower(), [x], n, axis=axis, keepdims=keepdims)
+    # The last of equal extremes: the first one in the reversed axis, counted from the end.
+    length = x.shape[axis]
+    reverse = [(0, s, 1) if a != axis else (s - 1, -1, -1) for a, s in enumerate(x.shape)]
+    flipped = cx.apply("slice", [x], n, starts=tuple(r[0] for r in reverse), ends=tuple(r[1] for r in reverse),
+                       steps=tuple(r[2] for r in reverse))  # fmt: skip
+    first = cx.apply(n.op.lower(), [flipped], n, axis=axis, keepdims=keepdims)
+    return cx.elementwise("sub", n, [Host(np.asarray(length - 1, np.int32)), first])

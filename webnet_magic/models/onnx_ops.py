@@ -72,9 +72,38 @@ def _variadic(cx: Lowering, n: OnnxNode, xs: Args) -> Value:
     return cx.device(result, n.inputs[0])
 
 
+@handles("Xor")
+def _xor(cx: Lowering, n: OnnxNode, xs: Args) -> Value:
+    """Booleans travel as int32 0/1, so exclusive or is inequality."""
+    return cx.elementwise("not_equal", n, xs[:2])
+
+
 @handles("Mod")
 def _mod(cx: Lowering, n: OnnxNode, xs: Args) -> Value:
-    return cx.elementwise("mod", n, xs[:2])
+    """``fmod=1``: the remainder takes the dividend's sign (C's fmod); ``fmod=0``: the divisor's (Python's).
+
+    The ``mod`` op is C's fmod for floats and Python's % for integers; the other convention is that
+    remainder moved by one divisor where it is nonzero and its sign is not the wanted one.
+    """
+    a, b = (cx.device(x, name) for x, name in zip(xs[:2], n.inputs[:2], strict=True))  # type: ignore[arg-type]
+    r = cx.apply("mod", [a, b], n)
+    floats = r.dtype == "float32"
+    if bool(n.attrs.get("fmod", 0)) != floats:  # float with fmod=0, or integer with fmod=1
+        zero = Host(np.asarray(0, r.dtype))
+        wanted = b if floats else a  # whose sign the remainder must have
+        moved = cx.elementwise("add" if floats else "sub", n, [r, b])
+        wrong = cx.apply(
+            "logical_and",
+            [
+                cx.elementwise("not_equal", n, [r, zero]),
+                cx.elementwise(
+                    "not_equal", n, [cx.elementwise("less", n, [r, zero]), cx.elementwise("less", n, [wanted, zero])]
+                ),
+            ],
+            n,
+        )
+        r = cx.apply("where", [wrong, moved, r], n)
+    return r
 
 
 @handles("Where")
@@ -83,10 +112,12 @@ def _where(cx: Lowering, n: OnnxNode, xs: Args) -> Value:
 
 
 @handles("Identity", "Dropout")
-def _identity(cx: Lowering, n: OnnxNode, xs: Args) -> Value:
-    """Inference: Dropout passes its input through (its mask output, if asked for, is refused)."""
+def _identity(cx: Lowering, n: OnnxNode, xs: Args) -> Value | list[Value]:
+    """Inference: Dropout passes its input through, and its mask (if asked for) keeps everything."""
+    if n.op == "Dropout" and len(xs) > 2 and xs[2] is not None and bool(cx.host(xs[2], n, "training mode")):
+        raise ModelError(f"{n.describe()} is in training mode; only inference runs here")
     if n.op == "Dropout" and len(n.outputs) > 1 and n.outputs[1]:
-        raise ModelError(f"{n.describe()} asks for its mask output, which inference does not make")
+        return [xs[0], Host(np.ones(shape_of(xs[0]), bool))]  # type: ignore[list-item, arg-type]
     return xs[0]  # type: ignore[return-value]
 
 
@@ -170,7 +201,8 @@ def _reshape_node(cx: Lowering, n: OnnxNode, xs: Args) -> Value:
 @handles("Flatten")
 def _flatten(cx: Lowering, n: OnnxNode, xs: Args) -> Value:
     shape = shape_of(xs[0])  # type: ignore[arg-type]
-    axis = n.attrs.get("axis", 1) % (len(shape) + 1) if shape else 0
+    axis = n.attrs.get("axis", 1)
+    axis = axis + len(shape) if axis < 0 else axis
     return _reshape(cx, n, xs[0], (math.prod(shape[:axis]), math.prod(shape[axis:])))  # type: ignore[arg-type]
 
 

@@ -115,7 +115,7 @@ def _batch_size(model: Model, bound: Mapping[str, np.ndarray]) -> int:
 
 
 def _batch_first(piece: tuple[Plan | None, list[Value]], size: int) -> bool:
-    plan, values = piece
+    _, values = piece
     return all(isinstance(v, Node) and v.shape and v.shape[0] == size for v in values)
 
 

@@ -161,12 +161,15 @@ def _node(n: Any) -> OnnxNode:
 
 
 ELEM_TYPES = {
-    1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64", 9: "bool",
+    0: "undefined", 1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64", 9: "bool",
     10: "float16", 11: "float64", 12: "uint32", 13: "uint64",
 }  # fmt: skip
 
 
 def _spec(value: Any) -> TensorSpec:
+    if not value.type.HasField("tensor_type"):
+        kind = value.type.WhichOneof("value") or "untyped"
+        raise ModelError(f"graph value {value.name!r} is a {kind.replace('_type', '')}; only tensors run here")
     tensor = value.type.tensor_type
     dtype = ELEM_TYPES.get(tensor.elem_type)
     if dtype is None:

@@ -76,7 +76,7 @@ class WebnetBackend(Backend):
             "node",
             [onnx.helper.make_tensor_value_info(name, onnx.helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
              for name, a in zip(node.input, arrays, strict=False)],
-            [onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in node.output],
+            [onnx.helper.make_tensor_value_info(name, onnx.TensorProto.UNDEFINED, None) for name in node.output],
         )  # fmt: skip
         return cls.run_model(onnx.helper.make_model(graph), arrays, device, **kwargs)
 
