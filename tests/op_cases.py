@@ -212,3 +212,7 @@ CASES: dict[str, Callable[[], st.SearchStrategy[Case]]] = {
     "global_maxpool": lambda: global_pools(ints=True),
     "lrn": lrns,
 }
+
+from .tensor_cases import TENSOR_CASES  # noqa: E402  (tensor ops, more functions, reductions over any axes)
+
+CASES.update(TENSOR_CASES)

@@ -73,7 +73,7 @@ def test_empty_arrays_give_numpys_empty_or_zero_results(executor, op: str, shape
         ("conv2d", [(1, 3, 8, 8), (2, 4, 3, 3)], {}, r"x has 3 channels but w expects 4"),
         ("conv2d", [(1, 1, 2, 2), (1, 1, 5, 5)], {}, r"does not fit"),
         ("conv2d", [(1, 1, 4, 4), (1, 1, 2, 2)], {"stride": 0}, r"stride must be an int >= 1"),
-        ("softmax", [(3, 4)], {"axis": 0}, r"softmax has no option 'axis'"),
+        ("softmax", [(3, 4)], {"dim": 0}, r"softmax has no option 'dim'"),
         ("relu", [(3,), (3,)], {}, r"relu takes 1 array arguments, got 2"),
         ("transpose", [(3, 4)], {"axes": (3, 0)}, r"not a permutation"),
         ("sum", [(3, 4)], {"keepdims": "no"}, r"keepdims must be True or False"),

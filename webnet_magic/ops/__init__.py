@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from . import conv, elementwise, lrn, matmul, pool, reduce, rows  # noqa: F401  (importing registers the ops)
+from . import conv, elementwise, functions, logic, lrn, matmul, pool, reduce, rows, tensor  # noqa: F401  (importing registers the ops)
 from .compiler import Plan, compile_graph
 from .graph import OPS, Graph, Node, evaluate
 

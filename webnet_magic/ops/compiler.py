@@ -4,7 +4,14 @@ A node gets its own buffer ("is materialized") when it is an input, an output, t
 argument of a kernel op (matmul, reductions, ...), a kernel op itself, or used more
 than once.  Every other elementwise or view node is folded into the fused kernel of
 the node that uses it, so ``relu(X @ W + b)`` is two dispatches: the matmul, then
-one kernel computing ``max(t + b, 0)``.
+one kernel computing ``max(t + b, 0)``.  A reshape of a value with a buffer is that
+buffer under another shape (no dispatch); a reshape of anything else is folded like a
+view where it can be (it only splits dimensions), else its argument gets a buffer.
+
+Buffers are reused: once the last dispatch reading a value has been emitted, its
+buffer goes back to a pool, and a later value of no larger size takes it (never an
+input's, an output's, or one still read through a reshape).  A chain of 100 layers
+then holds a few activations at a time, not 100.
 """
 
 from __future__ import annotations
@@ -55,6 +62,8 @@ class Builder:
         self.buffers: list[Buffer] = []
         self.steps: list[Step] = []
         self.outputs: list[Output] = []
+        self.taken: list[int] = []  # every scratch buffer handed out, in order (a buffer again when reused)
+        self._free: list[int] = []  # scratch buffers whose values are dead
 
     def input(self, array: np.ndarray, cacheable: bool = True) -> int:
         """A buffer filled from ``array``; arrays worth caching on the worker get a content key."""
@@ -63,10 +72,28 @@ class Builder:
         self.buffers.append(Buffer(padded(array.nbytes), input=len(self.inputs) - 1, key=key))
         return len(self.buffers) - 1
 
-    def scratch(self, shape: Shape, dtype: str) -> Value:
-        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
-        self.buffers.append(Buffer(padded(nbytes)))
-        return Value(len(self.buffers) - 1, tuple(shape), dtype)
+    def scratch(self, shape: Shape, dtype: str, fresh: bool = False) -> Value:
+        """A buffer for a computed value: the smallest free one that holds it, else a new one.
+
+        A reused buffer holds whatever its last value left; ``fresh`` asks for a new
+        (zeroed) one, for kernels that may not write every element.
+        """
+        nbytes = padded(math.prod(shape) * np.dtype(dtype).itemsize)
+        fits = [] if fresh else [b for b in self._free if self.buffers[b].size >= nbytes]
+        if fits:
+            buffer = min(fits, key=lambda b: self.buffers[b].size)
+            self._free.remove(buffer)
+        else:
+            self.buffers.append(Buffer(nbytes))
+            buffer = len(self.buffers) - 1
+        self.taken.append(buffer)
+        return Value(buffer, tuple(shape), dtype)
+
+    def release(self, buffer: int) -> None:
+        """``buffer``'s value is dead (every step reading it is emitted): later scratch values may take it."""
+        spec = self.buffers[buffer]
+        if spec.input is None and not spec.uniform and buffer not in self._free:
+            self._free.append(buffer)
 
     def uniform(self, *words: int | float) -> int:
         """A uniform buffer of 32-bit words (ints as u32, floats as f32), padded to 16 bytes."""
@@ -156,44 +183,49 @@ def compile_graph(outputs: Sequence[Node], wire: str = "f32", keys: ContentKeys 
     float16 (widened on the device) and float32 results come back as float16 (narrowed on
     the device), at float16's precision (about 3 significant digits) and range (|x| <= 65504).
     """
-    from .elementwise import narrow, widen  # the fused-kernel generator is itself an op module
+    from .elementwise import copy, narrow, widen  # the fused-kernel generator is itself an op module
 
     if wire not in ("f32", "f16"):
         raise ValueError(f"wire must be 'f32' or 'f16', not {wire!r}")
 
     order = topological(outputs)
-    uses = Counter(id(a) for node in order for a in node.args)
-    feeds_kernel = {id(a) for node in order if _kind(node) == "kernel" for a in node.args}
-    wanted = {id(n) for n in outputs}
+    has_buffer = _materialized(order, {id(n) for n in outputs})
+    protected = {id(_owner(n, has_buffer)) for n in outputs}
+    dying = _last_reads(order, has_buffer)
 
     # Inputs of custom kernels are not cached on workers: their WGSL is the notebook's, and a
     # kernel that wrote into its input would corrupt what later jobs read.
     untrusted = {id(a) for node in order if node.op in OPS and not OPS[node.op].trusted for a in node.args}
 
-    def materialized(node: Node) -> bool:
-        if node.op == "input" or id(node) in wanted or id(node) in feeds_kernel:
-            return True
-        if node.op == "const":
-            return False
-        return _kind(node) == "kernel" or uses[id(node)] > 1
-
     builder, values = Builder(keys or ContentKeys()), {}
-    for node in order:
-        if not materialized(node):
+    for position, node in enumerate(order):
+        if id(node) not in has_buffer:
             continue
+        made = len(builder.taken)
         if node.op == "input":
             assert node.leaf is not None
             array = half(node) if wire == "f16" and node.dtype == "float32" else node.leaf.array
             value = Value(builder.input(array, id(node) not in untrusted), node.shape, array.dtype.name)
             values[id(node)] = widen(builder, value) if value.dtype == "float16" else value
+        elif _kind(node) == "alias" and id(node.args[0]) in values:
+            values[id(node)] = dataclasses.replace(values[id(node.args[0])], shape=node.shape)
         elif _kind(node) == "kernel":
-            out = builder.scratch(node.shape, node.dtype)
+            out = builder.scratch(node.shape, node.dtype, fresh=not OPS[node.op].trusted)
             OPS[node.op].emit(builder, [values[id(a)] for a in node.args], out, node.options)  # type: ignore[misc]
             values[id(node)] = out
         else:
             values[id(node)] = _fused(builder, node, values)
+        own = values[id(node)].buffer
+        for buffer in builder.taken[made:]:  # parts made on the way (split fused kernels, an op's own scratch)
+            if buffer != own:
+                builder.release(buffer)
+        for owner in dying.get(position, ()):
+            if id(owner) not in protected:
+                builder.release(values[id(owner)].buffer)
     for node in outputs:
         value = values[id(node)]
+        if not builder.steps:  # a program needs a step: a reshaped input comes back through a copy
+            value = copy(builder, value)
         builder.output(narrow(builder, value) if wire == "f16" and value.dtype == "float32" else value)
     leaves = tuple(n.leaf for n in order if n.leaf is not None)
     program = dataclasses.replace(builder.program(), work=float(sum(map(flops, order))))
@@ -211,6 +243,63 @@ def flops(node: Node) -> int:
     if node.op in ("conv", "conv2d"):  # each output: a dot product over w's (C / groups, *kernel)
         return 2 * math.prod(node.shape) * math.prod(node.args[1].shape[1:])
     return 0
+
+
+def _materialized(order: Sequence[Node], wanted: set[int]) -> set[int]:
+    """The nodes that get a buffer of their own (or, for a reshape, share its argument's)."""
+    uses = Counter(id(a) for node in order for a in node.args)
+    forced = {  # kernel ops read buffers; so does a reshape that cannot be folded as a view
+        id(a) for node in order if _kind(node) == "kernel" or (_kind(node) == "alias" and not _foldable(node))
+        for a in node.args
+    }  # fmt: skip
+    chosen: set[int] = set()
+
+    def needs(node: Node) -> bool:
+        if node.op == "input" or id(node) in wanted or id(node) in forced:
+            return True
+        if node.op == "const":
+            return False
+        return _kind(node) == "kernel" or uses[id(node)] > 1 or (_kind(node) == "alias" and id(node.args[0]) in chosen)
+
+    for node in order:  # arguments first, so a reshape knows whether its argument has a buffer
+        if needs(node):
+            chosen.add(id(node))
+    return chosen
+
+
+def _owner(node: Node, has_buffer: set[int]) -> Node:
+    """The node whose buffer holds ``node``'s value (a reshape's is its argument's)."""
+    while _kind(node) == "alias" and id(node.args[0]) in has_buffer:
+        node = node.args[0]
+    return node
+
+
+def _last_reads(order: Sequence[Node], has_buffer: set[int]) -> dict[int, list[Node]]:
+    """For each position in ``order``, the buffers' owners whose last reader is the node there."""
+    last: dict[int, tuple[int, Node]] = {}
+    for position, node in enumerate(order):
+        if id(node) not in has_buffer or node.op == "input":
+            continue
+        stack = list(node.args)
+        while stack:  # the buffers this node's dispatches read: through everything folded into them
+            arg = stack.pop()
+            if id(arg) in has_buffer:
+                owner = _owner(arg, has_buffer)
+                last[id(owner)] = (position, owner)
+            elif arg.op != "const":
+                stack.extend(arg.args)
+    dying: dict[int, list[Node]] = {}
+    for position, owner in last.values():
+        dying.setdefault(position, []).append(owner)
+    return dying
+
+
+def _foldable(node: Node) -> bool:
+    """Whether a reshape can be read as a view of its argument (see :func:`.indexing.regroup`)."""
+    from .indexing import identity
+
+    view = OPS[node.op].view
+    return view is not None and view(node, identity(len(node.shape))) is not None
 
 
 def _fused(builder: Builder, node: Node, values: dict[int, Value]) -> Value:
@@ -258,6 +347,6 @@ def half(node: Node) -> np.ndarray:
 
 
 def _kind(node: Node) -> str:
-    """``kernel``, ``elementwise`` or ``view``; casts and constants fuse like elementwise ops."""
+    """``kernel``, ``elementwise``, ``view`` or ``alias``; casts and constants fuse like elementwise ops."""
     spec = OPS.get(node.op)
     return spec.kind if spec is not None else "elementwise"

@@ -1,10 +1,12 @@
 """Elementwise ops with numpy broadcasting, and the fused kernel that runs them.
 
 ``add sub mul div maximum minimum pow`` and ``neg abs exp log sqrt tanh sigmoid relu
-gelu`` (plus ``cast`` and the ``transpose`` view) never get a kernel of their own:
-:func:`fuse` writes one WGSL kernel (from ``elementwise.wgsl``) for a whole tree of
-them, reading each materialized input through strides that encode broadcasting
-(stride 0) and transposition (permuted strides).
+gelu`` (plus ``cast`` and the ``transpose`` view; more in :mod:`.functions` and
+:mod:`.logic`, views in :mod:`.tensor`) never get a kernel of their own: :func:`fuse`
+writes one WGSL kernel (from ``elementwise.wgsl``) for a whole tree of them, reading
+each materialized input at an affine offset (:mod:`.indexing`) that encodes
+broadcasting (stride 0), transposition (permuted strides) and slicing (an offset,
+strides that may be negative).
 
 Dtypes: the result of ``add sub mul maximum minimum`` is float32 if either side is,
 uint32 if both are, else int32 (integer arithmetic wraps, as numpy's int32 does).
@@ -14,6 +16,7 @@ keep their dtype.  Tolerances follow WGSL's stated accuracy for each builtin.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from importlib.resources import files
 from typing import Any
@@ -24,14 +27,17 @@ from ..errors import DtypeError, ShapeError
 from ..program import Kernel
 from .compiler import Builder, Value, grid
 from .dtypes import EPS32, WGSL_TYPES
-from .graph import Node, OpSpec, Typed, broadcast, register
+from .graph import OPS, Node, OpSpec, Shape, Typed, broadcast, register
+from .indexing import Mapping as IndexMapping
+from .indexing import broadcast as broadcast_mapping
+from .indexing import contiguous, identity, offsets, permute
 
 TEMPLATE = files(__package__).joinpath("elementwise.wgsl").read_text()
 
 # -- typing -----------------------------------------------------------------------------------
 
 
-def _promote(args: Sequence[Node]) -> str:
+def promote(args: Sequence[Node]) -> str:
     """float32 if any side is float, else the arrays' integer type; constants defer to arrays.
 
     int32 with uint32 is refused: numpy widens that to int64, which WGSL does not have.
@@ -47,37 +53,39 @@ def _promote(args: Sequence[Node]) -> str:
     return dtypes.pop()
 
 
-def _infer(float_only: bool) -> Callable[[Sequence[Node], Mapping[str, Any]], Typed]:
+def same_type(float_only: bool) -> Callable[[Sequence[Node], Mapping[str, Any]], Typed]:
+    """Typing of arithmetic: the broadcast shape, at the arguments' common dtype (or float32)."""
+
     def infer(args: Sequence[Node], attrs: Mapping[str, Any]) -> Typed:
         shape = broadcast([a.shape for a in args])
-        dtype = "float32" if float_only else _promote(args)
+        dtype = "float32" if float_only else promote(args)
         return Typed(shape, dtype, (dtype,) * len(args))
 
     return infer
 
 
-def _rounding(result: np.ndarray, *args: np.ndarray, **attrs: Any) -> np.ndarray:
+def rounding(result: np.ndarray, *args: np.ndarray, **attrs: Any) -> np.ndarray:
     """One rounding of the result (and of any product the device fuses into an FMA)."""
     return 2 * EPS32 * np.abs(result.astype(np.float64))
 
 
-def _exact(result: np.ndarray, *args: np.ndarray, **attrs: Any) -> float:
+def exact(result: np.ndarray, *args: np.ndarray, **attrs: Any) -> float:
     return 0.0
 
 
-def _ulps(count: Callable[..., np.ndarray | float]) -> Callable[..., np.ndarray]:
+def ulps(count: Callable[..., np.ndarray | float]) -> Callable[..., np.ndarray]:
     """A bound of ``count(*args)`` units in the last place of the result."""
 
-    def bound(result: np.ndarray, *args: np.ndarray) -> np.ndarray:
+    def bound(result: np.ndarray, *args: np.ndarray, **attrs: Any) -> np.ndarray:
         x = [np.asarray(a, np.float64) for a in args]
         return np.asarray(count(*x)) * EPS32 * np.abs(result.astype(np.float64)) + 1e-37
 
     return bound
 
 
-def _f64(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+def f64(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
     """numpy's answer computed in float64 (the true value the float32 device is compared with)."""
-    return lambda *a: fn(*(np.asarray(x, np.float64) for x in a))
+    return lambda *a, **attrs: fn(*(np.asarray(x, np.float64) for x in a), **attrs)
 
 
 def _gelu(x: np.ndarray) -> np.ndarray:
@@ -117,31 +125,31 @@ def _gelu_bound(result: np.ndarray, a: np.ndarray) -> np.ndarray:
     return 1e-7 + 4e-6 * np.abs(a.astype(np.float64)) + 8 * EPS32 * np.abs(result)
 
 
-_exp_bound = _ulps(lambda x: 3 + 2 * np.abs(x))
-_three_ulps = _ulps(lambda *x: 3.0)
+_exp_bound = ulps(lambda x: 3 + 2 * np.abs(x))
+three_ulps = ulps(lambda *x: 3.0)
 
 #: (name, arity, WGSL expression, numpy reference, float only?, tolerance, summary)
 TABLE: list[tuple[str, int, Callable[..., str], Callable[..., Any], bool, Callable[..., Any], str]] = [
-    ("add", 2, lambda a, b, dtype: f"({a} + {b})", np.add, False, _rounding, "a + b"),
-    ("sub", 2, lambda a, b, dtype: f"({a} - {b})", np.subtract, False, _rounding, "a - b"),
-    ("mul", 2, lambda a, b, dtype: f"({a} * {b})", np.multiply, False, _rounding, "a * b"),
-    ("div", 2, lambda a, b, dtype: f"({a} / {b})", _f64(np.divide), True, _three_ulps, "a / b (float32)"),
-    ("pow", 2, lambda a, b, dtype: f"wn_pow({a}, {b})", _f64(np.power), True, _ulps(_pow_ulps), "a ** b (float32)"),
-    ("maximum", 2, lambda a, b, dtype: f"max({a}, {b})", np.maximum, False, _exact, "the larger of a and b"),
-    ("minimum", 2, lambda a, b, dtype: f"min({a}, {b})", np.minimum, False, _exact, "the smaller of a and b"),
-    ("neg", 1, lambda a, dtype: f"(0u - {a})" if dtype == "uint32" else f"(-{a})", np.negative, False, _exact, "-a"),
-    ("abs", 1, lambda a, dtype: f"abs({a})", np.abs, False, _exact, "|a|"),
-    ("relu", 1, _relu_wgsl, lambda a: np.maximum(a, 0), False, _exact, "max(a, 0)"),
-    ("exp", 1, lambda a, dtype: f"exp({a})", _f64(np.exp), True, _exp_bound, "e ** a"),
-    ("log", 1, lambda a, dtype: f"log({a})", _f64(np.log), True, _log_bound, "natural logarithm"),
-    ("sqrt", 1, lambda a, dtype: f"sqrt({a})", _f64(np.sqrt), True, _three_ulps, "square root"),
-    ("tanh", 1, lambda a, dtype: f"wn_tanh({a})", _f64(np.tanh), True, _tanh_bound, "hyperbolic tangent"),
-    ("sigmoid", 1, lambda a, dtype: f"wn_sigmoid({a})", _f64(_sigmoid), True, _sigmoid_bound, "1 / (1 + e ** -a)"),
-    ("gelu", 1, lambda a, dtype: f"wn_gelu({a})", _f64(_gelu), True, _gelu_bound, "GELU (tanh approximation)"),
+    ("add", 2, lambda a, b, dtype: f"({a} + {b})", np.add, False, rounding, "a + b"),
+    ("sub", 2, lambda a, b, dtype: f"({a} - {b})", np.subtract, False, rounding, "a - b"),
+    ("mul", 2, lambda a, b, dtype: f"({a} * {b})", np.multiply, False, rounding, "a * b"),
+    ("div", 2, lambda a, b, dtype: f"({a} / {b})", f64(np.divide), True, three_ulps, "a / b (float32)"),
+    ("pow", 2, lambda a, b, dtype: f"wn_pow({a}, {b})", f64(np.power), True, ulps(_pow_ulps), "a ** b (float32)"),
+    ("maximum", 2, lambda a, b, dtype: f"max({a}, {b})", np.maximum, False, exact, "the larger of a and b"),
+    ("minimum", 2, lambda a, b, dtype: f"min({a}, {b})", np.minimum, False, exact, "the smaller of a and b"),
+    ("neg", 1, lambda a, dtype: f"(0u - {a})" if dtype == "uint32" else f"(-{a})", np.negative, False, exact, "-a"),
+    ("abs", 1, lambda a, dtype: f"abs({a})", np.abs, False, exact, "|a|"),
+    ("relu", 1, _relu_wgsl, lambda a: np.maximum(a, 0), False, exact, "max(a, 0)"),
+    ("exp", 1, lambda a, dtype: f"exp({a})", f64(np.exp), True, _exp_bound, "e ** a"),
+    ("log", 1, lambda a, dtype: f"log({a})", f64(np.log), True, _log_bound, "natural logarithm"),
+    ("sqrt", 1, lambda a, dtype: f"sqrt({a})", f64(np.sqrt), True, three_ulps, "square root"),
+    ("tanh", 1, lambda a, dtype: f"wn_tanh({a})", f64(np.tanh), True, _tanh_bound, "hyperbolic tangent"),
+    ("sigmoid", 1, lambda a, dtype: f"wn_sigmoid({a})", f64(_sigmoid), True, _sigmoid_bound, "1 / (1 + e ** -a)"),
+    ("gelu", 1, lambda a, dtype: f"wn_gelu({a})", f64(_gelu), True, _gelu_bound, "GELU (tanh approximation)"),
 ]
 for _name, _arity, _wgsl, _reference, _float_only, _bound, _summary in TABLE:
     register(
-        OpSpec(_name, (_arity, _arity), "elementwise", _infer(_float_only), _reference, _bound, _summary, wgsl=_wgsl)
+        OpSpec(_name, (_arity, _arity), "elementwise", same_type(_float_only), _reference, _bound, _summary, wgsl=_wgsl)
     )
 
 
@@ -151,7 +159,7 @@ def _cast_infer(args: Sequence[Node], attrs: Mapping[str, Any]) -> Typed:
 
 register(
     OpSpec(
-        "cast", (1, 1), "elementwise", _cast_infer, lambda a, dtype: a.astype(dtype), _exact,
+        "cast", (1, 1), "elementwise", _cast_infer, lambda a, dtype: a.astype(dtype), exact,
         "a as another dtype (float32, int32, uint32)", defaults={"dtype": "float32"},
         wgsl=lambda a, dtype: f"{WGSL_TYPES[dtype]}({a})",
     )
@@ -176,8 +184,9 @@ def _axes(axes: Sequence[int] | None, ndim: int) -> tuple[int, ...]:
 register(
     OpSpec(
         "transpose", (1, 1), "view", _transpose_infer,
-        lambda a, axes: np.transpose(a, axes), _exact,
+        lambda a, axes: np.transpose(a, axes), exact,
         "a with its axes reversed, or permuted by axes=(...)", defaults={"axes": None},
+        view=lambda node, mapping: permute(mapping, _axes(node.options["axes"], len(node.shape))),
     )
 )  # fmt: skip
 
@@ -198,79 +207,91 @@ def literal(value: float | int, dtype: str) -> str:
 class _Kernel:
     """The pieces of one fused kernel while its expression is generated."""
 
-    def __init__(self, root: Node) -> None:
-        self.root = root
+    def __init__(self, shape: Shape) -> None:
+        self.shape = shape
         self.bindings: dict[int, int] = {}  # buffer -> k: one binding per buffer, however it is read
         self.values: list[Value] = []
-        self.loads: dict[tuple[int, tuple[int, ...]], str] = {}  # (buffer, strides) -> expression
-        self.strided: list[tuple[int, tuple[int, ...]]] = []  # (offset variable, strides over root dims)
+        self.loads: dict[tuple[int, tuple[int, ...], int], str] = {}  # (buffer, coefficients, base) -> expression
+        self.strided: list[tuple[tuple[int, ...], int]] = []  # per offset variable: (coefficients, base)
 
-    def load(self, value: Value, mapping: tuple[int | None, ...]) -> str:
-        """An expression reading ``value`` at the element the root's index ``i`` maps to."""
-        own = _contiguous(value.shape)
-        strides = [0] * len(self.root.shape)
-        for dim, root_dim in enumerate(mapping):
-            if root_dim is not None:
-                strides[root_dim] += own[dim]
-        key = (value.buffer, tuple(strides))
+    def load(self, value: Value, mapping: Mapping) -> str:
+        """An expression reading ``value`` at the element the result's index ``i`` maps to."""
+        coefs, base = offsets(value.shape, mapping, len(self.shape))
+        key = (value.buffer, coefs, base)
         if key not in self.loads:
             if value.buffer not in self.bindings:
                 self.bindings[value.buffer] = len(self.values)
                 self.values.append(value)
             k = self.bindings[value.buffer]
-            if value.size == 1 or not any(strides):
+            if base == 0 and (value.size == 1 or not any(coefs)):
                 offset = "0u"
-            elif value.size == self.root.size and tuple(strides) == _contiguous(self.root.shape):
+            elif base == 0 and value.size == math.prod(self.shape) and coefs == contiguous(self.shape):
                 offset = "i"
             else:
                 offset = f"o{len(self.strided)}"
-                self.strided.append((len(self.strided), tuple(strides)))
+                self.strided.append((coefs, base))
             self.loads[key] = f"in{k}[{offset}]"
         return self.loads[key]
+
+    def dispatch(self, builder: Builder, expr: str, out: Value) -> None:
+        """The kernel writing ``expr`` at every element of ``out``."""
+        ndim = len(self.shape)
+        # Uniform words: the element count, the result's shape, then each strided load's
+        # coefficients and base (two's complement: the kernel's u32 arithmetic wraps).
+        words: list[int] = [out.size, *self.shape]
+        index: list[str] = []
+        if self.strided:
+            index.append("    var rem = i;")
+            first = 1 + ndim
+            for k, (coefs, base) in enumerate(self.strided):
+                index.append(f"    var o{k} = u({first + k * (ndim + 1) + ndim}u);")
+                words += [c & 0xFFFFFFFF for c in coefs] + [base & 0xFFFFFFFF]
+            for dim in reversed(range(ndim)):
+                index.append(f"    let c{dim} = rem % u({1 + dim}u);")
+                index.append(f"    rem = rem / u({1 + dim}u);")
+                for k in range(len(self.strided)):
+                    index.append(f"    o{k} = o{k} + c{dim} * u({first + k * (ndim + 1) + dim}u);")
+        bindings = [
+            f"@group(0) @binding({k}) var<storage, read> in{k}: array<{WGSL_TYPES[v.dtype]}>;"
+            for k, v in enumerate(self.values)
+        ]
+        n = len(self.values)
+        source = (
+            TEMPLATE.replace("{{BINDINGS}}", "\n".join(bindings))
+            .replace("{{OUT}}", str(n))
+            .replace("{{OUT_TYPE}}", WGSL_TYPES[out.dtype])
+            .replace("{{PARAMS}}", str(n + 1))
+            .replace("{{WORDS}}", str(max(1, -(-len(words) // 4))))
+            .replace("{{INDEX}}", "\n".join(index))
+            .replace("{{EXPR}}", expr)
+        )
+        params = builder.uniform(*words)
+        builder.dispatch(
+            Kernel(source), [v.buffer for v in self.values] + [out.buffer, params], grid(-(-out.size // 256))
+        )
 
 
 def fuse(builder: Builder, root: Node, values: Mapping[int, Value], out: Value) -> None:
     """Emit one kernel computing ``root`` from the materialized ``values`` below it."""
-    kernel = _Kernel(root)
-    expr = _expression(kernel, root, tuple(range(len(root.shape))), values, top=True)
-    ndim = len(root.shape)
-    # Uniform words: the element count, the root's shape, then each strided load's strides.
-    words: list[int] = [out.size, *root.shape]
-    index: list[str] = []
-    if kernel.strided:
-        index.append("    var rem = i;")
-        index += [f"    var o{k} = 0u;" for k, _ in kernel.strided]
-        for dim in reversed(range(ndim)):
-            index.append(f"    let c{dim} = rem % u({1 + dim}u);")
-            index.append(f"    rem = rem / u({1 + dim}u);")
-            for n, (k, _) in enumerate(kernel.strided):
-                index.append(f"    o{k} = o{k} + c{dim} * u({1 + ndim + n * ndim + dim}u);")
-        for _, strides in kernel.strided:
-            words += strides
-    bindings = [
-        f"@group(0) @binding({k}) var<storage, read> in{k}: array<{WGSL_TYPES[v.dtype]}>;"
-        for k, v in enumerate(kernel.values)
-    ]
-    n = len(kernel.values)
-    source = (
-        TEMPLATE.replace("{{BINDINGS}}", "\n".join(bindings))
-        .replace("{{OUT}}", str(n))
-        .replace("{{OUT_TYPE}}", WGSL_TYPES[out.dtype])
-        .replace("{{PARAMS}}", str(n + 1))
-        .replace("{{WORDS}}", str(max(1, -(-len(words) // 4))))
-        .replace("{{INDEX}}", "\n".join(index))
-        .replace("{{EXPR}}", expr)
-    )
-    params = builder.uniform(*words)
-    builder.dispatch(
-        Kernel(source), [v.buffer for v in kernel.values] + [out.buffer, params], grid(-(-out.size // 256))
-    )
+    kernel = _Kernel(root.shape)
+    expr = _expression(kernel, root, identity(len(root.shape)), values, top=True)
+    kernel.dispatch(builder, expr, out)
+
+
+def copy(builder: Builder, value: Value, shape: Shape | None = None, mapping: IndexMapping | None = None) -> Value:
+    """A new buffer of ``shape`` holding ``value`` read through ``mapping`` (a view made real);
+    by default an exact copy."""
+    shape = value.shape if shape is None else shape
+    out = builder.scratch(shape, value.dtype)
+    kernel = _Kernel(shape)
+    kernel.dispatch(builder, kernel.load(value, identity(len(shape)) if mapping is None else mapping), out)
+    return out
 
 
 def _expression(
     kernel: _Kernel,
     node: Node,
-    mapping: tuple[int | None, ...],
+    mapping: IndexMapping,
     values: Mapping[int, Value],
     top: bool = False,
 ) -> str:
@@ -278,35 +299,15 @@ def _expression(
         return kernel.load(values[id(node)], mapping)
     if node.op == "const":
         return literal(node.value, node.dtype)  # type: ignore[arg-type]
-    from .graph import OPS
-
     spec = OPS[node.op]
-    if node.op == "transpose":
-        axes = _axes(node.options["axes"], len(node.args[0].shape))
-        inner: list[int | None] = [None] * len(axes)
-        for k, axis in enumerate(axes):
-            inner[axis] = mapping[k]
-        return _expression(kernel, node.args[0], tuple(inner), values)
-    parts = [_expression(kernel, arg, _broadcast_mapping(node, arg, mapping), values) for arg in node.args]
+    if spec.view is not None:
+        inner = spec.view(node, mapping)
+        assert inner is not None, f"{node.op} cannot be folded here; the compiler gives its argument a buffer"
+        return _expression(kernel, node.args[0], inner, values)
+    parts = [_expression(kernel, arg, broadcast_mapping(node.shape, arg.shape, mapping), values) for arg in node.args]
     assert spec.wgsl is not None, node.op
     options = {k: v for k, v in node.options.items() if k != "dtype"}
     return spec.wgsl(*parts, dtype=node.dtype, **options)
-
-
-def _broadcast_mapping(node: Node, arg: Node, mapping: tuple[int | None, ...]) -> tuple[int | None, ...]:
-    """Which root dimension indexes each of ``arg``'s dimensions (None where it broadcasts)."""
-    lead = len(node.shape) - len(arg.shape)
-    return tuple(
-        None if (size == 1 and node.shape[lead + d] != 1) else mapping[lead + d] for d, size in enumerate(arg.shape)
-    )
-
-
-def _contiguous(shape: Sequence[int]) -> tuple[int, ...]:
-    strides, step = [], 1
-    for size in reversed(shape):
-        strides.append(step)
-        step *= size
-    return tuple(reversed(strides))
 
 
 # -- float16 on the wire ------------------------------------------------------------------------

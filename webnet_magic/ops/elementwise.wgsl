@@ -58,3 +58,56 @@ fn main(
 {{INDEX}}
     out[i] = {{EXPR}};
 }
+
+// erf as x * P(x^2) / Q(x^2) on [-4, 4] (beyond, erf is +-1 in float32): within 4 ULP.
+fn wn_erf(x: f32) -> f32 {
+    let c = clamp(x, -4.0, 4.0);
+    let z = c * c;
+    var p = -2.72614225801306e-10;
+    p = p * z + 2.77068142495902e-08;
+    p = p * z - 2.10102402082508e-06;
+    p = p * z - 5.69250639462346e-05;
+    p = p * z - 7.34990630326855e-04;
+    p = p * z - 2.95459980854025e-03;
+    p = p * z - 1.60960333262415e-02;
+    var q = -1.45660718464996e-05;
+    q = q * z - 2.13374055278905e-04;
+    q = q * z - 1.68282697438203e-03;
+    q = q * z - 7.37332916720468e-03;
+    q = q * z - 1.42647390514189e-02;
+    return c * p / q;
+}
+
+// log(1 + e), accurate for small e too: the rounding of 1 + e is corrected for.
+fn wn_log1p(e: f32) -> f32 {
+    let u = 1.0 + e;
+    if (u == 1.0) {
+        return e;
+    }
+    return log(u) * (e / (u - 1.0));
+}
+
+fn wn_softplus(x: f32) -> f32 {
+    return max(x, 0.0) + wn_log1p(exp(-abs(x)));
+}
+
+// C's fmod, exactly: |a| less |b| * 2^k for falling k, each subtraction exact (Sterbenz).
+fn wn_fmod(a: f32, b: f32) -> f32 {
+    let y = abs(b);
+    var r = abs(a);
+    if (!(y > 0.0) || (bitcast<u32>(r) & 0x7f800000u) == 0x7f800000u) {
+        return a - b * trunc(a / b);  // b is 0 or NaN, or a is infinite or NaN: NaN
+    }
+    let fy = frexp(y);
+    for (var n = 0; n < 300 && r >= y; n++) {
+        let fr = frexp(r);
+        r = r - ldexp(fy.fract, fr.exp - select(0, 1, fy.fract > fr.fract));
+    }
+    return select(r, -r, a < 0.0);
+}
+
+// Python's modulo for integers: the result takes the divisor's sign.
+fn wn_imod(a: i32, b: i32) -> i32 {
+    let r = a % b;
+    return select(r, r + b, r != 0i && (r < 0i) != (b < 0i));
+}

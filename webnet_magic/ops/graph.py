@@ -59,8 +59,11 @@ class OpSpec:
     """One op: how to type it, compute it on the device, and check it against numpy.
 
     ``kind`` says how the compiler treats it: ``elementwise`` ops (and ``view`` ops,
-    which only re-index, like transpose) are fused into one kernel with their
-    neighbours; ``kernel`` ops run their own ``emit``.
+    which only re-index, like transpose and slice) are fused into one kernel with their
+    neighbours; an ``alias`` op (reshape) is the same buffer under another shape when its
+    argument has a buffer, and a view otherwise; ``kernel`` ops run their own ``emit``.
+    ``view`` (for view and alias ops) says where the argument's coordinates come from,
+    given the result's (see :mod:`.indexing`); it returns None where that is not affine.
     """
 
     name: str
@@ -73,6 +76,7 @@ class OpSpec:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     wgsl: Callable[..., str] | None = None  # elementwise: argument expressions -> expression
     emit: Callable[..., None] | None = None  # kernel ops: (builder, args, out, attrs) -> None
+    view: Callable[..., Any] | None = None  # view and alias ops: (node, mapping) -> the argument's mapping
     trusted: bool = True  # False for kernels written in a notebook cell
 
 

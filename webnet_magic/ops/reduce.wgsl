@@ -1,23 +1,43 @@
-// A reduction along one axis: the input is viewed as (outer, length, inner), the output as
-// (outer, inner).  One workgroup per output element: each of its 256 invocations folds a
-// strided share of the axis, then a tree in workgroup memory folds the 256 partial results.
+// A reduction over some axes: each output element folds the input elements that share its
+// kept coordinates.  One workgroup per output element: each of its 256 invocations folds a
+// strided share of the reduced elements, then a tree in workgroup memory folds the 256
+// partial results.
 //
 // ops/reduce.py fills in this template's double-braced slots: T (the element type), FOLD /
 // MERGE (how a value, or another invocation's partial result, is folded into `acc` and
-// `at`), and FINISH (what is written: the value, the mean, the index).  An invocation's
-// first value is taken as it is (`at` is NONE until then), so no identity such as -inf is
-// needed: some compilers refuse infinities even as bit patterns.
+// `at`), FINISH (what is written: the value, the mean, the index), and ORIGIN / OFFSET:
+// where output element o's first input element is, and how far the r-th reduced element
+// is from it (the input's dimensions merged into runs of kept and of reduced ones, each
+// with its size and stride in the words).  An invocation's first value is taken as it is
+// (`at` is NONE until then), so no identity such as -inf is needed: some compilers refuse
+// infinities even as bit patterns.  Words: the reduced length, the output count, 1/length
+// (the mean's scale, as f32 bits), 0, then (size, stride) of each run.
 
 @group(0) @binding(0) var<storage, read> src: array<{{T}}>;
 @group(0) @binding(1) var<storage, read_write> dst: array<{{OUT_T}}>;
 
 struct Params {
-    length: u32,
-    inner: u32,
-    count: u32,    // outer * inner
-    scale: f32,    // 1 / length, for the mean
+    w: array<vec4<u32>, {{WORDS}}>,
 }
 @group(0) @binding(2) var<uniform> p: Params;
+
+fn u(j: u32) -> u32 {
+    return p.w[j / 4u][j % 4u];
+}
+
+fn origin(o: u32) -> u32 {
+    var rem = o;
+    var at = 0u;
+{{ORIGIN}}
+    return at;
+}
+
+fn offset(r: u32) -> u32 {
+    var rem = r;
+    var at = 0u;
+{{OFFSET}}
+    return at;
+}
 
 var<workgroup> part: array<{{T}}, 256>;
 var<workgroup> part_at: array<u32, 256>;
@@ -31,14 +51,15 @@ fn main(
     @builtin(local_invocation_index) lane: u32,
 ) {
     let o = wg.y * groups.x + wg.x;  // the same for the whole workgroup, so the return is uniform
-    if (o >= p.count) {
+    if (o >= u(1u)) {
         return;
     }
-    let base = (o / p.inner) * p.length * p.inner + o % p.inner;
+    let length = u(0u);
+    let base = origin(o);
     var acc = {{T}}(0);
     var at = NONE;
-    for (var r = lane; r < p.length; r += 256u) {
-        let v = src[base + r * p.inner];
+    for (var r = lane; r < length; r += 256u) {
+        let v = src[base + offset(r)];
         if (at == NONE) {
             acc = v;
             at = r;

@@ -81,13 +81,18 @@ def _arg_rows(node: Node, rows: Rows) -> list[Rows | None] | None:
         if ndim == 2 and len(node.args[0].shape) == 2:
             return [rows, None]
         return [lined_up(a) for a in node.args] if ndim >= 3 else None
-    if node.op in ("sum", "mean", "max", "min", "argmax"):
+    if node.op in ("sum", "mean", "prod", "max", "min", "argmax", "argmin"):
         axis = node.options["axis"]
-        if axis is None or normalize_axis(axis, len(node.args[0].shape)) == 0:
+        axes = (axis,) if isinstance(axis, int) else axis
+        if axes is None or any(normalize_axis(a, len(node.args[0].shape)) == 0 for a in axes):
             return None
         return [rows]
-    if node.op in ("softmax", "layernorm") and ndim >= 2:
-        return [lined_up(a) for a in node.args]
+    if node.op in ("softmax", "log_softmax", "layernorm") and ndim >= 2:  # rows apart unless axis 0 is used
+        return [lined_up(a) for a in node.args] if normalize_axis(node.options["axis"], ndim) else None
+    if node.op in ("concat", "gather") and normalize_axis(node.options["axis"], len(node.args[0].shape)):
+        return [rows] + [None] * (len(node.args) - 1) if node.op == "gather" else [rows] * len(node.args)
+    if node.op == "pad" and not node.options["pads"][0] and not node.options["pads"][ndim]:
+        return [rows]
     if node.op in ("conv", "conv2d", "maxpool", "avgpool", "global_avgpool", "global_maxpool", "lrn"):
         return [rows] + [None] * (len(node.args) - 1)  # images are independent: cut x, keep w and b whole
     return None

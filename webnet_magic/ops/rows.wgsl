@@ -1,8 +1,10 @@
-// Row-wise ops over the last axis: softmax, and layernorm with optional gamma and beta.
-// One workgroup per row; its 256 invocations stride along the row and combine their
-// partial results through workgroup memory.  ops/rows.py fills in the double-braced
-// slots: BINDINGS (each op binds only what it reads: an unused binding would be dropped
-// from the pipeline's layout) and BODY.
+// Row-wise ops: softmax and log_softmax along one axis, layernorm (optional gamma and beta)
+// over the last axes.  The input is seen as (outer, length, inner); a row is the `length`
+// elements at one (outer, inner) position, `inner` apart (1 for the last axis).  One
+// workgroup per row; its 256 invocations stride along the row and combine their partial
+// results through workgroup memory.  ops/rows.py fills in the double-braced slots:
+// BINDINGS (each op binds only what it reads: an unused binding would be dropped from the
+// pipeline's layout) and BODY, which reads element j of the row at x[base + j * p.inner].
 
 {{BINDINGS}}
 
@@ -11,6 +13,7 @@ struct Params {
     length: u32,
     flags: u32,   // layernorm: bit 0 gamma given, bit 1 beta given
     eps: f32,
+    inner: u32,
 }
 
 var<workgroup> part: array<f32, 256>;
@@ -41,6 +44,6 @@ fn main(
     if (row >= p.rows) {
         return;
     }
-    let base = row * p.length;
+    let base = (row / p.inner) * p.length * p.inner + row % p.inner;
 {{BODY}}
 }
