@@ -8,24 +8,17 @@ scales positive), the input is random, and the whole output is compared with onn
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime
 import pytest
-from onnx import numpy_helper
 
 import webnet_magic as wm
 from webnet_magic.client import session as sessions
+from webnet_magic.models.samples import LIGHT_MODELS, light_model
 
 pytestmark = pytest.mark.native
-
-LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
-MODELS = ["bvlc_alexnet", "densenet121", "inception_v1", "inception_v2", "resnet50", "shufflenet", "squeezenet",
-          "vgg19", "zfnet512"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -38,43 +31,9 @@ def session() -> Iterator[sessions.Session]:
     wm.stop()
 
 
-def randomized(name: str, seed: int = 0) -> onnx.ModelProto:
-    """The light model with every ``ConstantOfShape`` weight replaced by a seeded random initializer."""
-    model = onnx.load(str(LIGHT / f"light_{name}.onnx"))
-    graph = model.graph
-    shapes = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    rng = np.random.default_rng(seed)
-    kept = []
-    for node in graph.node:
-        if node.op_type != "ConstantOfShape":
-            kept.append(node)
-            continue
-        shape = tuple(int(d) for d in shapes[node.input[0]])
-        target = node.output[0]
-        lowered = target.lower()
-        if any(k in lowered for k in ("riv", "var", "bn_s", "scale")):  # variances and scales: positive
-            value = rng.uniform(0.5, 1.5, shape)
-        elif len(shape) >= 2:
-            value = rng.normal(0.0, math.sqrt(2.0 / math.prod(shape[1:])), shape)
-        else:
-            value = rng.normal(0.0, 0.1, shape)
-        graph.initializer.append(numpy_helper.from_array(value.astype(np.float32), target))
-    del graph.node[:]
-    graph.node.extend(kept)
-    used = {i for n in graph.node for i in n.input}
-    keep = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
-    names = {t.name for t in graph.initializer}
-    inputs = [i for i in graph.input if i.name not in names or i.name in used]
-    del graph.input[:]
-    graph.input.extend(inputs)
-    return model
-
-
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", LIGHT_MODELS)
 def test_a_real_architecture_with_random_weights_matches_onnxruntime(session, name):
-    model = randomized(name)
+    model = light_model(name)
     net = wm.load_model(model)
     (spec,) = net.inputs
     shape = tuple(d if isinstance(d, int) and d > 0 else 1 for d in spec.shape)

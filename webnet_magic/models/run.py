@@ -10,6 +10,7 @@ leases, ``--verify`` and cancel work as for any sharded job.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -134,7 +135,7 @@ def _proportional(total: int, speeds: Sequence[float]) -> list[int]:
 
 def _slices(sizes: Sequence[int]) -> list[slice]:
     starts = np.cumsum([0, *sizes])
-    return [slice(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:], strict=True)]
+    return [slice(int(a), int(b)) for a, b in itertools.pairwise(starts)]
 
 
 def _check_fits(model: Model, plan: Plan, limit: int) -> None:
