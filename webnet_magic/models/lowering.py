@@ -64,12 +64,13 @@ class Prepared:
     constants: dict[str, np.ndarray]
     nodes: list[OnnxNode]
     derived: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)  # (name, form) -> array
+    evaluators: dict[int, Any] = field(default_factory=dict)  # id(node) -> its host evaluator
 
     def weight(self, name: str, form: str, make: Callable[[], np.ndarray]) -> np.ndarray:
         """A constant in a form computed once per model (a transposed weight, a folded scale)."""
         key = (name, form)
         if key not in self.derived:
-            array = np.ascontiguousarray(make())
+            array = np.asarray(make(), order="C")
             array.flags.writeable = False
             self.derived[key] = array
         return self.derived[key]
@@ -88,7 +89,16 @@ def prepare(graph: OnnxGraph) -> Prepared:
         else:
             remaining.append(node)
     remaining = _fold_batchnorm(remaining, constants, graph)
-    unsupported = [n for n in remaining if n.op not in HANDLERS and n.op not in SHAPE_ONLY]
+    # Values known on the host at every call: constants, shapes, and arithmetic on them only.  A node
+    # computing one needs no device op (ONNX's reference implementation folds it each call).
+    known = set(constants)
+    on_device = []
+    for n in remaining:
+        if n.op in SHAPE_ONLY or all(i in known for i in n.inputs if i):
+            known.update(n.outputs)
+        else:
+            on_device.append(n)
+    unsupported = [n for n in on_device if n.op not in HANDLERS]
     if unsupported:
         first = unsupported[0]
         kinds = sorted({n.op for n in unsupported})
@@ -103,14 +113,29 @@ def supported_ops() -> list[str]:
     return sorted({*HANDLERS, *SHAPE_ONLY})
 
 
-def fold(node: OnnxNode, inputs: Sequence[np.ndarray | None], opset: int) -> list[np.ndarray]:
-    """``node`` evaluated on the host by ONNX's reference implementation (for constants and shapes)."""
+def fold(node: OnnxNode, inputs: Sequence[np.ndarray | None], opset: int,
+         evaluators: dict[int, Any] | None = None) -> list[np.ndarray]:  # fmt: skip
+    """``node`` evaluated on the host by ONNX's reference implementation (for constants and shapes).
+
+    The node is wrapped in a one-node model of the model's opset, so the reference picks the op's
+    version of that opset (Unsqueeze's axes are an attribute in opset 9, an input from 13 on);
+    ``evaluators`` keeps each node's evaluator across calls.
+    """
+    import onnx
     from onnx.reference import ReferenceEvaluator
 
     if node.op in ("Shape", "Size"):  # only their input's shape matters
         return _shape_op(node, inputs[0].shape)  # type: ignore[union-attr]
     try:
-        evaluator = ReferenceEvaluator(node.proto, opsets={"": opset})
+        evaluator = (evaluators or {}).get(id(node))
+        if evaluator is None:
+            untyped = [onnx.helper.make_value_info(name, onnx.TypeProto()) for name in node.inputs if name]
+            results = [onnx.helper.make_value_info(name, onnx.TypeProto()) for name in node.outputs if name]
+            graph = onnx.helper.make_graph([node.proto], "fold", untyped, results)
+            opsets = [onnx.helper.make_opsetid("", opset)]
+            evaluator = ReferenceEvaluator(onnx.helper.make_model(graph, opset_imports=opsets))
+            if evaluators is not None:
+                evaluators[id(node)] = evaluator
         feeds = {name: value for name, value in zip(node.inputs, inputs, strict=True) if name}
         return [np.asarray(v) for v in evaluator.run(None, feeds)]
     except Exception as exc:
@@ -127,7 +152,7 @@ def _shape_op(node: OnnxNode, shape: tuple[int, ...]) -> list[np.ndarray]:
 
 
 def _frozen(array: np.ndarray) -> np.ndarray:
-    array = np.ascontiguousarray(array)
+    array = np.asarray(array, order="C")
     array.flags.writeable = False
     return array
 
@@ -189,7 +214,7 @@ class Lowering:
                 results: list[Value] = [Host(a) for a in _shape_op(node, shape_of(present[0]))]
             elif all(isinstance(a, Host) for a in present) and node.op != "Dropout":
                 arrays = [None if a is None else a.array for a in args]  # type: ignore[union-attr]
-                results = [Host(_frozen(v)) for v in fold(node, arrays, self.opset)]
+                results = [Host(_frozen(v)) for v in fold(node, arrays, self.opset, self.model.evaluators)]
             else:
                 try:
                     produced = HANDLERS[node.op](self, node, args)
@@ -222,7 +247,9 @@ class Lowering:
         if scalar_for is not None and array.size == 1 and array.ndim <= scalar_for and array.dtype.kind in "fiub":
             item = array.reshape(()).item()
             number = float(item) if array.dtype.kind == "f" else int(item)
-            if array.dtype.kind == "f" or -(2**31) <= number < 2**31:
+            if (array.dtype.kind == "f" and math.isfinite(number)) or (
+                array.dtype.kind != "f" and -(2**31) <= number < 2**31
+            ):
                 return self.graph.const(number, repr(number))
         return self.graph.input(self._name_of(array, name), array)
 

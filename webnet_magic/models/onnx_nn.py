@@ -114,9 +114,29 @@ def _instancenorm(cx: Lowering, n: OnnxNode, xs: Args) -> Value:
     return cx.elementwise("add", n, [cx.elementwise("mul", n, [back, scale]), shift])
 
 
+#: WebGPU's default maxStorageBufferBindingSize: a buffer every device can bind.
+BINDING_LIMIT = 128 << 20
+
+
+def _times(cx: Lowering, n: OnnxNode, a: Value, b: Value, b_name: str) -> Node:
+    """``a @ b``; a constant matrix too large for one binding is cut into column blocks, once per model,
+    each multiplied on its own and the products joined (VGG's 411 MB fc6 becomes four blocks)."""
+    x = cx.device(a, n.inputs[0])
+    if not isinstance(b, Host) or b.array.ndim != 2 or b.array.nbytes <= BINDING_LIMIT:
+        return cx.apply("matmul", [x, cx.device(b, b_name)], n)
+    weight = b.array
+    parts = math.ceil(weight.nbytes / BINDING_LIMIT)
+    width = -(-weight.shape[1] // parts // 4) * 4  # whole vec4 columns keep the fast kernel
+    products = []
+    for start in range(0, weight.shape[1], width):
+        block = cx.model.weight(b_name, f"cols{start}", lambda start=start: weight[:, start : start + width])
+        products.append(cx.apply("matmul", [x, cx.device(Host(block), b_name)], n))
+    return cx.apply("concat", products, n, axis=len(products[0].shape) - 1)
+
+
 @handles("MatMul")
 def _matmul(cx: Lowering, n: OnnxNode, xs: Args) -> Value:
-    return cx.apply("matmul", [cx.device(xs[0], n.inputs[0]), cx.device(xs[1], n.inputs[1])], n)  # type: ignore[arg-type]
+    return _times(cx, n, xs[0], xs[1], n.inputs[1])  # type: ignore[arg-type]
 
 
 @handles("Gemm")
@@ -131,7 +151,7 @@ def _gemm(cx: Lowering, n: OnnxNode, xs: Args) -> Value:
             b = Host(cx.model.weight(n.inputs[1], "T", lambda: array.T))
         else:
             b = cx.apply("transpose", [b], n)  # type: ignore[list-item]
-    y: Value = cx.apply("matmul", [cx.device(a, n.inputs[0]), cx.device(b, n.inputs[1])], n)  # type: ignore[arg-type]
+    y: Value = _times(cx, n, a, b, n.inputs[1])  # type: ignore[arg-type]
     alpha, beta = float(n.attrs.get("alpha", 1.0)), float(n.attrs.get("beta", 1.0))
     if alpha != 1.0:
         y = cx.elementwise("mul", n, [y, _f(alpha)])

@@ -189,7 +189,7 @@ def _array(array: np.ndarray, name: str) -> np.ndarray:
         raise DtypeError(f"the model's constant {name!r} has dtype {array.dtype}, which cannot run here")
     if array.dtype == np.float64:  # devices compute in float32: convert once, not on every call
         array = array.astype(np.float32)
-    array = np.ascontiguousarray(array)
+    array = np.asarray(array, order="C")
     array.flags.writeable = False
     return array
 
