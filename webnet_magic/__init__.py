@@ -21,9 +21,14 @@ the native worker) only matters when its feature is used.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# A library's logging is for whoever configures logging: without this, Python's last-resort
+# handler writes warnings to stderr, which a kernel shows in the cell that ran last.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell

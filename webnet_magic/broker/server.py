@@ -4,8 +4,12 @@ Serving page and socket on one origin is what lets one tunnel (ngrok) carry both
 and lets the page build its ``ws(s)://`` URL from ``location`` alone.  Tornado
 does HTTP and WebSocket natively and already ships with ipykernel.
 
-Every WebSocket must present the session token (compared in constant time);
-every frame goes through :class:`~webnet_magic.protocol.Assembler`, whose
+Every WebSocket must present the session token (compared in constant time), and
+one that a browser opens must come from the worker page's own origin.  A socket
+without the token is told so (close code 4003) and may then send only small frames
+until it goes, which are dropped: a larger one aborts the connection unread.  No
+log line holds the request's query string, since that is where the token travels.
+Every authenticated frame goes through :class:`~webnet_magic.protocol.Assembler`, whose
 schema checks and size budget run before anything reaches the scheduler: a
 worker may send only as many bytes as the broker asked it for.
 """
@@ -20,6 +24,7 @@ import secrets
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -50,6 +55,13 @@ STATIC_FILES = ("worker.js", "protocol.js", "gpu.js", "worker.css")
 
 #: Worker connections beyond this many are refused (each may hold a job's buffers in flight).
 MAX_SOCKETS = 64
+#: The largest frame a connection refused for its token may send while its close handshake lasts
+#: (an honest worker's hello fits; it is dropped unread by the protocol either way).
+REFUSED_FRAME = 64 * 1024
+#: Seconds a refused WebSocket has to answer the close before it is dropped.
+REFUSED_LINGER = 1.0
+#: Seconds between panel updates for refused connections (a flood of them is one update a second).
+REFUSALS_SHOWN_EVERY = 1.0
 
 
 class Broker:
@@ -82,10 +94,28 @@ class Broker:
         self.bytes_received = 0
         self.tunnel_host: str | None = None  # the public Host of a tunnel to this broker, if one is open
         self.tunnel_bytes = 0  # page, scripts and frames through it, both ways (ngrok's free tier caps them)
+        self.refused = 0  # connections closed unheard: wrong token, another site's, over the cap
+        self._on_change = on_change
         self._heartbeat_task: asyncio.Task[None] | None = None
+        self._refusals_shown: asyncio.TimerHandle | None = None
 
-    def token_ok(self, offered: str | None) -> bool:
-        return offered is not None and hmac.compare_digest(offered.encode(), self.token.encode())
+    def token_ok(self, offered: bytes) -> bool:
+        """Whether ``offered`` (the raw query value: nothing to decode, so nothing to fail) is the token."""
+        return hmac.compare_digest(offered, self.token.encode())
+
+    def refuse(self, reason: str) -> None:
+        """Count a connection closed before it showed the token; the panel hears of it, at most once a second.
+
+        Logged at debug only: a stranger can make any number of these, and none may print.
+        """
+        self.refused += 1
+        log.debug("refused a connection: %s", reason)
+        if self._refusals_shown is None:
+            self._refusals_shown = asyncio.get_running_loop().call_later(REFUSALS_SHOWN_EVERY, self._show_refusals)
+
+    def _show_refusals(self) -> None:
+        self._refusals_shown = None
+        self._on_change()
 
     def application(self) -> tornado.web.Application:
         return tornado.web.Application(
@@ -99,7 +129,6 @@ class Broker:
                     {"path": str(self.static_dir), "broker": self},
                 ),
             ],
-            websocket_max_message_size=MAX_FRAME,  # larger frames are refused by tornado itself
             websocket_ping_interval=None,  # heartbeats are application messages, visible to JS
             log_function=_log_without_query,
         )
@@ -151,6 +180,8 @@ class Broker:
     async def shutdown(self) -> None:
         if self._heartbeat_task:
             self._heartbeat_task.cancel()
+        if self._refusals_shown is not None:
+            self._refusals_shown.cancel()
         self.scheduler.stop()
         for sock in list(self.sockets):
             sock.close(CLOSE_GOING_AWAY, "the notebook stopped the broker")
@@ -162,7 +193,24 @@ def _log_without_query(handler: tornado.web.RequestHandler) -> None:
     log.debug("%d %s %s (%s)", handler.get_status(), request.method, request.path, request.remote_ip)
 
 
-class TunnelCounted(tornado.web.RequestHandler):
+class Handler(tornado.web.RequestHandler):
+    """What all the broker's handlers share: errors logged without the URL, whose query holds the token.
+
+    (Tornado's own ``log_exception`` writes the full URI and the request's repr.)
+    """
+
+    def log_exception(
+        self, typ: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        request = self.request
+        if isinstance(value, tornado.web.HTTPError):
+            log.debug("%d on %s %s: %s", value.status_code, request.method, request.path, value.log_message)
+        else:
+            log.error("unexpected error on %s %s from %s", request.method, request.path, request.remote_ip,
+                      exc_info=(typ, value, tb) if typ is not None and value is not None else None)  # fmt: skip
+
+
+class TunnelCounted(Handler):
     """A handler whose response bodies through the tunnel are added to the broker's count."""
 
     broker: Broker
@@ -182,12 +230,13 @@ class WorkerPage(TunnelCounted):
     def get(self) -> None:
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
+        self.set_header("Referrer-Policy", "no-referrer")  # its URL holds the token
         host = self.request.host
         self.set_header("Content-Security-Policy", f"default-src 'self'; connect-src 'self' ws://{host} wss://{host}")
         self.write((self.broker.static_dir / "worker.html").read_bytes())
 
 
-class NoContent(tornado.web.RequestHandler):
+class NoContent(Handler):
     """Browsers ask for a favicon; an empty answer keeps their consoles clean."""
 
     def get(self) -> None:
@@ -203,7 +252,7 @@ class StaticFile(TunnelCounted, tornado.web.StaticFileHandler):
         self.set_header("Cache-Control", "no-cache")
 
 
-class WorkerSocket(tornado.websocket.WebSocketHandler):
+class WorkerSocket(Handler, tornado.websocket.WebSocketHandler):
     """One worker's connection: token check, frame assembly, and dispatch to the scheduler."""
 
     def initialize(self, broker: Broker) -> None:
@@ -216,15 +265,34 @@ class WorkerSocket(tornado.websocket.WebSocketHandler):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._hello_timer: asyncio.TimerHandle | None = None
         self.tunneled = False
+        self.authorized = False
+
+    def prepare(self) -> None:
+        # Before the upgrade, so that a refused connection's frame limit is set from its first frame.
+        self.authorized = self.broker.token_ok(self.request.query_arguments.get("token", [b""])[-1])
+
+    @property
+    def max_message_size(self) -> int:
+        """The largest frame tornado reads: the protocol's, or for a refused connection a hello's at most."""
+        return MAX_FRAME if self.authorized else REFUSED_FRAME
 
     def check_origin(self, origin: str) -> bool:
-        # The session token is the credential; the page may be reached through a tunnel's host name.
-        return True
+        """Refuse a WebSocket opened by a script of another site (counted as a refusal).
+
+        Tornado asks only about cross-origin requests (by ``Sec-Fetch-Site``, else ``Origin`` against
+        ``Host``); the worker page opens its socket on its own origin, by whichever name it was
+        reached (loopback, the tunnel's, the LAN address).  So a leaked token cannot be used from
+        another web page in the browser of whoever visits it.  Clients that are not browsers send
+        no ``Origin``: for them, as for everyone, the token is the credential.
+        """
+        self.broker.refuse(f"a WebSocket opened by another site ({origin[:100]})")
+        return False
 
     def open(self) -> None:
-        if not self.broker.token_ok(self.get_argument("token", None)):
-            log.warning("refused a worker with a wrong or missing token from %s", self.request.remote_ip)
+        if not self.authorized:
+            self.broker.refuse(f"a wrong or missing token from {self.request.remote_ip}")
             self.close(CLOSE_BAD_TOKEN, "wrong or missing session token: open the link from %webnet url")
+            asyncio.get_running_loop().call_later(REFUSED_LINGER, self._drop)
             return
         if len(self.broker.sockets) >= MAX_SOCKETS:
             self.close(CLOSE_TRY_LATER, f"this notebook already has {MAX_SOCKETS} worker connections")
@@ -388,6 +456,12 @@ class WorkerSocket(tornado.websocket.WebSocketHandler):
         self._tasks.discard(task)
         if not task.cancelled() and isinstance(task.exception(), tornado.websocket.WebSocketClosedError):
             self.forget("closed its connection")
+
+    def _drop(self) -> None:
+        """End a refused connection whose peer has not answered the close (tornado would wait 5 s)."""
+        connection = self.ws_connection
+        if connection is not None and connection.stream is not None:
+            connection.stream.close()
 
     def _refuse(self, reason: str) -> None:
         log.warning("closing worker connection: %s", reason)

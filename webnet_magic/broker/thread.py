@@ -7,7 +7,10 @@ futures, which a Ctrl-C in the main thread can abandon; :meth:`cancel` then
 tells the scheduler, so the device drops the job too.
 
 Code on the broker thread never prints: output from a thread lands in
-whichever cell ran last.  It logs, and reports through ``on_change``.
+whichever cell ran last.  It logs, and reports through ``on_change``.  Nor may
+its logging print: ipykernel gives tornado's logger a handler on the process's
+stderr, which it shows in the cell, so what tornado and asyncio log on a broker
+thread is moved under ``webnet_magic``'s logger (see :class:`_ThreadLogs`).
 """
 
 from __future__ import annotations
@@ -25,12 +28,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-import tornado.httpserver
 import tornado.netutil
 
 from .._assets import static_dir
 from ..program import Program
 from ..protocol import DEFAULT_CHUNK
+from .listener import Listener, ServerLimits
 from .scheduler import Progress
 from .server import Broker
 
@@ -68,6 +71,7 @@ class BrokerThread:
         calibrate: bool = True,
         on_change: ChangeListener | None = None,
         static: Path | None = None,
+        limits: ServerLimits | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -88,8 +92,9 @@ class BrokerThread:
         self._thread = threading.Thread(target=self._main, name="webnet-broker", daemon=True)
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
-        self._server: tornado.httpserver.HTTPServer | None = None
-        self._https: tornado.httpserver.HTTPServer | None = None
+        self.limits = limits or ServerLimits()
+        self._server: Listener | None = None
+        self._https: Listener | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -100,7 +105,7 @@ class BrokerThread:
         if self._startup_error is not None:
             self._thread.join()
             raise self._startup_error
-        log.info("broker listening on %s", self.url)
+        log.info("broker listening on %s port %d", self.host, self.port)  # not self.url: it holds the token
         return self
 
     @property
@@ -126,12 +131,14 @@ class BrokerThread:
 
     def _main(self) -> None:
         asyncio.set_event_loop(self._loop)
+        _THREAD_LOGS.attach()
         try:
             self._loop.run_until_complete(self._serve())
         except BaseException as exc:
             self._startup_error = exc
             self._ready.set()
             self._loop.close()
+            _THREAD_LOGS.detach()
             return
         self._ready.set()
         try:
@@ -142,11 +149,12 @@ class BrokerThread:
                 task.cancel()
             self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             self._loop.close()
+            _THREAD_LOGS.detach()
 
     async def _serve(self) -> None:
         sockets = tornado.netutil.bind_sockets(self.port, self.host)
         self.port = sockets[0].getsockname()[1]
-        self._server = tornado.httpserver.HTTPServer(self.broker.application())
+        self._server = self._listener()
         self._server.add_sockets(sockets)
         self.broker.start_heartbeat()
 
@@ -167,11 +175,14 @@ class BrokerThread:
 
         def bind() -> int:
             sockets = tornado.netutil.bind_sockets(port, host)
-            self._https = tornado.httpserver.HTTPServer(self.broker.application(), ssl_options=ssl)
+            self._https = self._listener(ssl)
             self._https.add_sockets(sockets)
             return int(sockets[0].getsockname()[1])
 
         return self.call(bind)
+
+    def _listener(self, ssl: ssl_module.SSLContext | None = None) -> Listener:
+        return Listener(self.broker.application(), self.limits, self.broker.refuse, ssl_options=ssl)
 
     def expose_through(self, host: str | None) -> None:
         """Count the bytes of requests whose ``Host`` is ``host`` (a tunnel's public name) apart."""
@@ -230,8 +241,10 @@ class BrokerThread:
         self.call(self.broker.free, key)
 
     def cancel(self, job_id: str) -> None:
+        """Cancel a task; a no-op once the broker has stopped (stopping failed every task)."""
         if self.running:
-            self.call(self.broker.scheduler.cancel, job_id)
+            with contextlib.suppress(RuntimeError, concurrent.futures.TimeoutError):  # it stopped meanwhile
+                self.call(self.broker.scheduler.cancel, job_id)
 
     def devices(self) -> list[dict[str, Any]]:
         return self.call(self._devices)
@@ -254,6 +267,7 @@ class BrokerThread:
             "sent": self.broker.bytes_sent,
             "received": self.broker.bytes_received,
             "tunnel": self.broker.tunnel_bytes,
+            "refused": self.broker.refused,  # connections closed before showing the token
         }
 
     def _changed(self) -> None:
@@ -261,6 +275,39 @@ class BrokerThread:
             snapshot = self._fleet()
             for listener in self._listeners:
                 listener(snapshot)
+
+
+class _ThreadLogs(logging.Filter):
+    """Hands what tornado and asyncio log on a broker thread to ``webnet_magic``'s logger instead.
+
+    That logger has only a NullHandler (and the root logger's handlers, if the user set some),
+    so a stranger's bad handshakes never print into a cell, while anyone who configures logging
+    still sees them.  Records from other threads pass untouched.
+    """
+
+    LOGGERS = ("tornado", "tornado.access", "tornado.application", "tornado.general", "asyncio")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: set[int] = set()
+
+    def attach(self) -> None:
+        """Start moving the current thread's records (filters are added once)."""
+        self.threads.add(threading.get_ident())
+        for name in self.LOGGERS:
+            logging.getLogger(name).addFilter(self)
+
+    def detach(self) -> None:
+        self.threads.discard(threading.get_ident())
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.thread not in self.threads:
+            return True
+        log.handle(record)
+        return False
+
+
+_THREAD_LOGS = _ThreadLogs()
 
 
 def _settle(target: concurrent.futures.Future[T], source: asyncio.Future[T]) -> None:

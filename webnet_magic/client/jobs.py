@@ -23,6 +23,9 @@ from ..broker.thread import BrokerThread, TaskHandle
 
 #: Puts the tasks' outputs (in task order) together into the job's results.
 Assemble = Callable[[list[list[np.ndarray]]], list[np.ndarray]]
+#: Seconds to wait, after a task fails, for the job's other tasks to confirm their cancellation
+#: (immediate while the broker runs) before the failure is reported anyway.
+CANCEL_SETTLE = 10.0
 
 
 @dataclass(frozen=True)
@@ -76,12 +79,13 @@ class Job:
     def _collect(self) -> None:
         """Wait for every task; fail at the first failure (cancelling the rest), else assemble and bind."""
         futures = [t.future for t in self.tasks]
-        concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
+        settled = _Settled(futures)
+        settled.wait(lambda: all(f.done() for f in futures) or any(_ended_badly(f) for f in futures))
         failed = next((t for t in self.tasks if t.future.done() and not t.future.cancelled() and t.future.exception()),
                       None)  # fmt: skip
         if failed is not None or any(f.cancelled() for f in futures):
             self._cancel_tasks()
-            concurrent.futures.wait(futures)
+            settled.wait(lambda: all(f.done() for f in futures), CANCEL_SETTLE)
             with self._lock:
                 if not self.future.done():
                     error = failed.future.exception() if failed is not None else None
@@ -164,6 +168,33 @@ class Job:
         else:
             state = f"running: {self.progress}"
         return f"<webnet job {self.id} {self.text!r} {state}>"
+
+
+class _Settled:
+    """Wakes a waiting thread each time one of ``futures`` settles, cancelled ones included.
+
+    ``concurrent.futures.wait`` is no use here: a future cancelled with ``Future.cancel()``
+    (as the broker thread cancels a task's) never wakes it; only executors' futures do.
+    Done-callbacks run on every outcome.
+    """
+
+    def __init__(self, futures: Sequence[concurrent.futures.Future[Any]]) -> None:
+        self._changed = threading.Condition()
+        for future in futures:
+            future.add_done_callback(self._notify)
+
+    def _notify(self, _: concurrent.futures.Future[Any]) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait(self, ready: Callable[[], bool], timeout: float | None = None) -> None:
+        """Return once ``ready()`` is true (or after ``timeout`` seconds)."""
+        with self._changed:
+            self._changed.wait_for(ready, timeout)
+
+
+def _ended_badly(future: concurrent.futures.Future[Any]) -> bool:
+    return future.done() and (future.cancelled() or future.exception() is not None)
 
 
 def _size(nbytes: int) -> str:
