@@ -188,7 +188,7 @@ def test_a_probe_fails_when_its_device_leaves(broker: BrokerThread, peers: list[
     probe = threading.Thread(target=lambda: probe_result.append(_try(broker.echo, [np.zeros(4, np.float32)])))
     probe_result: list[object] = []
     probe.start()
-    time.sleep(0.2)
+    wait_until(lambda: broker.call(lambda: any(s.probes for s in broker.broker.sockets)), 10, "the probe")
     peer.stop()
     probe.join(10)
     assert isinstance(probe_result[0], WorkerLost)
