@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..ops import Graph, Node
-from ..ops.compiler import CACHE_MIN_BYTES, ContentKeys
+from ..ops.compiler import ContentKeys
 from ..ops.dtypes import to_wire
 from .lowering import Lowering, Prepared, Value, prepare
 from .source import ModelError, OnnxGraph, TensorSpec, parse, read
@@ -37,6 +37,10 @@ class WeightKeys(ContentKeys):
         super().__init__()
         self._weights = weights
         self._owned = owned
+
+    def worth_keeping(self, array: np.ndarray) -> bool:
+        """Every weight the model owns stays on the device (a bias too), so a call sends only its inputs."""
+        return self._owned.get(id(array)) is array or super().worth_keeping(array)
 
     def __call__(self, array: np.ndarray) -> str:
         if self._owned.get(id(array)) is array:
@@ -208,14 +212,13 @@ class Model:
     def weight_keys(self) -> WeightKeys:
         """Keys for one launch of this model (see :class:`WeightKeys`)."""
         owned = {id(a): a for a in (*self._prepared.constants.values(), *self._prepared.derived.values())
-                 if a.nbytes >= CACHE_MIN_BYTES}  # fmt: skip
+                 if a.size > 1}  # fmt: skip
         return WeightKeys(self._weight_keys, owned)
 
     def free(self, session: Any = None) -> None:
         """Let every device drop this model's weights (they are sent again by the next call)."""
         keys = self.weight_keys()
-        arrays = [a for a in (*self._prepared.constants.values(), *self._prepared.derived.values())
-                  if a.nbytes >= CACHE_MIN_BYTES and a.dtype.kind == "f"]  # fmt: skip
+        arrays = [a for a in (*self._prepared.constants.values(), *self._prepared.derived.values()) if a.size > 1]
         runner = _runner(session)
         for key in {keys(a) for a in arrays}:
             runner.broker.free(key)

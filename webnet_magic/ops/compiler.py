@@ -68,7 +68,7 @@ class Builder:
     def input(self, array: np.ndarray, cacheable: bool = True) -> int:
         """A buffer filled from ``array``; arrays worth caching on the worker get a content key."""
         self.inputs.append(array)
-        key = self.keys(array) if cacheable and array.nbytes >= CACHE_MIN_BYTES else None
+        key = self.keys(array) if cacheable and self.keys.worth_keeping(array) else None
         self.buffers.append(Buffer(padded(array.nbytes), input=len(self.inputs) - 1, key=key))
         return len(self.buffers) - 1
 
@@ -134,6 +134,10 @@ class ContentKeys:
 
     def __init__(self) -> None:
         self._known: dict[tuple[object, ...], tuple[np.ndarray, str]] = {}
+
+    def worth_keeping(self, array: np.ndarray) -> bool:
+        """Whether a worker should keep ``array`` for later jobs (only large ones, by default)."""
+        return array.nbytes >= CACHE_MIN_BYTES
 
     def __call__(self, array: np.ndarray) -> str:
         where = (array.__array_interface__["data"][0], array.shape, array.strides, array.dtype.str)
