@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from webnet_magic import ops
 from webnet_magic.errors import DtypeError, ShapeError
@@ -20,6 +22,7 @@ from webnet_magic.ops.compiler import MAX_FUSED_INPUTS
 from webnet_magic.ops.split import split
 
 from .conftest import wait_until
+from .op_cases import CASES
 
 rng = np.random.default_rng(11)
 
@@ -182,6 +185,27 @@ def test_gather_reads_indices_computed_on_the_device(executor) -> None:
     np.testing.assert_array_equal(got, table.leaf.array[np.argmax(scores.leaf.array, axis=1)])
 
 
+RANK6 = (2, 3, 1, 4, 2, 3)
+
+
+@pytest.mark.parametrize(
+    ("op", "extra", "options"),
+    [
+        ("pad", [], {"pads": (1, 0, 2, 0, 1, 1, 0, 2, 0, 1, 3, 0), "mode": "reflect"}),
+        ("concat", [np.ones((2, 3, 1, 2, 2, 3), np.float32)] * 8, {"axis": 3}),
+        ("gather", [np.array([[1, -1], [0, 2]], np.int32)], {"axis": 1}),
+        ("sum", [], {"axis": (0, 3, 5), "keepdims": True}),
+        ("argmin", [], {"axis": 4}),
+        ("softmax", [], {"axis": 1}),
+        ("layernorm", [np.full((4, 1, 3), 2, np.float32)], {"axis": 3}),
+        ("expand", [], {"shape": (5, 1, 1, 1, 1, 1, 1)}),
+        ("slice", [], {"starts": (1, 2, 0, 3, 0, 2), "ends": (-1, -1, 1, 0, 2, -1), "steps": (-1, -1, 1, -2, 1, -2)}),
+    ],
+)
+def test_rank_six_arrays_work_everywhere(executor, op: str, extra: list[np.ndarray], options: dict) -> None:
+    check(executor, ops.plan(op, f32(*RANK6), *extra, **options))
+
+
 # -- comparisons, logic, where ------------------------------------------------------------------
 
 
@@ -198,6 +222,21 @@ def test_a_causal_mask_through_where_is_one_kernel_of_int32_truth(executor) -> N
     masked_got, hidden = check(executor, plan)
     np.testing.assert_array_equal(hidden, np.triu(np.ones((6, 6), np.int32), 1))
     assert (masked_got[:, hidden.astype(bool)] == np.float32(-1e9)).all()
+
+
+def test_a_mask_of_minus_infinity_gives_softmax_zeros(executor) -> None:
+    """Exporters mask attention with -inf: an infinite constant reaches the kernel through its uniforms."""
+    g = Builder()
+    scores = g.input("scores", f32(3, 5, 5))
+    steps = np.arange(5, dtype=np.int32)
+    allowed = g("less_equal", g.input("cols", steps), g.input("rows", steps.reshape(5, 1)))
+    masked = g("where", allowed, scores, g.graph.const(-math.inf, "-inf"))
+    plan = ops.compile_graph([g("softmax", masked, axis=-1), g("add", scores, g.graph.const(math.inf, "inf"))])
+    probabilities, infinite = check(executor, plan)
+    assert (probabilities[:, np.triu_indices(5, 1)[0], np.triu_indices(5, 1)[1]] == 0).all()
+    assert np.isposinf(infinite).all()
+    with pytest.raises(DtypeError, match="cannot be NaN"):
+        g.graph.const(math.nan, "nan")
 
 
 def test_comparisons_of_mixed_ints_and_floats_compare_as_floats(executor) -> None:
@@ -265,6 +304,27 @@ def test_buffers_are_reused_with_float16_on_the_wire(executor) -> None:
         np.testing.assert_allclose(value, expected, rtol=2e-2, atol=2e-2)
 
 
+KERNEL_OPS = sorted(name for name, spec in ops.OPS.items() if spec.kind == "kernel" and spec.trusted)
+
+
+@pytest.mark.parametrize("op", KERNEL_OPS)
+@settings(max_examples=3, deadline=None)
+@given(data=st.data())
+def test_every_kernel_op_writes_all_of_a_reused_buffer(executor, op: str, data: st.DataObject) -> None:
+    """A reused buffer is not zeroed: each kernel op, given one full of -7s, still gives numpy's answer."""
+    arrays, options = data.draw(CASES[op](), label="arguments")
+    typed = ops.call(op, *arrays, **options).args  # arrays in the dtypes the op reads: no cast takes the buffer
+    g = Builder()
+    args = [g.input(f"a{k}", a.astype(arg.dtype)) for k, (a, arg) in enumerate(zip(arrays, typed, strict=True))]
+    y = g(op, *args, **options)
+    junk = g("neg", g.input("junk", np.full(max(y.size, 1), 7, np.float32)))
+    plan = ops.compile_graph([g("sum", junk), y])
+    junk_buffer = plan.program.steps[0].bindings[-2]  # the kernel making -junk writes it
+    assert plan.program.outputs[1].buffer == junk_buffer or not y.size
+    (_, got) = run_on(executor, plan)
+    assert ops.error_ratio(y, got) <= 1
+
+
 # -- a transformer block, as an exporter writes it -----------------------------------------------
 
 
@@ -292,7 +352,7 @@ def decoder_block(batch: int = 2, tokens: int = 7, width: int = 16, heads: int =
 
     q, k, v = head(0), head(1), head(2)
     scores = g("mul", g("matmul", q, g("transpose", k, axes=(0, 1, 3, 2))), const(1 / math.sqrt(size), "scale"))
-    masked = g("where", g("less_equal", cols, rows), scores, const(-1e9, "-1e9"))
+    masked = g("where", g("less_equal", cols, rows), scores, const(-math.inf, "-inf"))
     attended = g("matmul", g("softmax", masked, axis=-1), v)
     merged = g("reshape", g("transpose", attended, axes=(0, 2, 1, 3)), shape=(batch, tokens, width))
     x = g("add", x, g("matmul", merged, out_w))

@@ -213,6 +213,12 @@ class _Kernel:
         self.values: list[Value] = []
         self.loads: dict[tuple[int, tuple[int, ...], int], str] = {}  # (buffer, coefficients, base) -> expression
         self.strided: list[tuple[tuple[int, ...], int]] = []  # per offset variable: (coefficients, base)
+        self.infinities: list[float] = []  # constants no WGSL literal can hold: read from the uniform words
+
+    def infinity(self, value: float) -> str:
+        """An infinite constant, as the variable ``k{j}`` (compilers refuse infinite literals, even as bits)."""
+        self.infinities.append(value)
+        return f"k{len(self.infinities) - 1}"
 
     def load(self, value: Value, mapping: Mapping) -> str:
         """An expression reading ``value`` at the element the result's index ``i`` maps to."""
@@ -236,9 +242,9 @@ class _Kernel:
     def dispatch(self, builder: Builder, expr: str, out: Value) -> None:
         """The kernel writing ``expr`` at every element of ``out``."""
         ndim = len(self.shape)
-        # Uniform words: the element count, the result's shape, then each strided load's
-        # coefficients and base (two's complement: the kernel's u32 arithmetic wraps).
-        words: list[int] = [out.size, *self.shape]
+        # Uniform words: the element count, the result's shape, each strided load's coefficients
+        # and base (two's complement: the kernel's u32 arithmetic wraps), then infinite constants.
+        words: list[int | float] = [out.size, *self.shape]
         index: list[str] = []
         if self.strided:
             index.append("    var rem = i;")
@@ -251,6 +257,9 @@ class _Kernel:
                 index.append(f"    rem = rem / u({1 + dim}u);")
                 for k in range(len(self.strided)):
                     index.append(f"    o{k} = o{k} + c{dim} * u({first + k * (ndim + 1) + dim}u);")
+        for j, value in enumerate(self.infinities):
+            index.append(f"    let k{j} = bitcast<f32>(u({len(words)}u));")
+            words.append(value)
         bindings = [
             f"@group(0) @binding({k}) var<storage, read> in{k}: array<{WGSL_TYPES[v.dtype]}>;"
             for k, v in enumerate(self.values)
@@ -298,6 +307,8 @@ def _expression(
     if not top and id(node) in values:
         return kernel.load(values[id(node)], mapping)
     if node.op == "const":
+        if node.dtype == "float32" and math.isinf(node.value):  # type: ignore[arg-type]
+            return kernel.infinity(node.value)  # type: ignore[arg-type]
         return literal(node.value, node.dtype)  # type: ignore[arg-type]
     spec = OPS[node.op]
     if spec.view is not None:

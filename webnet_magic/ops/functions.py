@@ -68,8 +68,8 @@ def _mish_bound(result: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 def _clip_bounds(dtype: str, low: float | None, high: float | None) -> tuple[float | None, float | None]:
     """The bounds as values of ``dtype``: integers clip at the integers inside [low, high]."""
-    if dtype == "float32":
-        return low, high
+    if dtype == "float32":  # an infinite bound bounds nothing (and no WGSL literal holds it)
+        return (None if low is None or low == -math.inf else low), (None if high is None or high == math.inf else high)
     lo, hi = LIMITS[dtype]
     return (
         None if low is None else min(max(math.ceil(low), lo), hi),

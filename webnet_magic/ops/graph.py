@@ -110,11 +110,14 @@ class Graph:
         return self.inputs[name]
 
     def const(self, value: object, text: str) -> Node:
-        """A Python number in an expression; it takes the dtype of what it is combined with."""
+        """A Python number in an expression; it takes the dtype of what it is combined with.
+
+        Infinities are allowed (a mask of -inf, as exporters write attention); NaN is not.
+        """
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise DtypeError(f"{text!r} is not a number")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise DtypeError(f"{text!r}: constants must be finite")
+        if isinstance(value, float) and math.isnan(value):
+            raise DtypeError(f"{text!r}: a constant cannot be NaN")
         if isinstance(value, int) and not -(2**31) <= value < 2**32:
             raise DtypeError(f"{text!r} does not fit in 32 bits")
         dtype = "float32" if isinstance(value, float) else "int32"
@@ -146,7 +149,8 @@ class Graph:
         if node.op == "const":  # a literal simply takes the type it is used at, if it fits
             value = float(node.value) if dtype == "float32" else node.value  # type: ignore[arg-type]
             low, high = LIMITS[dtype]
-            if (isinstance(value, float) and dtype != "float32") or not low <= value <= high:  # type: ignore[operator]
+            fits = low <= value <= high or (dtype == "float32" and math.isinf(value))  # type: ignore[operator, arg-type]
+            if (isinstance(value, float) and dtype != "float32") or not fits:
                 raise DtypeError(f"the constant {node.text} does not fit {dtype} here")
             return self._intern(Node("const", (), (), (), dtype, node.text, value=value))
         if node.dtype == dtype:
