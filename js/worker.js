@@ -126,7 +126,8 @@ class Worker {
       this.backoff = 250;
       this.lastHeard = performance.now();
       const found = this.gpu ? this.gpu.describe : { adapter: {}, limits: {}, features: [] };
-      const describe = { ...found, limits: { ...found.limits, ...depthLimit() } };
+      // maxCachedBytes: what this page keeps across jobs (a model's weights), for placing model stages
+      const describe = { ...found, limits: { ...found.limits, ...depthLimit(), maxCachedBytes: cacheBytes() } };
       this.send({
         type: "hello",
         fields: { runtime: "browser", name: pageName(), webgpu: !!this.gpu, reason: this.noGpu, resume: this.resume, ...describe },

@@ -104,7 +104,8 @@ class WgpuExecutor:
                 "backend": info.get("backend_type", ""),
                 "type": info.get("adapter_type", ""),
             },
-            "limits": {camel(n): self._limit(n) for n in REPORTED_LIMITS},
+            # maxCachedBytes: what this worker keeps across jobs (a model's weights), for placing model stages
+            "limits": {**{camel(n): self._limit(n) for n in REPORTED_LIMITS}, "maxCachedBytes": self.cache.budget},
             "features": sorted(str(f) for f in self.device.features),
         }
 
