@@ -206,6 +206,15 @@ def test_rank_six_arrays_work_everywhere(executor, op: str, extra: list[np.ndarr
     check(executor, ops.plan(op, f32(*RANK6), *extra, **options))
 
 
+def test_integer_mod_takes_the_divisors_sign_at_the_edges(executor) -> None:
+    """Negative operands, the most negative int32, and 0 as divisor (numpy gives 0)."""
+    a = np.array([7, -7, 7, -7, -(2**31), -(2**31), 2**31 - 1, 5, -5, 0], np.int32)
+    b = np.array([3, 3, -3, -3, 7, -1, -2, 0, 0, 4], np.int32)
+    (got,) = check(executor, ops.plan("mod", a, b))
+    with np.errstate(divide="ignore"):
+        np.testing.assert_array_equal(got, np.mod(a, b))
+
+
 # -- comparisons, logic, where ------------------------------------------------------------------
 
 

@@ -29,6 +29,7 @@ from ..errors import DtypeError
 from ..program import Buffer, Kernel, Output, Program, Step, padded
 from .dtypes import Leaf, conversion_note
 from .graph import OPS, Node, Shape, evaluate, topological
+from .indexing import identity
 
 WORKGROUP = 256  # invocations per workgroup in the 1-D kernels
 #: Storage buffers a fused kernel reads: WebGPU's default maxStorageBuffersPerShaderStage (8)
@@ -300,8 +301,6 @@ def _last_reads(order: Sequence[Node], has_buffer: set[int]) -> dict[int, list[N
 
 def _foldable(node: Node) -> bool:
     """Whether a reshape can be read as a view of its argument (see :func:`.indexing.regroup`)."""
-    from .indexing import identity
-
     view = OPS[node.op].view
     return view is not None and view(node, identity(len(node.shape))) is not None
 

@@ -220,7 +220,7 @@ class _Kernel:
         self.infinities.append(value)
         return f"k{len(self.infinities) - 1}"
 
-    def load(self, value: Value, mapping: Mapping) -> str:
+    def load(self, value: Value, mapping: IndexMapping) -> str:
         """An expression reading ``value`` at the element the result's index ``i`` maps to."""
         coefs, base = offsets(value.shape, mapping, len(self.shape))
         key = (value.buffer, coefs, base)

@@ -106,8 +106,14 @@ fn wn_fmod(a: f32, b: f32) -> f32 {
     return select(r, -r, a < 0.0);
 }
 
-// Python's modulo for integers: the result takes the divisor's sign.
+// Python's modulo for integers (the result takes the divisor's sign; 0 for a divisor of 0, as
+// numpy), from an unsigned remainder: i32 % of a negative number came out wrong on NVIDIA's
+// Vulkan driver through wgpu-native 0.32.  abs of the most negative i32 is itself, 2^31 as u32.
 fn wn_imod(a: i32, b: i32) -> i32 {
-    let r = a % b;
+    if (b == 0i) {
+        return 0i;
+    }
+    let m = i32(u32(abs(a)) % u32(abs(b)));
+    let r = select(m, -m, a < 0i);
     return select(r, r + b, r != 0i && (r < 0i) != (b < 0i));
 }

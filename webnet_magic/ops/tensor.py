@@ -38,18 +38,18 @@ CONCAT = files(__package__).joinpath("concat.wgsl").read_text()
 PAD = files(__package__).joinpath("pad.wgsl").read_text()
 GATHER = files(__package__).joinpath("gather.wgsl").read_text()
 MAX_INPUTS = 4096  # concat's arity bound (any practical list; each dispatch reads at most MAX_FUSED_INPUTS)
-#: How pad brings a coordinate ``s`` outside ``[0, n)`` back into the input (WGSL, i32).
+#: How pad brings a coordinate ``s`` outside ``[0, n)`` back into the input (WGSL, i32).  Remainders
+#: are taken of non-negative numbers only, as u32: i32 % of a negative number came out wrong on
+#: NVIDIA's Vulkan driver through wgpu-native 0.32 (as if the operand were unsigned).
 PAD_MODES = {
     "constant": "        if (s < 0i || s >= n) { inside = false; s = 0i; }",
     "edge": "        s = clamp(s, 0i, n - 1i);",
     "reflect": """        if (n == 1i) { s = 0i; } else {
             let period = 2i * (n - 1i);
-            s = s % period;
-            if (s < 0i) { s = s + period; }
+            s = i32(u32(abs(s)) % u32(period));  // reflection about 0, then about n - 1
             if (s >= n) { s = period - s; }
         }""",
-    "wrap": """        s = s % n;
-        if (s < 0i) { s = s + n; }""",
+    "wrap": """        if (s < 0i) { s = n - 1i - i32(u32(-1i - s) % u32(n)); } else { s = i32(u32(s) % u32(n)); }""",
 }
 
 
