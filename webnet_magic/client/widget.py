@@ -8,14 +8,18 @@ sends from threads).
 
 The link carries the session's token, so it lives only in the widget's live
 state (what the QR code and the link are drawn from) and never in what a
-notebook saves as output: the text form says how to get the link instead, and
-when the session stops every shown copy of the panel is replaced by a line
-saying so.  A notebook opened later then shows that the session has ended and
-how to start one, never a stale link.
+notebook saves as output: the text form says how to get the link instead.  What
+a notebook opened later shows says that the session has ended and how to start
+one, never a stale link: when the session stops, every shown copy of the panel
+is replaced by a line saying so; and a notebook saved while it ran keeps, under
+the panel, a note that the panel's own stylesheet hides for as long as the panel
+is live (JupyterLab and Notebook 7 show "model not found" for a widget whose
+kernel has gone, so the note is what tells the reader why).
 """
 
 from __future__ import annotations
 
+import html
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -34,13 +38,15 @@ QR_QUIET_ZONE = 4
 #: Screen pixels per module at the code's natural size (the panel's CSS never lets it shrink below).
 QR_MODULE_PX = 4
 
-#: What a front end without the live panel shows: a terminal, a front end without Jupyter widgets,
-#: or the notebook reopened after the kernel stopped.  No link: it would be stale, and it holds the token.
+#: The panel's text form, for a terminal, a front end without Jupyter widgets, or an untrusted notebook.
+#: No link: it would outlive the session, and it holds the token.
 FALLBACK_TEXT = (
-    "webnet: the live panel (QR code, devices) shows in a notebook with Jupyter widgets while this session runs.\n"
-    "If you reopened this notebook, the session has ended: run %webnet start to start a new one.\n"
-    "While it runs, %webnet url prints the link for a device (with its token), %webnet status what is connected."
+    "webnet: the live panel (QR code, devices) needs Jupyter widgets and the kernel that ran %webnet start.\n"
+    "%webnet url prints the link for a device (with its token), %webnet status what is connected."
 )
+#: Shown under the panel where the panel is not live: its stylesheet (see widget.css) hides it while it is.
+SAVED_NOTE = "webnet: the session that showed its panel here has ended. Run %webnet start to start a new one."
+#: What replaces every shown copy of the panel, and its note, once the session stops.
 ENDED_TEXT = "webnet: this session has ended. Run %webnet start to start a new one."
 
 
@@ -84,9 +90,13 @@ class DevicePanel(anywidget.AnyWidget):
         self._update(session.broker.fleet())
         session.broker.add_listener(self._update)
 
-    def show(self) -> None:
-        """Display the panel; every copy shares one display id, so :meth:`stopped` can replace them all."""
-        display(self, display_id=self._display_id)
+    def _ipython_display_(self) -> None:
+        """The panel, then :data:`SAVED_NOTE`, each under one display id for every copy, so that
+        :meth:`stopped` can replace them all (``display(panel)`` and a cell's last value come here)."""
+        data, metadata = self._repr_mimebundle_()
+        display(data, metadata=metadata, raw=True, display_id=self._display_id)
+        note = f'<div class="webnet-saved-note">{html.escape(SAVED_NOTE)}</div>'
+        display({"text/html": note}, raw=True, display_id=f"{self._display_id}-note")  # no text: consoles skip it
         self._shown = True
 
     def _update(self, fleet: dict[str, Any]) -> None:
@@ -107,6 +117,7 @@ class DevicePanel(anywidget.AnyWidget):
             self.devices, self.jobs, self.url, self.qr_svg, self.note = [], [], "", "", ""
         if self._shown:
             update_display({"text/plain": ENDED_TEXT}, raw=True, display_id=self._display_id)
+            update_display({"text/html": ""}, raw=True, display_id=f"{self._display_id}-note")
         self.close()
 
     def __repr__(self) -> str:
