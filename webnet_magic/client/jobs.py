@@ -86,21 +86,26 @@ class Job:
         if failed is not None or any(f.cancelled() for f in futures):
             self._cancel_tasks()
             settled.wait(lambda: all(f.done() for f in futures), CANCEL_SETTLE)
-            with self._lock:
-                if not self.future.done():
-                    error = failed.future.exception() if failed is not None else None
-                    if error is None:
-                        self.future.cancel()
-                    else:
-                        self.future.set_exception(error)
+            self._fail(failed.future.exception() if failed is not None else None)
             return
         try:
             results = self._assemble([f.result() for f in futures])
         except Exception as exc:
-            with self._lock:
-                if not self.future.done():
-                    self.future.set_exception(exc)
+            self._fail(exc)
             return
+        self._succeed(results)
+
+    def _fail(self, error: BaseException | None) -> None:
+        """End the job with ``error`` (or as cancelled, for None), unless it has ended already."""
+        with self._lock:
+            if not self.future.done():
+                if error is None:
+                    self.future.cancel()
+                else:
+                    self.future.set_exception(error)
+
+    def _succeed(self, results: list[np.ndarray]) -> None:
+        """Bind and publish the results, unless the job was cancelled meanwhile (then nothing is bound)."""
         with self._lock:
             if self.future.done():  # cancelled while the last outputs came in: nothing is bound
                 return

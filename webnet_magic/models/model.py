@@ -209,16 +209,22 @@ class Model:
             results.append(array)
         return results
 
+    def owns(self, node: Node) -> bool:
+        """Whether a graph input is one of this model's weights (not a call's input)."""
+        array = node.leaf.array if node.leaf is not None else None
+        return array is not None and any(a is array for a in self._owned_arrays())
+
+    def _owned_arrays(self) -> list[np.ndarray]:
+        return [a for a in (*self._prepared.constants.values(), *self._prepared.derived.values()) if a.size > 1]
+
     def weight_keys(self) -> WeightKeys:
         """Keys for one launch of this model (see :class:`WeightKeys`)."""
-        owned = {id(a): a for a in (*self._prepared.constants.values(), *self._prepared.derived.values())
-                 if a.size > 1}  # fmt: skip
-        return WeightKeys(self._weight_keys, owned)
+        return WeightKeys(self._weight_keys, {id(a): a for a in self._owned_arrays()})
 
     def free(self, session: Any = None) -> None:
         """Let every device drop this model's weights (they are sent again by the next call)."""
         keys = self.weight_keys()
-        arrays = [a for a in (*self._prepared.constants.values(), *self._prepared.derived.values()) if a.size > 1]
+        arrays = self._owned_arrays()
         runner = _runner(session)
         for key in {keys(a) for a in arrays}:
             runner.broker.free(key)

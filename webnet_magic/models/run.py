@@ -52,6 +52,10 @@ def launch_model(
     fleet = [d for d in session.devices() if d["state"] not in ("no WebGPU", "banned", "calibrating")
              and (allowed is None or d["id"] in allowed)]  # fmt: skip
     batch = _batch_size(model, bound)
+    if len(fleet) > 1 and shard != "off":
+        staged = _pipeline(session, model, bound, fleet, batch, wire, bind)
+        if staged is not None:
+            return staged
     count = 1
     if shard != "off" and batch > 1:
         count = len(fleet) if shard == "auto" else _shard_count(shard)
@@ -98,10 +102,39 @@ def launch_model(
 
 
 def _lower(model: Model, arrays: Mapping[str, np.ndarray], wire: str) -> tuple[Plan | None, list[Value]]:
-    graph = Graph()
-    values = model.lower(graph, {name: graph.input(name, a) for name, a in arrays.items()})
+    values = _values(model, arrays)
     devices = [v for v in values if isinstance(v, Node)]
     return (compile_graph(devices, wire, model.weight_keys()) if devices else None), values
+
+
+def _values(model: Model, arrays: Mapping[str, np.ndarray]) -> list[Value]:
+    graph = Graph()
+    return model.lower(graph, {name: graph.input(name, a) for name, a in arrays.items()})
+
+
+def _pipeline(session: Session, model: Model, bound: Mapping[str, np.ndarray], fleet: list[dict[str, Any]],
+              batch: int, wire: str, bind: Any) -> Job | None:  # fmt: skip
+    """The call as a pipeline over devices when no one device keeps all the weights (else None)."""
+    from .pipeline import PipelineJob, capacity, cut
+
+    values = _values(model, bound)
+    outputs = [v for v in values if isinstance(v, Node)]
+    weights = sum(n.leaf.array.nbytes for n in topological(outputs) if n.op == "input" and model.owns(n))  # type: ignore[union-attr]
+    ranked = sorted(fleet, key=capacity, reverse=True)
+    if not outputs or capacity(ranked[0]) >= weights:
+        return None
+    capacities = [capacity(d) for d in ranked]
+    stages = cut(outputs, capacities, model.owns)
+    count = max(1, min(batch, 2 * stages.count)) if batch else 1
+    sizes = _proportional(batch, [1.0] * count) if count > 1 else [batch]
+    slices = _slices(sizes) if count > 1 else [slice(None)]
+    chunks = []
+    for s in slices:
+        part = _values(model, {k: (a[s] if _batched(model, k) else a) for k, a in bound.items()})
+        chunks.append((cut([v for v in part if isinstance(v, Node)], capacities, model.owns), part))
+    job_id = session.broker.broker.scheduler.new_task_id()
+    devices = [d["id"] for d in ranked[: stages.count]]
+    return PipelineJob(session, model, chunks, devices, wire=wire, job_id=job_id, bind=bind)
 
 
 def _batched(model: Model, name: str) -> bool:
