@@ -136,9 +136,10 @@ def test_start_shows_the_panel_and_a_text_form_without_the_link(kernel: Kernel) 
     which a saved notebook keeps, says how to get the link and holds no token."""
     assert kernel.execute("%load_ext webnet_magic").status == "ok"
     reply = kernel.execute("%webnet start")
-    (data,) = reply.displays
+    data, note = reply.displays  # the note says the session ended, where the panel is not live
     assert WIDGET_MIME in data
     assert "?token=" not in data["text/plain"] and "%webnet url" in data["text/plain"]
+    assert "has ended" in note["text/html"] and "?token=" not in note["text/html"]
     opened = [m for m in reply.comms if m["msg_type"] == "comm_open"]
     states = [m["content"]["data"]["state"] for m in opened if "url" in m["content"]["data"]["state"]]
     assert states and states[0]["qr_svg"].startswith("<svg") and "?token=" in states[0]["url"]
