@@ -29,3 +29,26 @@ def test_quickstart_runs_top_to_bottom() -> None:
     assert "broker stopped" in texts
     widgets = [o for cell_outputs in outputs.values() for o in cell_outputs if o.get("output_type") == "display_data"]
     assert any("application/vnd.jupyter.widget-view+json" in o["data"] for o in widgets)
+
+
+MODELS = NOTEBOOK.parent / "models.ipynb"
+
+
+def test_the_models_notebook_runs_top_to_bottom() -> None:
+    """The seed project's demo from a torch module, a CNN and a GPT-style decoder; weights sent once."""
+    notebook = nbformat.read(MODELS, as_version=4)
+    NotebookClient(notebook, timeout=600, kernel_name="python3").execute()  # the error cell is tagged raises-exception
+    cells = notebook.cells
+    texts = "\n".join(
+        o.get("text", "") + o.get("data", {}).get("text/plain", "") + o.get("evalue", "")
+        for cell in cells
+        for o in cell.get("outputs", [])
+    )
+    errors = [(i, o["ename"]) for i, cell in enumerate(cells) for o in cell.get("outputs", [])
+              if o.get("output_type") == "error"]  # fmt: skip
+    assert len(errors) == 1 and errors[0][1] == "ShapeError", errors  # only the deliberate one
+    assert "Open In Colab" in cells[0].source
+    assert "first call sent" in texts and "the next" in texts
+    assert "max |webnet - torch| =" in texts and "next tokens:" in texts
+    assert "got shape (2, 3, 64)" in texts  # the deliberate error names the input and its shape
+    assert "broker stopped" in texts
