@@ -220,13 +220,14 @@ class LinkRelay:
         free_at = loop.time()  # when the link finishes sending what it has read so far
         try:
             while data := await source.read(direction.chunk):
+                now = loop.time()
                 if direction.rate:
                     # The bucket holds one chunk's worth of tokens, so a late wake-up is made up for.
                     burst = direction.chunk / direction.rate
-                    free_at = max(free_at, loop.time() - burst) + len(data) / direction.rate
+                    free_at = max(free_at, now - burst) + len(data) / direction.rate
                 else:
-                    free_at = loop.time()
-                await line.put((free_at + direction.delay, data))
+                    free_at = now
+                await line.put((max(free_at, now) + direction.delay, data))  # never sooner than the delay
                 if direction.rate:  # the next chunk may start once this one is under way
                     await _sleep_until(loop, free_at - burst)
             await line.put(None)
