@@ -12,8 +12,9 @@ each layer by its count: all of ResNet-50's convs at this batch.
     python benchmarks/conv.py [--batch 32] [--tilings]     # on a GPU (see DESIGN.md for the H200)
     python benchmarks/conv.py --quick                      # toy sizes, seconds on lavapipe (CI)
 
-``--tilings`` also times every tiling of the implicit-GEMM kernel (and the direct kernel)
-on each layer, to check the choice ``ops.conv.choose_tiling`` makes.
+``--tilings`` also times every tiling of the implicit-GEMM kernel (each split along K as
+``ops.conv.schedule`` would split it) and the direct kernel on each layer, to check the
+choice the conv op makes.
 """
 
 from __future__ import annotations
@@ -106,6 +107,7 @@ def time_program(executor: WgpuExecutor, program, budget_s: float) -> tuple[floa
         executor.dispatch(prepared)
         single = prepared.timings["kernel"] / 1e3
         repeat = max(1, min(200, int(budget_s / max(single, 1e-6))))
+        executor.dispatch(prepared, repeat=repeat)  # a GPU idle since the last layer needs time to raise its clock
         times = []
         for _ in range(3):
             executor.dispatch(prepared, repeat=repeat)
@@ -116,15 +118,24 @@ def time_program(executor: WgpuExecutor, program, budget_s: float) -> tuple[floa
     return statistics.median(times), out
 
 
-def forced(x: np.ndarray, w: np.ndarray, attrs: dict, tiling):
-    """The conv program with its kernel chosen by the caller (a Tiling, or "direct")."""
+def forced(x: np.ndarray, w: np.ndarray, attrs: dict, tiling: conv.Tiling | None):
+    """The conv program with its tiling chosen by the caller (None: the direct kernel)."""
     node = ops.call("conv", x, w, **attrs)
     builder = Builder(ContentKeys())
     args = [Value(builder.input(a), a.shape, "float32") for a in (x, w)]
     out = builder.scratch(node.shape, "float32")
-    conv.emit_conv(builder, args, out, conv.geometry("conv", x.shape, w.shape, node.options), tiling)
+    geometry = conv.geometry("conv", x.shape, w.shape, node.options)
+    conv.emit_conv(builder, args, out, geometry, conv.schedule(geometry, tiling))
     builder.output(out)
     return builder.program()
+
+
+def describe(schedule: conv.Schedule) -> str:
+    """A schedule in a few characters: filters x pixels per workgroup, /splits along K; or direct."""
+    if schedule.tiling is None:
+        return "direct"
+    tm, tn = schedule.tiling.tile
+    return f"{tm}x{tn}" + (f"/{schedule.splits}" if schedule.splits > 1 else "")
 
 
 def numpy_conv(x: np.ndarray, w: np.ndarray, stride: int, pad: int, groups: int) -> np.ndarray:
@@ -181,8 +192,8 @@ def main() -> None:
         f"adapter: {info['device']} ({info['backend']}, {info['description']}); {os.cpu_count()} CPU cores; "
         f"onnxruntime threads: {args.threads or 'all'}; batch {batch}; {time.strftime('%Y-%m-%d %H:%M')}"
     )
-    kernels = [*conv.TILINGS, "direct"] if args.tilings else []
-    names = [f"{t.tile[0]}x{t.tile[1]}" if t != "direct" else "direct" for t in kernels]
+    kernels = [*conv.TILINGS, None] if args.tilings else []
+    names = [f"{t.tile[0]}x{t.tile[1]}" if t else "direct" for t in kernels]
     print(f"{'layer':<20} {'x':>20} {'GFLOP':>7} {'kernel':>8} {'WGSL':>9} {'ORT':>9} {'numpy':>9} {'err/tol':>8}"
           + "".join(f" {n:>9}" for n in names))  # fmt: skip
     totals = {"WGSL": 0.0, "ORT": 0.0, "numpy": 0.0}
@@ -195,7 +206,7 @@ def main() -> None:
         plan = ops.plan("conv", x, w, **layer.attrs())
         node = plan.nodes[0]
         flops = plan.program.work
-        chosen = conv.choose_tiling(conv.geometry("conv", x.shape, w.shape, node.options))
+        chosen = describe(conv.schedule(conv.geometry("conv", x.shape, w.shape, node.options)))
         seconds, out = time_program(executor, plan.program, budget)
         ratio = ops.error_ratio(node, out.reshape(node.shape))
         session = onnxruntime_session(x, w, layer, args.threads)
@@ -204,8 +215,7 @@ def main() -> None:
         np_s = None if args.no_numpy else best_of(numpy_run, budget)
         for engine, value in (("WGSL", seconds), ("ORT", ort_s), ("numpy", np_s)):
             totals[engine] += layer.count * (value or math.nan)
-        kernel = "direct" if chosen is None else f"{chosen.tile[0]}x{chosen.tile[1]}"
-        row = (f"{layer.name:<20} {x.shape!s:>20} {flops / 1e9:7.3f} {kernel:>8} {gflops(flops, seconds)} "
+        row = (f"{layer.name:<20} {x.shape!s:>20} {flops / 1e9:7.3f} {chosen:>8} {gflops(flops, seconds)} "
                f"{gflops(flops, ort_s)} {gflops(flops, np_s)} {ratio:8.3f}")  # fmt: skip
         for tiling in kernels:
             forced_s, forced_out = time_program(executor, forced(x, w, layer.attrs(), tiling), budget)
@@ -215,8 +225,8 @@ def main() -> None:
     print(f"ResNet-50's 53 convs at batch {batch}: "
           + ", ".join(f"{engine} {1e3 * s:.1f} ms" for engine, s in totals.items()))  # fmt: skip
     print(
-        "WGSL/ORT/numpy columns in GFLOP/s; kernel: the conv op's choice (filters x pixels per workgroup, or "
-        "direct); err/tol: the largest |error| / the op's float32 bound (<= 1 passes)"
+        "WGSL/ORT/numpy columns in GFLOP/s; kernel: the conv op's choice (filters x pixels per workgroup, /splits "
+        "along K; or direct); err/tol: the largest |error| / the op's float32 bound (<= 1 passes)"
     )
 
 

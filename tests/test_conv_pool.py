@@ -64,29 +64,41 @@ def test_conv_matches_numpy(executor, case: str) -> None:
     arrays = _conv_arrays(x, w, bias)
     plan = ops.plan("conv", *arrays, **attrs)
     geometry = conv.geometry("conv", x, w, {**ops.OPS["conv"].defaults, **attrs})
-    assert (conv.choose_tiling(geometry) is None) == direct
+    assert (conv.schedule(geometry).tiling is None) == direct
     (got,) = run_on(executor, plan)
     assert got.shape == plan.nodes[0].shape
     assert ops.error_ratio(plan.nodes[0], got) <= 1
 
 
-@pytest.mark.parametrize("tiling", [*conv.TILINGS, "direct"], ids=str)
-def test_every_conv_kernel_handles_partial_tiles_and_split_dispatches(executor, tiling) -> None:
-    """Each tiling (and the direct kernel) on filters and pixels that fill no tile evenly, with one
-    workgroup per dispatch so the tiled kernels take one dispatch per tile."""
-    x, w, b = _conv_arrays((3, 20, 17, 15), (70, 10, 3, 2), True)
+def test_a_deep_conv_with_few_tiles_is_split_along_its_taps(executor) -> None:
+    """7x7 pixels and 64 filters make one tile: its K = 2304 taps are cut over workgroups, then summed."""
+    x, w, b = _conv_arrays((1, 256, 7, 7), (64, 256, 3, 3), True)
+    plan = ops.plan("conv", x, w, b, pads=1)
+    schedule = conv.schedule(conv.geometry("conv", x.shape, w.shape, plan.nodes[0].options))
+    assert schedule.splits == 2304 // conv.MIN_SPLIT_DEPTH and len(plan.program.steps) == 2
+    (got,) = run_on(executor, plan)
+    assert ops.error_ratio(plan.nodes[0], got) <= 1
+
+
+@pytest.mark.parametrize("kernel", [*conv.TILINGS, "split", "direct"], ids=str)
+def test_every_conv_kernel_handles_partial_tiles_and_split_dispatches(executor, kernel) -> None:
+    """Each tiling (and one split along K into 4) and the direct kernel on filters, pixels and taps that
+    fill no tile evenly, with one workgroup per dispatch dimension so the tiled kernels take a dispatch per tile."""
+    x, w, b = _conv_arrays((3, 20, 17, 15), (70, 10, 3, 2), True)  # K = 60 taps: 16 + 16 + 16 + 12
     attrs = {"strides": (2, 1), "pads": (1, 0, 2, 1), "dilations": (1, 2), "groups": 2}
     node = ops.call("conv", x, w, b, **attrs)
+    geometry = conv.geometry("conv", x.shape, w.shape, node.options)
+    schedule = {"split": conv.Schedule(conv.TILING, 4, 16), "direct": conv.Schedule(None)}.get(kernel)
+    schedule = schedule or conv.schedule(geometry, kernel)
     builder = Builder(ContentKeys())
     args = [Value(builder.input(a), a.shape, "float32") for a in (x, w, b)]
     out = builder.scratch(node.shape, "float32")
-    geometry = conv.geometry("conv", x.shape, w.shape, node.options)
-    conv.emit_conv(builder, args, out, geometry, tiling, limit=1)
+    conv.emit_conv(builder, args, out, geometry, schedule, limit=1)
     builder.output(out)
     program = builder.program()
-    if tiling != "direct":
-        rows, cols = conv._tiles(geometry, tiling)
-        assert len(program.steps) == rows * cols >= 4 and program.workgroups_max == 1
+    if schedule.tiling is not None:
+        rows, cols = conv._tiles(geometry, schedule.tiling)
+        assert sum(s.workgroups[:2] == (1, 1) for s in program.steps) == rows * cols >= 4
     outputs, _ = executor.run(program)
     (got,) = program.check_results(outputs)
     assert ops.error_ratio(node, np.asarray(got).reshape(node.shape)) <= 1

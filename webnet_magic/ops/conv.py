@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -36,11 +36,15 @@ from .window import Window, window
 _SOURCES = files(__package__)
 COMMON = _SOURCES.joinpath("conv_common.wgsl").read_text()
 DIRECT = Kernel(COMMON + _SOURCES.joinpath("conv_direct.wgsl").read_text())
+SPLITS = Kernel(_SOURCES.joinpath("conv_splits.wgsl").read_text())
 #: Below this many filters per group a tile of filters (64 at least) would be mostly empty: direct kernel.
 MIN_TILED_FILTERS = 16
-#: Workgroups a GPU runs at once, roughly (an H200 has 132 SMs): fewer tiles than this leave it idle,
-#: so small convs take smaller tiles.
+#: Workgroups a GPU runs at once, roughly (an H200 has 132 SMs): a conv with fewer tiles than this
+#: is split along its taps (K) to keep the GPU busy.
 CONCURRENT_WORKGROUPS = 256
+#: Taps per split at least: 8 steps of the tiled kernel, so a split does more than load and store.
+MIN_SPLIT_DEPTH = 128
+TK = 16  # taps per step of the tiled kernel (conv_gemm.wgsl)
 
 
 @dataclass(frozen=True)
@@ -102,7 +106,6 @@ class Tiling:
 
     rows: int
     cols: int
-    speed: float  # relative FMAs per cycle: a bigger per-invocation tile reads workgroup memory less
 
     @property
     def tile(self) -> tuple[int, int]:
@@ -114,7 +117,21 @@ class Tiling:
         return _gemm_kernel(self.rows, self.cols)
 
 
-TILINGS = (Tiling(8, 8, 1.0), Tiling(4, 8, 0.75), Tiling(8, 4, 0.75), Tiling(4, 4, 0.5))
+TILINGS = (Tiling(8, 8), Tiling(4, 8), Tiling(8, 4), Tiling(4, 4))
+#: The tiling convs run: 64 filters x 64 pixels per workgroup.  On an H200 it ran ResNet-50's convs
+#: fastest of the four at batch 1 and at batch 32 (``benchmarks/conv.py --tilings``): bigger tiles per
+#: invocation hold more registers, so fewer workgroups share a multiprocessor to hide the gather.
+TILING = Tiling(4, 4)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How a conv runs: the tiled kernel with ``tiling`` (None: the direct kernel), its taps cut into
+    ``splits`` ranges of ``split_depth`` (a multiple of the kernel's step)."""
+
+    tiling: Tiling | None
+    splits: int = 1
+    split_depth: int = 0
 
 
 @cache
@@ -124,7 +141,7 @@ def _gemm_kernel(rows: int, cols: int) -> Kernel:
     xyzw = "xyzw"
     halves = range(cols // 4)
     accumulators = [f"    var c{r}_{h} = vec4<f32>(0.0);" for r in range(rows) for h in halves]
-    fmas = [f"            let a{q} = w_tile[kk * (TM / 4u) + {16 * q}u + ty];" for q in range(rows // 4)]
+    fmas = [f"            let a{q} = w_tile[kk * WS + {16 * q}u + ty];" for q in range(rows // 4)]
     fmas += [f"            let b{h} = x_tile[kk * (TN / 4u) + {16 * h}u + tx];" for h in halves]
     fmas += [
         f"            c{r}_{h} = fma(vec4<f32>(a{r // 4}.{xyzw[r % 4]}), b{h}, c{r}_{h});"
@@ -146,10 +163,10 @@ def _gemm_kernel(rows: int, cols: int) -> Kernel:
             "        if (f < p.group_filters) {",
             "            let fg = g * p.group_filters + f;",
             "            var add = 0.0;",
-            "            if (p.has_bias != 0u) {",
+            "            if (p.has_bias != 0u && group.z == 0u) {",
             "                add = bias[fg];",
             "            }",
-            "            let row = fg * p.pixels;",
+            "            let row = fg * p.pixels + group.z * p.count;  // split z writes the z-th copy",
         ]
         stores += [
             f"            if (out{h}{e} != NONE) {{ y[out{h}{e} + row] = c{r}_{h}.{xyzw[e]} + add; }}"
@@ -161,6 +178,7 @@ def _gemm_kernel(rows: int, cols: int) -> Kernel:
         _SOURCES.joinpath("conv_gemm.wgsl").read_text()
         .replace("{{TM}}", str(16 * rows))
         .replace("{{TN}}", str(16 * cols))
+        .replace("{{W_PAD}}", str(int(rows + cols < 16)))  # 128x128 tiles fill the 16 KiB already
         .replace("{{ACCUMULATORS}}", "\n".join(accumulators))
         .replace("{{FMAS}}", "\n".join(fmas))
         .replace("{{STORES}}", "\n".join(stores))
@@ -175,21 +193,16 @@ def _tiles(conv: Conv, tiling: Tiling) -> tuple[int, int]:
     return conv.groups * -(-conv.filters // conv.groups // tm), -(-cols // tn)
 
 
-def choose_tiling(conv: Conv) -> Tiling | None:
-    """The tiling that should finish first, or None for the direct kernel.
-
-    Time goes as the waves of :data:`CONCURRENT_WORKGROUPS` workgroups times each one's
-    work (padding included) over its tiling's speed: big tiles waste less bandwidth, small
-    ones waste less padding and fill the GPU when there are few pixels or filters.
-    """
-    if conv.filters // conv.groups < MIN_TILED_FILTERS:
-        return None
-
-    def cost(tiling: Tiling) -> float:
-        rows, cols = _tiles(conv, tiling)
-        return math.ceil(rows * cols / CONCURRENT_WORKGROUPS) * math.prod(tiling.tile) / tiling.speed
-
-    return min(TILINGS, key=cost)
+def schedule(conv: Conv, tiling: Tiling | None = TILING) -> Schedule:
+    """The direct kernel for few filters per group, else ``tiling``, split along K when its tiles
+    are fewer than :data:`CONCURRENT_WORKGROUPS` and each split keeps :data:`MIN_SPLIT_DEPTH` taps."""
+    if tiling is None or conv.filters // conv.groups < MIN_TILED_FILTERS:
+        return Schedule(None)
+    rows, cols = _tiles(conv, tiling)
+    wanted = -(-CONCURRENT_WORKGROUPS // (rows * cols))
+    splits = max(1, min(wanted, conv.depth // MIN_SPLIT_DEPTH))
+    step = -(-conv.depth // splits // TK) * TK
+    return Schedule(tiling, -(-conv.depth // step), step)
 
 
 def taps(conv: Conv) -> np.ndarray:
@@ -204,43 +217,42 @@ def taps(conv: Conv) -> np.ndarray:
 
 
 def emit_conv(
-    builder: Builder,
-    args: Sequence[Value],
-    out: Value,
-    conv: Conv,
-    tiling: Tiling | Literal["auto", "direct"] = "auto",
+    builder: Builder, args: Sequence[Value], out: Value, conv: Conv, plan: Schedule | None = None,
     limit: int = MAX_GROUPS,
-) -> None:
+) -> None:  # fmt: skip
     """The dispatches computing ``out`` = conv of ``args`` (x, w[, b]).
 
-    ``tiling`` picks the kernel (by default :func:`choose_tiling`'s; benchmarks and tests
-    force each one); ``limit`` is the most workgroups per dispatch dimension: larger outputs
-    take several dispatches of the tiled kernel (the direct one spreads over x and y).
+    ``plan`` is :func:`schedule`'s unless given (benchmarks and tests force each kernel);
+    ``limit`` is the most workgroups per dispatch dimension: larger outputs take several
+    dispatches of the tiled kernel (the direct one spreads over x and y).
     """
+    plan = plan or schedule(conv)
     x, w = args[0], args[1]
     bias = args[2] if len(args) == 3 else x
     win = conv.window.as_3d()
-    pixels = math.prod(win.out)
+    pixels, count = math.prod(win.out), math.prod(conv.shape)
     table = builder.input(taps(conv))
-    chosen = choose_tiling(conv) if tiling == "auto" else None if tiling == "direct" else tiling
     words = [
         conv.batch * pixels, pixels, win.out[1] * win.out[2], win.out[2], *win.size, math.prod(win.size),
         *win.strides, *win.begin, conv.channels, conv.channels // conv.groups, conv.depth,
         conv.filters, conv.filters // conv.groups,
     ]  # fmt: skip
-    bindings = [x.buffer, w.buffer, bias.buffer, table, out.buffer]
     has_bias = int(len(args) == 3)
-    if chosen is None:
-        params = builder.uniform(*words, 0, 0, 0, has_bias, math.prod(conv.shape))
-        builder.dispatch(DIRECT, [*bindings, params], grid(-(-math.prod(conv.shape) // 256)))
+    if plan.tiling is None:
+        params = builder.uniform(*words, 0, 0, 0, has_bias, count, 0)
+        builder.dispatch(DIRECT, [x.buffer, w.buffer, bias.buffer, table, out.buffer, params], grid(-(-count // 256)))
         return
-    rows, cols = _tiles(conv, chosen)
-    filter_tiles = rows // conv.groups
+    target = out if plan.splits == 1 else builder.scratch((plan.splits, *conv.shape), "float32")
+    rows, cols = _tiles(conv, plan.tiling)
+    bindings = [x.buffer, w.buffer, bias.buffer, table, target.buffer]
     for row0 in range(0, rows, limit):
         for col0 in range(0, cols, limit):
-            params = builder.uniform(*words, filter_tiles, col0, row0, has_bias, 0)
-            groups = (min(limit, cols - col0), min(limit, rows - row0), 1)
-            builder.dispatch(chosen.kernel, [*bindings, params], groups)
+            params = builder.uniform(*words, rows // conv.groups, col0, row0, has_bias, count, plan.split_depth)
+            groups = (min(limit, cols - col0), min(limit, rows - row0), plan.splits)
+            builder.dispatch(plan.tiling.kernel, [*bindings, params], groups)
+    if plan.splits > 1:
+        params = builder.uniform(count, plan.splits)
+        builder.dispatch(SPLITS, [target.buffer, out.buffer, params], grid(-(-count // 256)))
 
 
 def emit(builder: Builder, args: Sequence[Value], out: Value, attrs: Mapping[str, Any]) -> None:

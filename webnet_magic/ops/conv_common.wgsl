@@ -31,7 +31,8 @@ struct Params {
     col_tile0: u32,       // tiled kernel: the column tile of workgroup x = 0 (large outputs take several dispatches)
     row_tile0: u32,       // tiled kernel: the row tile of workgroup y = 0
     has_bias: u32,
-    count: u32,           // direct kernel: N·F·P outputs
+    count: u32,           // N·F·P outputs (the tiled kernel: the distance between split results)
+    split_depth: u32,     // tiled kernel: taps per workgroup z (all K unless the conv is split)
 }
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;
