@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 #: Modules of blank margin around the code: the QR standard's quiet zone, which phone cameras need.
 QR_QUIET_ZONE = 4
-#: Screen pixels per module at the code's natural size (the panel's CSS never lets it shrink below).
+#: Screen pixels per module at the code's natural size (widget.css keeps it at least 148 px wide in any container).
 QR_MODULE_PX = 4
 
 #: The panel's text form, for a terminal, a front end without Jupyter widgets, or an untrusted notebook.
