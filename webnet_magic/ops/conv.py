@@ -10,9 +10,12 @@ expressions (``stride`` and ``padding`` an int or a pair, padding symmetric); it
 same kernels.
 
 Two kernels, both float32 and both reading x through a table of the filter's taps (see
-``conv_common.wgsl``): an implicit GEMM on the matmul tiling (``conv_gemm.wgsl``) for convs
-with at least :data:`MIN_TILED_FILTERS` filters per group, and one invocation per output
-(``conv_direct.wgsl``) for the rest, such as depthwise convs.
+``conv_common.wgsl``): an implicit GEMM on the matmul tiling (``conv_gemm.wgsl``, tiles of
+64 filters x 64 output pixels) for convs with at least :data:`MIN_TILED_FILTERS` filters per
+group, and one invocation per output (``conv_direct.wgsl``) for the rest, such as depthwise
+convs.  A conv with too few tiles to fill a GPU (small images, deep filters: ResNet's last
+stages at batch 1) has its dot products cut into ranges of taps, run side by side and summed
+(``conv_splits.wgsl``).
 """
 
 from __future__ import annotations
