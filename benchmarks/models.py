@@ -47,10 +47,8 @@ def model_and_input(name: str, batch: int) -> tuple[onnx.ModelProto, np.ndarray]
             return model_zoo.to_onnx(model_zoo.demo_mlp(), torch.from_numpy(x)), x
         ids = rng.integers(0, 97, (batch, 16)).astype(np.int64)
         return model_zoo.to_onnx(model_zoo.decoder(), torch.from_numpy(ids), {0: "batch", 1: "tokens"}), ids
-    model = light_model(name)
-    spec = model.graph.input[0].type.tensor_type.shape.dim
-    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"  # any batch size
-    shape = (batch, *(d.dim_value for d in spec[1:]))
+    model = light_model(name, any_batch=True)
+    shape = (batch, *(d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:]))
     return model, rng.standard_normal(shape).astype(np.float32)
 
 
@@ -105,7 +103,7 @@ def main() -> None:
     try:
         session.local_worker(args.worker)
         (device,) = session.wait_for_devices(1, 180)
-        print(f"webnet_magic models on {device['adapter'].get('description') or device['adapter']}; "
+        print(f"webnet_magic models on {device['adapter']}; "
               f"onnxruntime {onnxruntime.__version__} on {platform.processor() or platform.machine()}, "
               f"{os.cpu_count()} cores")  # fmt: skip
         ort_columns = [f"ort {t}t" for t in threads]

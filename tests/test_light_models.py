@@ -3,7 +3,8 @@
 ONNX's own runner already runs these models (tests/test_onnx_backend.py), but their weights are all
 ``ConstantOfShape(0.02)``: every softmax output is exactly uniform, so a wrong convolution can still
 pass.  Here each constant gets seeded random values (He-style scale; batch-norm variances and
-scales positive), the input is random, and the whole output is compared with onnxruntime's.
+scales positive), the input is random, and the logits (the final softmax is left out: random weights
+saturate it) are compared with onnxruntime's, element by element.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def session() -> Iterator[sessions.Session]:
 
 @pytest.mark.parametrize("name", LIGHT_MODELS)
 def test_a_real_architecture_with_random_weights_matches_onnxruntime(session, name):
-    model = light_model(name)
+    model = light_model(name, logits=True)
     net = wm.load_model(model)
     (spec,) = net.inputs
     shape = tuple(d if isinstance(d, int) and d > 0 else 1 for d in spec.shape)
@@ -42,5 +43,5 @@ def test_a_real_architecture_with_random_weights_matches_onnxruntime(session, na
     (expected,) = reference.run(None, {spec.name: x})
     got = net(x, timeout=900)
     assert got.shape == expected.shape
-    assert np.std(expected) > 1e-4, "random weights should make the output far from uniform"
-    np.testing.assert_allclose(got, expected, rtol=2e-3, atol=2e-5 * float(np.abs(expected).max()))
+    assert np.std(expected) > 1e-3 * np.abs(expected).max(), "random weights should make the logits differ"
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4 * float(np.abs(expected).max()))

@@ -45,7 +45,7 @@ EXCLUDED = {
     r"^test_(batchnorm_.*|training_dropout.*)_training_mode.*_cpu$|^test_training_dropout.*_cpu$": "training mode",
     r"^test_maxpool_with_argmax_.*_cpu$": "MaxPool's indices output is not supported",
     r"^test_reduce_(max|min)_empty_set.*_cpu$": "max / min of an empty axis",
-    r"^test_wrap_pad_cpu$": "Pad's wrap mode is not supported",
+    r"^test_operator_add(_broadcast|_size1_right_broadcast|_size1_singleton_broadcast|constant)_cpu$": "float64 inputs beyond float32's range (1e198): devices compute in float32",
     r"^test_optional_.*_cpu$": "Optional values (not tensors) are not supported",
     r"^test_mish_expanded_cpu$": "float32 tanh(softplus(x)) near 1e-6 is 2e-3 off relatively; the suite asks 1e-3",
 }

@@ -25,7 +25,7 @@ Args = list[Value | None]
 BINARY = {
     "Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Pow": "pow",
     "Equal": "equal", "Less": "less", "Greater": "greater", "LessOrEqual": "less_equal",
-    "GreaterOrEqual": "greater_equal", "And": "logical_and", "Or": "logical_or", "PRelu": "prelu",
+    "GreaterOrEqual": "greater_equal", "And": "logical_and", "Or": "logical_or",
 }  # fmt: skip
 UNARY = {
     "Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Exp": "exp", "Log": "log", "Sqrt": "sqrt",
@@ -70,6 +70,16 @@ def _variadic(cx: Lowering, n: OnnxNode, xs: Args) -> Value:
     if n.op == "Mean" and len(present) > 1:
         result = cx.elementwise("div", n, [result, Host(np.asarray(float(len(present)), np.float32))])
     return cx.device(result, n.inputs[0])
+
+
+@handles("PRelu")
+def _prelu(cx: Lowering, n: OnnxNode, xs: Args) -> Value:
+    """A slope of one value per channel, as exporters write it for (N, C, ...) inputs, broadcasts along axis 1."""
+    x, slope = xs[0], xs[1]
+    rank, shape = len(shape_of(x)), shape_of(slope)  # type: ignore[arg-type]
+    if rank > 2 and len(shape) == 1 and shape[0] == shape_of(x)[1] != 1:  # type: ignore[arg-type]
+        slope = cx.apply("reshape", [cx.device(slope, n.inputs[1])], n, shape=(shape[0],) + (1,) * (rank - 2))  # type: ignore[arg-type]
+    return cx.elementwise("prelu", n, [x, slope])
 
 
 @handles("Xor")
@@ -340,8 +350,8 @@ def _pad(cx: Lowering, n: OnnxNode, xs: Args) -> Value:
                 full[a], full[rank + a] = pads[k], pads[len(axes) + k]
             pads = full
     mode = n.attrs.get("mode", "constant")
-    if mode not in ("constant", "reflect", "edge"):
-        raise ModelError(f"{n.describe()}: pad mode {mode!r} is not supported (constant, reflect, edge)")
+    if mode not in ("constant", "reflect", "edge", "wrap"):
+        raise ModelError(f"{n.describe()}: pad mode {mode!r} is not supported (constant, reflect, edge, wrap)")
     if any(p < 0 for p in pads):
         raise ModelError(f"{n.describe()}: negative pads (cropping) are not supported; use Slice")
     return cx.apply("pad", [cx.device(xs[0], n.inputs[0])], n, pads=tuple(pads), mode=mode, value=value)  # type: ignore[arg-type]

@@ -19,8 +19,14 @@ LIGHT_MODELS = ("bvlc_alexnet", "densenet121", "inception_v1", "inception_v2", "
                 "squeezenet", "vgg19", "zfnet512")  # fmt: skip
 
 
-def light_model(name: str, seed: int = 0) -> Any:
-    """The onnx wheel's light ``name`` (see :data:`LIGHT_MODELS`) as a ModelProto with random weights."""
+def light_model(name: str, seed: int = 0, *, any_batch: bool = False, logits: bool = False) -> Any:
+    """The onnx wheel's light ``name`` (see :data:`LIGHT_MODELS`) as a ModelProto with random weights.
+
+    ``any_batch``: the input's first dimension becomes the symbolic ``batch``, and reshape targets
+    that fix it to 1 take -1 instead (these graphs were exported for batch 1).  ``logits``: the graph
+    ends before its final Softmax, whose probabilities random weights tend to saturate to 0 and 1
+    (every one of them would then match exactly, hiding small errors in what came before).
+    """
     import onnx
     from onnx import numpy_helper
 
@@ -48,6 +54,18 @@ def light_model(name: str, seed: int = 0) -> Any:
     del graph.input[:]
     graph.input.extend(inputs)
     model.ir_version = max(model.ir_version, 4)  # from IR 4 on, initializers need not be listed as inputs
+    if logits and graph.node[-1].op_type == "Softmax":
+        last = graph.node[-1]
+        graph.output[0].name = last.input[0]
+        graph.node.remove(last)
+    if any_batch:
+        for value in (graph.input[0], *graph.output):
+            value.type.tensor_type.shape.dim[0].dim_param = "batch"
+        targets = {n.input[1] for n in graph.node if n.op_type == "Reshape"}
+        for i, t in enumerate(graph.initializer):
+            shape = numpy_helper.to_array(t)
+            if t.name in targets and shape.ndim == 1 and shape.size > 1 and shape[0] == 1:
+                graph.initializer[i].CopyFrom(numpy_helper.from_array(np.concatenate([[-1], shape[1:]]), t.name))
     return model
 
 
