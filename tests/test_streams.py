@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from webnet_magic import ops
+from webnet_magic.broker.placement import shard_weights
 from webnet_magic.broker.thread import BrokerThread
 from webnet_magic.client.expressions import ExpressionError
 from webnet_magic.client.session import Session
@@ -175,7 +176,7 @@ def test_jobs_arrive_while_the_one_ahead_computes(broker: BrokerThread, workers:
     """Over a 20 MB/s, 10 ms link, a long job (a 768-cube matmul: seconds on lavapipe) and three short
     ones sent at once: each short one had fully arrived (64 KB: a few ms) while a job ahead of it still
     ran.  A worker that holds one job at a time (--depth 1) gets each only after the one before."""
-    broker.broker.scheduler.depth = 4
+    broker.broker.scheduler.placement.depth = 4
     rng = np.random.default_rng(3)
     url = shaped(broker, relays, 20e6, 0.01)
 
@@ -332,3 +333,14 @@ def test_join_native_still_gives_one_idle_device(broker: BrokerThread, workers: 
     (device,) = join_native(broker, workers)
     wait_until(lambda: broker.devices()[0]["rtt_ms"] is not None, 10, "the first round trip")
     assert device["state"] == "idle" and device["queued"] == 0
+
+
+def test_shards_are_sized_for_the_work_each_device_already_holds() -> None:
+    """Equal devices, one holding a second of work: it gets that much less of the new job; one holding
+    more than the whole job gets none; unmeasured speeds fall back to equal shares."""
+    idle, busy = {"id": "d1", "gflops": 1.0, "backlog_s": 0.0}, {"id": "d2", "gflops": 1.0, "backlog_s": 1.0}
+    assert shard_weights([idle, busy], 3e9) == pytest.approx([2e9, 1e9])
+    assert shard_weights([idle, {**busy, "backlog_s": 5.0}], 3e9) == pytest.approx([3e9, 0.0])
+    assert shard_weights([idle, busy, idle], 3e9) == pytest.approx([1e9, 1e9, 1e9])  # d1's share over two shards
+    assert shard_weights([{**idle, "gflops": None}, busy], 3e9) == [1e9, 1e9]
+    assert shard_weights([None], 0.0) == [1.0]

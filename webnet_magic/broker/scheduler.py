@@ -38,7 +38,6 @@ import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -54,21 +53,11 @@ from ..errors import (
     WorkerLost,
 )
 from ..program import Program
-from ..protocol import CLOSE_SILENT, MAX_MESSAGE_BYTES, Message, ProtocolError
-from .link import LinkEstimate, pipeline_depth
+from ..protocol import CLOSE_SILENT, Message, ProtocolError
+from .fleet import Attempt, Check, Device, Group, Progress, Task
+from .placement import HOLD_BYTES, Placement
 
 log = logging.getLogger(__name__)
-
-#: The limits a program is checked against before it is sent, with what each bounds.  Device
-#: limits come from the worker's hello; the message limit is the wire protocol's own.
-LIMIT_CHECKS: tuple[tuple[str, str, Callable[[Program], int]], ...] = (
-    ("maxStorageBufferBindingSize", "largest buffer (bytes)", lambda p: p.largest_buffer),
-    ("maxBufferSize", "largest buffer (bytes)", lambda p: p.largest_buffer),
-    ("maxComputeWorkgroupsPerDimension", "workgroups in one dimension", lambda p: p.workgroups_max),
-    ("maxMessageBytes", "input bytes in one message", lambda p: p.input_bytes),
-    ("maxMessageBytes", "output bytes in one message", lambda p: p.output_bytes),
-)
-WIRE_LIMITS = {"maxMessageBytes": MAX_MESSAGE_BYTES}
 
 #: Failures that say something about the device, not the program: another device (or the same
 #: one, back from sleep) may well succeed.  Compile, validation and protocol errors are the
@@ -87,184 +76,8 @@ LINK_FLOOR = 1e6
 RECENT_ATTEMPTS = 16
 #: Devices that left are remembered this many at a time, to come back as themselves.
 DEPARTED_KEPT = 256
-#: Bytes of jobs (inputs and outputs) one device may hold beyond the one it runs: they take its memory.
-HOLD_BYTES = 256 << 20
-#: Seconds a job costs beyond its compute and transfer while nothing is measured (so held work counts).
-JOB_OVERHEAD = 1e-3
 #: Timings a worker reports that are GPU work, from which its speed is measured.
 BUSY_PARTS = ("upload", "kernel", "download", "throttle")
-
-
-@dataclass
-class Progress:
-    """How one task is going.  Written on the broker thread; the notebook thread only reads it."""
-
-    state: str = "queued"  # queued, running, verifying, done, failed, cancelled
-    device: str | None = None
-    attempts: int = 0
-    sent: int = 0  # payload bytes sent to devices (cached inputs are not)
-    received: int = 0
-    failures: list[str] = field(default_factory=list)  # "d2 (Safari on iOS): disconnected", ...
-    timings: dict[str, float] = field(default_factory=dict)  # what the device reported, milliseconds
-
-
-@dataclass
-class Device:
-    """A connected worker, as the scheduler and the device panel see it.
-
-    ``resume`` is the secret a worker sends back in its next hello to come back as this
-    device (same id, speed, counters and ban) after its link dropped.
-    """
-
-    id: str
-    name: str
-    runtime: str
-    adapter: dict[str, Any]
-    limits: dict[str, int]
-    features: list[str]
-    send: Callable[[Message], Coroutine[Any, Any, None]]
-    close: Callable[[int, str], None]
-    webgpu: bool = True
-    reason: str = ""
-    resume: str = ""
-    state: str = "idle"
-    attempts: list[Attempt] = field(default_factory=list)  # held, in the order sent; the first runs
-    cache: set[str] = field(default_factory=set)  # content keys the worker says it keeps
-    link: LinkEstimate = field(default_factory=LinkEstimate)
-    outbox: asyncio.Future[None] | None = None  # the last job being sent: the next one's data follows it
-    calibrating: set[str] = field(default_factory=set)  # its calibration tasks not yet finished
-    last_seen: float = field(default_factory=time.monotonic)
-    # -- history, carried over when the device comes back ---------------------------------
-    jobs_done: int = 0
-    failures: int = 0
-    banned: str = ""  # why the device gets no more work this session
-    speed: float | None = None  # flop/s: calibration, then a running average of real jobs
-    last_job_ms: float | None = None
-    bytes_in: int = 0
-    bytes_out: int = 0
-    returns: int = 0  # times it came back after losing its link
-    recent: OrderedDict[str, int] = field(default_factory=OrderedDict)  # attempt id -> output bytes
-
-    HISTORY = ("jobs_done", "failures", "banned", "speed", "last_job_ms", "bytes_in", "bytes_out", "recent")
-
-    @property
-    def usable(self) -> bool:
-        return self.webgpu and self.state != "closing"
-
-    @property
-    def attempt(self) -> Attempt | None:
-        """The attempt the device is running (the head of its line), if any."""
-        return self.attempts[0] if self.attempts else None
-
-    def holds(self, keys: set[str]) -> set[str]:
-        """The worker's cache as it will be: what it listed, and keyed inputs on their way in held jobs."""
-        return keys | {k for a in self.attempts for k in a.keys}
-
-    def inherit(self, old: Device) -> None:
-        """Become ``old`` again (a worker that reconnected): same id, secret and history."""
-        self.id, self.resume, self.returns = old.id, old.resume, old.returns + 1
-        for name in self.HISTORY:
-            setattr(self, name, getattr(old, name))
-
-    def refusal(self, program: Program) -> str | None:
-        """Why this device cannot run ``program`` (naming the limit), or None if it can."""
-        for limit, what, measure in LIMIT_CHECKS:
-            have, need = self.limits.get(limit, WIRE_LIMITS.get(limit)), measure(program)
-            if have is not None and need > have:
-                return f"{what} is {need}, above device {self.id}'s {limit} of {have}"
-        return None
-
-    def reply_budget(self, attempt_id: str) -> int:
-        """Result bytes this device may send for ``attempt_id`` (one of its recent attempts), else 0."""
-        return self.recent.get(attempt_id, 0)
-
-    def describe(self) -> str:
-        return f"{self.id} ({self.name})"
-
-    def snapshot(self) -> dict[str, Any]:
-        """A JSON-able view for the widget, ``%webnet devices`` and tests."""
-        attempt = self.attempt
-        state = self.state if self.webgpu else "no WebGPU"
-        if self.banned:
-            state = "banned"
-        elif self.calibrating:  # between its two runs too: ready means its speed is known
-            state = "calibrating"
-        return {
-            **self.link.snapshot(),
-            "id": self.id,
-            "name": self.name,
-            "runtime": self.runtime,
-            "adapter": self.adapter.get("description")
-            or " ".join(filter(None, (self.adapter.get(k) for k in ("vendor", "architecture", "device"))))
-            or "",
-            "state": state,
-            "reason": self.banned or self.reason,
-            "jobs_done": self.jobs_done,
-            "failures": self.failures,
-            "banned": bool(self.banned),
-            "gflops": None if self.speed is None else float(f"{self.speed / 1e9:.3g}"),
-            "last_job_ms": self.last_job_ms,
-            "job": attempt.task.id if attempt is not None and not attempt.task.internal else None,
-            "group": attempt.task.group if attempt is not None and not attempt.task.internal else None,
-            "queued": max(0, len(self.attempts) - 1),  # jobs held behind the running one
-            "bytes_in": self.bytes_in,
-            "bytes_out": self.bytes_out,
-            "returns": self.returns,
-            "cached": len(self.cache),
-            "limits": dict(self.limits),
-        }
-
-
-#: A task's check of its outputs (``--verify``): None if they are right, else what is wrong.
-Check = Callable[[list[np.ndarray]], str | None]
-
-
-@dataclass
-class Task:
-    """One program on its way to a device and back, over as many attempts as it takes."""
-
-    id: str
-    program: Program
-    future: asyncio.Future[list[np.ndarray]]
-    devices: frozenset[str] | None = None  # the devices it may run on; None: any
-    prefer: str | None = None  # the device its shard was sized for
-    check: Check | None = None
-    group: str = ""  # the job this task is a shard of (its own id if it is a whole job)
-    internal: bool = False  # a calibration run, not the notebook's
-    progress: Progress = field(default_factory=Progress)
-    tried: set[str] = field(default_factory=set)
-    resent: bool = False  # sent again with all its inputs after a worker had dropped some
-    attempts: int = 0
-
-
-@dataclass
-class Attempt:
-    """One try of a task on one device; ``live`` until the task gives up on it or it answers."""
-
-    id: str
-    task: Task
-    device: Device
-    started: float
-    expected: float  # seconds the scheduler expects it to compute
-    transfer: float = 0.0  # seconds it expects its bytes to take on the link, both ways
-    payload: int = 0  # input bytes it carries (inputs the worker holds are not sent)
-    keys: frozenset[str] = frozenset()  # content keys of the inputs it carries, kept by the worker
-    sent_at: float | None = None  # when its first frame went out
-    quiet: bool = False  # sent while the device held nothing else: its timing measures the link
-    timer: asyncio.TimerHandle | None = None
-    live: bool = True
-
-    @property
-    def cost(self) -> float:
-        return self.expected + self.transfer
-
-
-@dataclass
-class Group:
-    """The shards of one job, for the panel's jobs-in-flight list."""
-
-    total: int
-    done: int = 0
 
 
 class Scheduler:
@@ -277,8 +90,8 @@ class Scheduler:
     device as it joins, to measure its speed before real work is sized for it.  ``depth``
     fixes how many attempts a device may hold at once (None: from its link and speed, see
     :func:`~webnet_magic.broker.link.pipeline_depth`; 1 turns pipelining off), and
-    ``hold_bytes`` bounds the bytes of those beyond the first.  A worker may report a
-    ``maxJobsHeld`` limit of its own, which is kept to as well.
+    ``hold_bytes`` bounds their bytes; both live on :attr:`placement` and may be changed
+    there.  A worker may report a ``maxJobsHeld`` limit of its own, which is kept to as well.
     """
 
     def __init__(
@@ -301,8 +114,7 @@ class Scheduler:
         self.lease = lease
         self.max_attempts = attempts
         self.calibrate = calibrate
-        self.depth = depth
-        self.hold_bytes = hold_bytes
+        self.placement = Placement(self.devices, depth, hold_bytes)
         self.stopping = False  # set by stop(): sends that fail from then on are expected
         self._on_change = on_change
         self._task_ids = itertools.count(1)
@@ -524,74 +336,11 @@ class Scheduler:
         return None
 
     def _choose(self, task: Task) -> Device | None:
-        """The device to start ``task`` on now, or None to keep it queued.
-
-        Devices it has not failed on come first.  Of those with room, it goes to the one that
-        would finish it first, counting the work each already holds and the time its link
-        takes to move the task's bytes.  A shard waits for the device it was sized for unless
-        another would finish it sooner.
-        """
+        """The device to start ``task`` on now (of those it may use, preferring ones it has not
+        failed on), or None to keep it queued: see :meth:`Placement.choose`."""
         eligible = self._eligible(task)
         fresh = [d for d in eligible if d.id not in task.tried]
-        pool = fresh or eligible
-        now = time.monotonic()
-        roomy = [d for d in pool if self._has_room(d, task.program)]
-        if not roomy:
-            return None
-        best = min(roomy, key=lambda d: self._done_by(task.program, d, now))
-        preferred = self.devices.get(task.prefer or "")
-        if preferred is None or preferred not in pool or preferred is best:
-            return best
-        if self._done_by(task.program, best, now) < self._done_by(task.program, preferred, now):
-            return best
-        return preferred if preferred in roomy else None
-
-    def _has_room(self, device: Device, program: Program) -> bool:
-        """Whether ``device`` may take ``program`` now: it is idle, or holds fewer jobs than its depth
-        and their bytes leave room for this one's."""
-        held = device.attempts
-        if not held:
-            return True
-        if len(held) >= self._depth(device, program):
-            return False
-        budget = min(self.hold_bytes, device.limits.get("maxBufferSize", self.hold_bytes))
-        return sum(a.payload + a.task.program.output_bytes for a in held) + _moved(program) <= budget
-
-    def _depth(self, device: Device, program: Program) -> int:
-        """How many jobs like ``program`` the device may hold: configured, or from its link and speed."""
-        held = device.limits.get("maxJobsHeld")
-        if self.depth is not None:
-            depth = self.depth
-        else:
-            sent = _sent_bytes(program, device.holds(device.cache))
-            depth = pipeline_depth(device.link, sent, program.output_bytes, self._expected(program, device))
-        return max(1, min(depth, held) if held is not None else depth)
-
-    def _done_by(self, program: Program, device: Device, now: float) -> float:
-        """When ``device`` would be done with ``program`` if given it now, after the work it holds."""
-        ahead = sum(a.cost for a in device.attempts)
-        if device.attempts:  # the head has been at it for a while
-            head = device.attempts[0]
-            ahead -= min(head.cost, now - head.started)
-        return now + ahead + self._cost(program, device)
-
-    def _cost(self, program: Program, device: Device) -> float:
-        """Seconds ``program`` takes on ``device``: compute, and its bytes both ways on the link."""
-        sent = _sent_bytes(program, device.holds(device.cache))
-        return self._expected(program, device) + self._transfer(device, sent + program.output_bytes)
-
-    def _transfer(self, device: Device, nbytes: int) -> float:
-        return device.link.transfer(nbytes) or JOB_OVERHEAD
-
-    def _speed(self, device: Device) -> float:
-        """A device's speed, or the fleet's mean (1 GFLOP/s with none measured) until it is measured."""
-        if device.speed is not None:
-            return device.speed
-        known = [d.speed for d in self.devices.values() if d.speed is not None]
-        return sum(known) / len(known) if known else 1e9
-
-    def _expected(self, program: Program, device: Device) -> float:
-        return program.work / self._speed(device)
+        return self.placement.choose(task, fresh or eligible)
 
     # -- attempts --------------------------------------------------------------------------
 
@@ -611,7 +360,7 @@ class Scheduler:
     def _start(self, task: Task, device: Device) -> None:
         """Send ``task`` to ``device``, behind whatever the device already holds."""
         now = time.monotonic()
-        ahead = self._done_by(task.program, device, now) - now - self._cost(task.program, device)
+        ahead = self.placement.done_by(task.program, device, now) - now - self.placement.cost(task.program, device)
         behind = list(device.attempts)
         task.attempts += 1
         program = task.program
@@ -619,8 +368,8 @@ class Scheduler:
         message = program.to_message(f"{task.id}~{task.attempts}", held=held)
         payload = sum(a.nbytes for a in message.arrays)
         keys = frozenset(b.key for b in program.buffers if b.key and b.input is not None and b.key not in held)
-        attempt = Attempt(message.fields["job"], task, device, now, self._expected(program, device),
-                          self._transfer(device, payload + program.output_bytes), payload, keys)  # fmt: skip
+        attempt = Attempt(message.fields["job"], task, device, now, self.placement.expected(program, device),
+                          self.placement.transfer(device, payload + program.output_bytes), payload, keys)  # fmt: skip
         device.attempts.append(attempt)
         device.state = "busy"
         device.recent[attempt.id] = program.output_bytes
@@ -853,13 +602,3 @@ def _busy_ms(timings: dict[str, float]) -> float | None:
     """The time a worker says a job kept its GPU busy: not compiling (once per kernel), nor waiting."""
     measured = [timings[k] for k in BUSY_PARTS if k in timings]
     return sum(measured) if measured else None
-
-
-def _sent_bytes(program: Program, held: set[str]) -> int:
-    """Input bytes a job message carries to a worker holding the content keys ``held``."""
-    return sum(program.inputs[b.input].nbytes for b in program.buffers if b.input is not None and b.key not in held)
-
-
-def _moved(program: Program) -> int:
-    """Bytes a job and its result take on a device, at most: all of its inputs and outputs."""
-    return program.input_bytes + program.output_bytes

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..broker.placement import shard_weights
 from ..broker.thread import BrokerThread
 from ..errors import BrokerStopped, DeviceLimitError, JobTimeout, NoDeviceError
 from ..ops import Graph, Node, Plan, call, compile_graph, evaluate
@@ -326,7 +327,7 @@ class Session:
             pieces = [(plan, 0)]
             assemble: Assemble = lambda results: plan.finish(results[0])  # noqa: E731
         elif len(outputs) == 1:
-            cut = split(outputs[0], limit, wire, [_speed(d) / targets.count(d) for d in targets], keys)
+            cut = split(outputs[0], limit, wire, shard_weights(targets, plan.program.work), keys)  # held work counts
             pieces = [(p.plan, p.shard) for p in cut.pieces]
             assemble = lambda results: [  # noqa: E731
                 cut.assemble([p.plan.finish(r)[0] for p, r in zip(cut.pieces, results, strict=True)])

@@ -1,0 +1,135 @@
+"""Where a task goes: of the devices with room for it, the one that would finish it first.
+
+A device has room while it holds fewer jobs than its pipeline depth (from its link and
+speed, :func:`~webnet_magic.broker.link.pipeline_depth`, or fixed) and their bytes leave
+room for this one's.  "Finish first" counts the work a device already holds, the task's
+compute at the device's measured speed, and the time its link takes to move the task's
+bytes, so a fast phone on a slow link can lose to a slower laptop on a fast one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..program import Program
+from .fleet import Device, Task
+from .link import pipeline_depth
+
+#: Bytes of jobs (inputs and outputs) one device may hold at once, as they take its memory (a job
+#: alone on a device is never held back by this).
+HOLD_BYTES = 256 << 20
+#: Seconds a job costs beyond its compute and transfer while nothing is measured (so held work counts).
+JOB_OVERHEAD = 1e-3
+
+
+@dataclass
+class Placement:
+    """Placement over ``devices`` (the scheduler's own dict); ``depth`` fixes how many jobs a device
+    holds (None: from its link), ``hold_bytes`` bounds their bytes."""
+
+    devices: dict[str, Device]
+    depth: int | None = None
+    hold_bytes: int = HOLD_BYTES
+
+    def choose(self, task: Task, pool: list[Device]) -> Device | None:
+        """The device of ``pool`` to start ``task`` on now, or None to keep it queued.
+
+        Of those with room, it goes to the one that would finish it first, counting the work
+        each already holds and the time its link takes to move the task's bytes.  A shard
+        waits for the device it was sized for unless another would finish it sooner.
+        """
+        now = time.monotonic()
+        roomy = [d for d in pool if self.has_room(d, task.program)]
+        if not roomy:
+            return None
+        best = min(roomy, key=lambda d: self.done_by(task.program, d, now))
+        preferred = self.devices.get(task.prefer or "")
+        if preferred is None or preferred not in pool or preferred is best:
+            return best
+        if self.done_by(task.program, best, now) < self.done_by(task.program, preferred, now):
+            return best
+        return preferred if preferred in roomy else None
+
+    def has_room(self, device: Device, program: Program) -> bool:
+        """Whether ``device`` may take ``program`` now: it is idle, or holds fewer jobs than its depth
+        and their bytes leave room for this one's."""
+        held = device.attempts
+        if not held:
+            return True
+        if len(held) >= self.depth_for(device, program):
+            return False
+        budget = min(self.hold_bytes, device.limits.get("maxBufferSize", self.hold_bytes))
+        return sum(a.payload + a.task.program.output_bytes for a in held) + _moved(program) <= budget
+
+    def depth_for(self, device: Device, program: Program) -> int:
+        """How many jobs like ``program`` the device may hold: configured, or from its link and speed."""
+        held = device.limits.get("maxJobsHeld")
+        if self.depth is not None:
+            depth = self.depth
+        else:
+            sent = sent_bytes(program, device.holds(device.cache))
+            depth = pipeline_depth(device.link, sent, program.output_bytes, self.expected(program, device))
+        return max(1, min(depth, held) if held is not None else depth)
+
+    def done_by(self, program: Program, device: Device, now: float) -> float:
+        """When ``device`` would be done with ``program`` if given it now, after the work it holds."""
+        return now + device.backlog(now) + self.cost(program, device)
+
+    def cost(self, program: Program, device: Device) -> float:
+        """Seconds ``program`` takes on ``device``: compute, and its bytes both ways on the link."""
+        sent = sent_bytes(program, device.holds(device.cache))
+        return self.expected(program, device) + self.transfer(device, sent + program.output_bytes)
+
+    def transfer(self, device: Device, nbytes: int) -> float:
+        """Seconds to move ``nbytes`` over the device's link and hear back (a token amount while unmeasured)."""
+        return device.link.transfer(nbytes) or JOB_OVERHEAD
+
+    def speed(self, device: Device) -> float:
+        """A device's speed, or the fleet's mean (1 GFLOP/s with none measured) until it is measured."""
+        if device.speed is not None:
+            return device.speed
+        known = [d.speed for d in self.devices.values() if d.speed is not None]
+        return sum(known) / len(known) if known else 1e9
+
+    def expected(self, program: Program, device: Device) -> float:
+        return program.work / self.speed(device)
+
+
+def sent_bytes(program: Program, held: set[str]) -> int:
+    """Input bytes a job message carries to a worker holding the content keys ``held``."""
+    return sum(program.inputs[b.input].nbytes for b in program.buffers if b.input is not None and b.key not in held)
+
+
+def _moved(program: Program) -> int:
+    """Bytes a job and its result take on a device, at most: all of its inputs and outputs."""
+    return program.input_bytes + program.output_bytes
+
+
+def shard_weights(targets: Sequence[dict[str, Any] | None], work: float) -> list[float]:
+    """Weights to cut ``work`` (flops) over ``targets`` so that every device ends at once.
+
+    ``targets`` are device snapshots, one per shard (a device with several shards appears that
+    many times; None sizes nothing).  Each device gets ``speed * (T - backlog)`` of the work, where
+    ``backlog`` is the work it already holds and ``T`` the common end (water-filling: a device
+    whose backlog outlasts ``T`` gets none), shared evenly among its shards.  Until every device's
+    speed is measured, or for work that is not measured in flops, the shares follow speeds alone.
+    """
+    devices = {d["id"]: d for d in targets if d is not None}
+    counts = Counter(d["id"] for d in targets if d is not None)
+    speed = {i: float(d.get("gflops") or 1.0) * 1e9 for i, d in devices.items()}
+    backlog = {i: float(d.get("backlog_s") or 0.0) for i, d in devices.items()}
+    if work > 0 and all(d.get("gflops") for d in devices.values()):
+        order = sorted(devices, key=backlog.__getitem__)
+        for k in range(1, len(order) + 1):
+            active = order[:k]
+            end = (work + sum(speed[i] * backlog[i] for i in active)) / sum(speed[i] for i in active)
+            if k == len(order) or end <= backlog[order[k]]:
+                break
+        share = {i: speed[i] * max(0.0, end - backlog[i]) for i in devices}
+    else:
+        share = speed
+    return [1.0 if d is None else share[d["id"]] / counts[d["id"]] for d in targets]
