@@ -124,7 +124,7 @@ class BrokerProcess:
 
     def expect(self, word: str) -> str:
         """The rest of the next printed line that starts with ``word``."""
-        end = time.monotonic() + 60
+        end = time.monotonic() + 120
         while (left := end - time.monotonic()) > 0:
             try:
                 line = self.lines.get(timeout=left)
@@ -239,11 +239,16 @@ def test_out_of_descriptors_is_logged_once_and_the_broker_recovers(broker_proces
     logging a traceback per turn of its loop; as the idle ones are closed, a real worker joins."""
     broker = broker_process("--spare", "16", "--idle", "1", "--accept-pause", "0.2", "--connections", "1000")
     held = [connect(broker.port) for _ in range(48)]  # three times its spare descriptors
-    workers.start(broker.url)
-    assert broker.expect("devices") == "1"
+    worker = workers.start(broker.url)
+    try:
+        joined = broker.expect("devices")
+    except AssertionError:
+        worker.kill()
+        joined = f"none; the worker's stderr:\n{worker.communicate(timeout=30)[1].decode()[-3000:]}"
     for sock in held:
         sock.close()
     stderr = broker.stop()
+    assert joined == "1", f"devices: {joined}\nthe broker's stderr:\n{stderr[-3000:]}"
     warnings = [line for line in stderr.splitlines() if "out of file descriptors" in line]
     assert len(warnings) == 1 and "Traceback" not in stderr and len(stderr.splitlines()) < 100, stderr[-3000:]
 
