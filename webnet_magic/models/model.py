@@ -33,14 +33,17 @@ class WeightKeys(ContentKeys):
     read-only arrays it owns.  Every other array (the call's inputs) is hashed afresh.
     """
 
-    def __init__(self, weights: ContentKeys, owned: Mapping[int, np.ndarray]) -> None:
+    def __init__(self, weights: ContentKeys, owned: Mapping[int, np.ndarray], transient: Iterable[np.ndarray]) -> None:
         super().__init__()
         self._weights = weights
         self._owned = owned
+        self._transient = {id(a) for a in transient}
 
     def worth_keeping(self, array: np.ndarray) -> bool:
-        """Every weight the model owns stays on the device (a bias too), so a call sends only its inputs."""
-        return self._owned.get(id(array)) is array or super().worth_keeping(array)
+        """Everything but the call's own data stays on the device, however small: the weights (biases too)
+        and the tables ops make from the model's shapes (a convolution's taps), so that a call sends
+        only its inputs and the kernels."""
+        return id(array) not in self._transient or super().worth_keeping(array)
 
     def __call__(self, array: np.ndarray) -> str:
         if self._owned.get(id(array)) is array:
@@ -217,9 +220,9 @@ class Model:
     def _owned_arrays(self) -> list[np.ndarray]:
         return [a for a in (*self._prepared.constants.values(), *self._prepared.derived.values()) if a.size > 1]
 
-    def weight_keys(self) -> WeightKeys:
-        """Keys for one launch of this model (see :class:`WeightKeys`)."""
-        return WeightKeys(self._weight_keys, {id(a): a for a in self._owned_arrays()})
+    def weight_keys(self, transient: Iterable[np.ndarray] = ()) -> WeightKeys:
+        """Keys for one launch of this model, whose own data is ``transient`` (see :class:`WeightKeys`)."""
+        return WeightKeys(self._weight_keys, {id(a): a for a in self._owned_arrays()}, transient)
 
     def free(self, session: Any = None) -> None:
         """Let every device drop this model's weights (they are sent again by the next call)."""

@@ -129,7 +129,8 @@ class PipelineJob(Job):
     def _submit(self, i: int, k: int, known: dict[int, np.ndarray]) -> None:
         stages, _ = self._chunks[i]
         nodes, originals = rebuild(stages, k, known)
-        plan = compile_graph(nodes, self._wire, self._model.weight_keys())
+        own = [n.leaf.array for n in stages.order if n.op == "input" and not self._model.owns(n)]  # type: ignore[union-attr]
+        plan = compile_graph(nodes, self._wire, self._model.weight_keys([*own, *known.values()]))
         attempt = sum(t.id.startswith(f"{self.id}.{i + 1}.{k + 1}") for t in self.tasks)
         task = self._session.broker.submit(
             plan.program,

@@ -104,7 +104,7 @@ def launch_model(
 def _lower(model: Model, arrays: Mapping[str, np.ndarray], wire: str) -> tuple[Plan | None, list[Value]]:
     values = _values(model, arrays)
     devices = [v for v in values if isinstance(v, Node)]
-    return (compile_graph(devices, wire, model.weight_keys()) if devices else None), values
+    return (compile_graph(devices, wire, model.weight_keys(arrays.values())) if devices else None), values
 
 
 def _values(model: Model, arrays: Mapping[str, np.ndarray]) -> list[Value]:
