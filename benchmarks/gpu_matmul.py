@@ -21,7 +21,7 @@ import numpy as np
 
 from webnet_magic import ops
 from webnet_magic.ops import matmul
-from webnet_magic.ops.compiler import Builder, Value
+from webnet_magic.ops.compiler import Builder, ContentKeys, Value
 from webnet_magic.worker.gpu import WgpuExecutor
 
 
@@ -40,7 +40,7 @@ KERNELS = {
 
 def program(a: np.ndarray, b: np.ndarray, kernel: matmul.MatmulKernel):
     """The matmul program ops.plan would build, with the kernel choice forced."""
-    builder = Builder()
+    builder = Builder(ContentKeys())
     va = Value(builder.input(a), a.shape, "float32")
     vb = Value(builder.input(b), b.shape, "float32")
     node = ops.call("matmul", a, b)
