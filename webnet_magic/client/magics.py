@@ -135,14 +135,16 @@ class WebnetMagics(Magics):
         if not devices:
             print("webnet: no device connected; open the URL from %webnet url on a device with WebGPU")
             return
-        row = "{:<5} {:<11} {:>5} {:>5} {:>8} {:>8} {:>8}  {}".format
-        print(row("id", "state", "jobs", "fails", "GF/s", "last ms", "max buf", "name / adapter"))
+        row = "{:<5} {:<11} {:>5} {:>5} {:>8} {:>8} {:>9} {:>7} {:>8}  {}".format
+        print(row("id", "state", "jobs", "fails", "GF/s", "last ms", "link MB/s", "rtt ms", "max buf",
+                  "name / adapter"))  # fmt: skip
         for d in devices:
             last = f"{d['last_job_ms']:.1f}" if d["last_job_ms"] is not None else "-"
             speed = f"{d['gflops']:.3g}" if d["gflops"] is not None else "-"
+            link = [f"{d[k]:.3g}" if d.get(k) is not None else "-" for k in ("link_mbps", "rtt_ms")]  # measured
             buffer = f"{buffer_limit(d['limits']) / 1e6:.0f} MB"
             who = f"{d['name']} / {d['adapter']}" + (f"  ({d['reason']})" if d["banned"] else "")
-            print(row(d["id"], d["state"], d["jobs_done"], d["failures"], speed, last, buffer, who))
+            print(row(d["id"], d["state"], d["jobs_done"], d["failures"], speed, last, *link, buffer, who))
 
     def _url(self, command: Command) -> None:
         print(self._session().url)
