@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -157,6 +158,31 @@ def test_held_work_counts_when_placing(broker: BrokerThread, peers: list[Peer]) 
     assert [h.progress.device for h in handles] == ["d2", "d2", "d1"]
 
 
+def test_placement_weighs_a_slow_link_against_a_fast_gpu(broker: BrokerThread, peers: list[Peer], relays) -> None:
+    """A device twice as fast behind a 2 MB/s link loses a 1 MB job to one on loopback: the link's
+    rate and round trip, measured from its first job and a ping, count with the compute."""
+    x, w = np.ones((512, 512), np.float32), np.ones((512, 8), np.float32)
+    program = ops.plan("matmul", x, w).program  # 4 Mflop on 1 MB of input
+    answer = np.full((512, 8), 512, np.float32)
+
+    def timed(ms: float):
+        async def reply(conn, job) -> None:
+            await send(conn, result(job, answer, timings={"kernel": ms, "held": 0.5}))
+
+        return reply
+
+    phone = Peer(SimpleNamespace(url=shaped(broker, relays, 2e6, 0.05)), timed(2.0))
+    laptop = Peer(broker, timed(4.0))
+    peers += [phone, laptop]
+    for device in ("d1", "d2"):  # each one's speed and link, from a job of its own
+        broker.submit(program, devices=frozenset({device})).future.result(20)
+    phone_link = {d["id"]: d for d in broker.devices()}["d1"]
+    assert phone_link["link_mbps"] < 3 and phone_link["rtt_ms"] >= 100
+    handle = broker.submit(program)
+    handle.future.result(20)
+    assert handle.progress.device == "d2"
+
+
 def test_a_job_waiting_on_a_device_is_cancelled_at_once(broker: BrokerThread, workers: Workers) -> None:
     """Cancelling the job behind a long one frees its place now; the long one still finishes right."""
     join_native(broker, workers)
@@ -241,6 +267,7 @@ def test_map_returns_results_in_order_with_at_most_k_in_flight(session: Session,
         np.testing.assert_allclose(y, np.maximum(xs[i] @ w, 0), rtol=1e-4, atol=1e-4)
         assert len(pulled) <= i + 1 + 3 and stream.progress.in_flight <= 3
     assert stream.progress.done == 12 and len(pulled) == 12
+    assert str(stream.progress).startswith("12/? items, 0 in flight")  # the progress bar's text
 
 
 def test_map_takes_a_function_that_builds_the_graph_and_dict_items(session: Session, workers: Workers) -> None:

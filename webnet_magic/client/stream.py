@@ -179,7 +179,7 @@ class Stream:
 
     @property
     def progress(self) -> StreamProgress:
-        jobs = [j for j in self._pending if isinstance(j, Job)]
+        jobs = [j for j in list(self._pending) if isinstance(j, Job)]  # (a copy: cancel may come from a thread)
         now = [j.progress for j in jobs]
         known = self._total is not None
         return StreamProgress(
@@ -247,7 +247,7 @@ class Stream:
 
     def _stop(self, final: str) -> None:
         self._cancelled = True
-        for job in self._pending:
+        for job in list(self._pending):
             if isinstance(job, Job):
                 job.cancel()
         self._bar.close(self.progress, final)
