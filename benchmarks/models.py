@@ -95,7 +95,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["mlp", "resnet50", "decoder"])
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32])
-    parser.add_argument("--worker", default="native", choices=("native", "chromium"))
+    parser.add_argument("--worker", default="native", choices=("native", "browser"))
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2, os.cpu_count() or 1])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="toy sizes, one run each (CI)")

@@ -13,6 +13,7 @@ BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 
 #: Each benchmark with arguments that make it run in seconds on lavapipe.
 TOY = {
+    "browser_models.py": ["--quick"],
     "conv.py": ["--quick"],
     "end_to_end.py": ["--sizes", "64", "--repeat", "1", "--transport-mb", "1"],
     "fleet.py": ["--n", "128", "--slowdowns", "1", "--repeat", "1"],

@@ -9,7 +9,7 @@
 ``prepare`` loads a model (:func:`webnet_magic.load_model`) and returns a rep whose
 ``run`` calls it on the running session's devices; with no session, one is started
 on loopback with a local worker (``worker_kind``: ``"native"`` for wgpu-py,
-``"chromium"``, or ``"auto"``).  ``is_compatible`` says no to graphs with ops that do
+``"browser"`` (headless Chromium), or ``"auto"``).  ``is_compatible`` says no to graphs with ops that do
 not run here, so the runner skips them rather than counting them as failures.
 ONNX names devices ``CPU`` and ``CUDA``; a webnet device is neither, and answers to
 ``CPU`` (the runner's default), meaning "whatever device the fleet has".
@@ -27,7 +27,7 @@ from onnx.backend.base import Backend, BackendRep
 from ..client import session as sessions
 from ..models import Model, ModelError, load_model
 
-#: The local worker started when no session runs: "native" (wgpu-py), "chromium" or "auto".
+#: The local worker started when no session runs: "native" (wgpu-py), "browser" (Chromium) or "auto".
 worker_kind = "auto"
 #: Seconds a call may take (a large model on a CPU adapter is slow).
 timeout = 600.0
