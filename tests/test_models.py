@@ -164,3 +164,17 @@ def test_the_batch_is_cut_over_two_devices_by_speed(session):
     assert len(job.tasks) == 2
     np.testing.assert_allclose(job.result(120), model_zoo.torch_answer(module, X), rtol=1e-4, atol=1e-5)
     assert len(net.submit(X, session=session, shard="off").tasks) == 1
+
+
+def test_map_streams_batches_through_a_model_in_order(session):
+    """net.map: several batches in flight, results in order, each torch's answer; weights sent once."""
+    module = model_zoo.demo_mlp()
+    net = wm.load_model(module, torch.randn(2, 40))
+    batches = [np.random.default_rng(i).standard_normal((3, 40)).astype(np.float32) for i in range(6)]
+    net(batches[0], session=session)  # the weights travel here
+    before = sent(session)
+    results = list(net.map(batches, session=session, in_flight=3))
+    assert len(results) == 6
+    for x, y in zip(batches, results, strict=True):
+        np.testing.assert_allclose(y, model_zoo.torch_answer(module, x), rtol=1e-5, atol=1e-6)
+    assert sent(session) - before < net.parameter_bytes / 4

@@ -299,6 +299,7 @@ class Session:
         verify: bool = False,
         wire: str = "f32",
         bind: Callable[[list[np.ndarray]], None] | None = None,
+        keys: ContentKeys | None = None,
     ) -> Job:
         """Compile ``outputs``, cut them into shards and blocks, and submit them; returns at once.
 
@@ -309,12 +310,13 @@ class Session:
         for a matmul, a sampled recomputation otherwise); a device that fails is banned for the
         session and the shard reruns elsewhere.  ``wire="f16"`` sends float data as float16 both
         ways: half the bytes, at float16's precision (about 3 significant digits) and range.
-        ``bind`` is called with the results once all have arrived and been checked.
+        ``bind`` is called with the results once all have arrived and been checked.  ``keys`` hashes the
+        inputs (a model passes its own, which knows its weights: see :class:`webnet_magic.models.Model`).
         """
         if not self.running:
             raise BrokerStopped("the webnet broker is not running; start it with %webnet start")
         allowed = _device_set(devices)
-        keys = ContentKeys()  # the whole plan and every shard share their inputs' hashes
+        keys = keys or ContentKeys()  # the whole plan and every shard share their inputs' hashes
         plan = compile_graph(outputs, wire, keys)
         warn_conversions(plan.note)
         if wire == "f16":

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..ops import Graph, Node
-from ..ops.compiler import ContentKeys
+from ..ops.compiler import ContentKeys, content_key
 from ..ops.dtypes import to_wire
 from .lowering import Lowering, Prepared, Value, prepare
 from .source import ModelError, OnnxGraph, TensorSpec, parse, read
@@ -45,10 +45,16 @@ class WeightKeys(ContentKeys):
         only its inputs and the kernels."""
         return id(array) not in self._transient or super().worth_keeping(array)
 
+    def add_transient(self, arrays: Iterable[np.ndarray]) -> None:
+        """More of the caller's own data (a stream's next item)."""
+        self._transient.update(id(a) for a in arrays)
+
     def __call__(self, array: np.ndarray) -> str:
+        """The weights' keys from the model's memo; anything else hashed afresh and not remembered, so
+        one set of keys may serve a whole stream of calls without holding on to their arrays."""
         if self._owned.get(id(array)) is array:
             return self._weights(array)
-        return super().__call__(array)
+        return content_key(array)
 
 
 class Model:
@@ -195,10 +201,27 @@ class Model:
         return _runner(session).submit_model(self, self.bind(arrays, named_and_options), **options)
 
     def map(self, batches: Iterable[Any], *, session: Any = None, **options: Any) -> Iterator[Any]:
-        """Results for each batch (an array, or a tuple of arrays for several inputs), in order."""
-        for batch in batches:
-            args = batch if isinstance(batch, tuple) else (batch,)
-            yield self(*args, session=session, **options)
+        """The model on each batch (an array, or a tuple of arrays for several inputs): results in order.
+
+        A stream (:meth:`Session.map <webnet_magic.client.session.Session.map>`): several batches in
+        flight, each device holding a few while the next one's data arrives, faster devices taking
+        more; ``options`` as for it (``in_flight``, ``timeout``, ``devices``, ``wire``, ...).  Leaving
+        the loop early cancels what is still in flight.
+        """
+        keys = self.weight_keys()
+
+        def outputs(batch: Any) -> list[Node]:
+            bound = self.bind(batch if isinstance(batch, tuple) else (batch,), {})
+            keys.add_transient(bound.values())
+            graph = Graph()
+            values = self.lower(graph, {name: graph.input(name, a) for name, a in bound.items()})
+            if not all(isinstance(v, Node) for v in values):
+                raise ModelError(f"{self.name}: an output is a constant; call the model instead of mapping it")
+            return values  # type: ignore[return-value]
+
+        with _runner(session).map(outputs, batches, keys=keys, **options) as stream:
+            for result in stream:
+                yield _single(self.finish(list(result) if isinstance(result, tuple) else [result]))
 
     def finish(self, outputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Outputs in the dtypes the model declares (int32 back to int64, 0/1 back to bool)."""
