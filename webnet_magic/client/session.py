@@ -26,7 +26,7 @@ from ..broker.placement import shard_weights
 from ..broker.thread import BrokerThread
 from ..errors import BrokerStopped, DeviceLimitError, JobTimeout, NoDeviceError
 from ..ops import Graph, Node, Plan, call, compile_graph, evaluate
-from ..ops.compiler import CACHE_MIN_BYTES, ContentKeys, content_key
+from ..ops.compiler import CACHE_MIN_BYTES, ContentKeys, content_key, parallelism
 from ..ops.dtypes import conversion_note, to_wire
 from ..ops.graph import topological
 from ..ops.split import buffer_limit, shardable, split
@@ -317,12 +317,12 @@ class Session:
             raise BrokerStopped("the webnet broker is not running; start it with %webnet start")
         allowed = _device_set(devices)
         keys = keys or ContentKeys()  # the whole plan and every shard share their inputs' hashes
-        plan = compile_graph(outputs, wire, keys)
+        fleet = [d for d in self.devices() if d["state"] not in ("no WebGPU", "banned")
+                 and (allowed is None or d["id"] in allowed)]  # fmt: skip
+        plan = compile_graph(outputs, wire, keys, parallelism(max(fleet, key=_speed, default=None)))
         warn_conversions(plan.note)
         if wire == "f16":
             warn_conversions("webnet --wire f16: float data travels as float16 (about 3 significant digits)")
-        fleet = [d for d in self.devices() if d["state"] not in ("no WebGPU", "banned")
-                 and (allowed is None or d["id"] in allowed)]  # fmt: skip
         limit = min((buffer_limit(d["limits"]) for d in fleet), default=buffer_limit({}))
         targets = _targets(outputs, plan, fleet, shard)
         if len(targets) == 1 and plan.program.largest_buffer <= limit:

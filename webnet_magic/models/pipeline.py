@@ -25,6 +25,7 @@ import numpy as np
 from ..client.jobs import Job
 from ..errors import DeviceLimitError
 from ..ops import Graph, Node, Plan, compile_graph
+from ..ops.compiler import parallelism
 from ..ops.graph import topological
 from .lowering import Value
 
@@ -130,7 +131,8 @@ class PipelineJob(Job):
         stages, _ = self._chunks[i]
         nodes, originals = rebuild(stages, k, known)
         own = [n.leaf.array for n in stages.order if n.op == "input" and not self._model.owns(n)]  # type: ignore[union-attr]
-        plan = compile_graph(nodes, self._wire, self._model.weight_keys([*own, *known.values()]))
+        device = next((d for d in self._session.devices() if d["id"] == self._devices[k]), None)
+        plan = compile_graph(nodes, self._wire, self._model.weight_keys([*own, *known.values()]), parallelism(device))
         attempt = sum(t.id.startswith(f"{self.id}.{i + 1}.{k + 1}") for t in self.tasks)
         task = self._session.broker.submit(
             plan.program,

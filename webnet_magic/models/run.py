@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import DeviceLimitError
 from ..ops import Graph, Node, Plan, compile_graph
+from ..ops.compiler import parallelism
 from ..ops.graph import topological
 from ..ops.split import buffer_limit
 from ..ops.verify import checker
@@ -64,9 +65,11 @@ def launch_model(
     targets = [ranked[i % len(ranked)] for i in range(count)] if ranked else [None] * count
     sizes = _proportional(batch, [_speed(t) for t in targets]) if count > 1 else [batch]
     slices = _slices(sizes) if count > 1 else [slice(None)]
-    pieces = [_lower(model, {k: (a[s] if _batched(model, k) else a) for k, a in bound.items()}, wire) for s in slices]
+    fastest = ranked[0] if ranked else None
+    pieces = [_lower(model, {k: (a[s] if _batched(model, k) else a) for k, a in bound.items()}, wire,
+                     parallelism(target or fastest)) for s, target in zip(slices, targets, strict=True)]  # fmt: skip
     if count > 1 and not all(_batch_first(p, size) for p, size in zip(pieces, sizes, strict=True)):
-        pieces, targets, count = [_lower(model, bound, wire)], [None], 1
+        pieces, targets, count = [_lower(model, bound, wire, parallelism(fastest))], [None], 1
     for plan, _values in pieces:
         warn_conversions(plan.note if plan else None)
     limit = min((buffer_limit(d["limits"]) for d in fleet), default=buffer_limit({}))
@@ -101,10 +104,12 @@ def launch_model(
     return Job(session.broker, job_id, tasks, assemble, text=f"{model.name}(...)", bind=bind)
 
 
-def _lower(model: Model, arrays: Mapping[str, np.ndarray], wire: str) -> tuple[Plan | None, list[Value]]:
+def _lower(model: Model, arrays: Mapping[str, np.ndarray], wire: str,
+           workgroups: int) -> tuple[Plan | None, list[Value]]:  # fmt: skip
     values = _values(model, arrays)
     devices = [v for v in values if isinstance(v, Node)]
-    return (compile_graph(devices, wire, model.weight_keys(arrays.values())) if devices else None), values
+    keys = model.weight_keys(arrays.values())
+    return (compile_graph(devices, wire, keys, workgroups) if devices else None), values
 
 
 def _values(model: Model, arrays: Mapping[str, np.ndarray]) -> list[Value]:

@@ -20,8 +20,9 @@ import dataclasses
 import hashlib
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -57,8 +58,11 @@ class Value:
 class Builder:
     """Collects a program's inputs, buffers, dispatches and outputs as ops emit them."""
 
-    def __init__(self, keys: ContentKeys) -> None:
+    def __init__(self, keys: ContentKeys, parallelism: int | None = None) -> None:
         self.keys = keys
+        #: About how many workgroups the target device runs at once (see :func:`parallelism`): an op
+        #: with fewer independent tiles may cut its work further (a convolution splits its sums).
+        self.parallelism = GPU_PARALLELISM if parallelism is None else parallelism
         self.inputs: list[np.ndarray] = []
         self.buffers: list[Buffer] = []
         self.steps: list[Step] = []
@@ -181,9 +185,27 @@ class Plan:
         return evaluate(self.nodes)
 
 
-def compile_graph(outputs: Sequence[Node], wire: str = "f32", keys: ContentKeys | None = None) -> Plan:
+#: Workgroups a GPU runs at once, as the schedules assume when the target is unknown (an H200 has 132
+#: multiprocessors; phones have fewer, but each runs several workgroups).
+GPU_PARALLELISM = 256
+#: The same for a GPU emulated on CPU cores (lavapipe, SwiftShader): a handful of threads.  Splitting
+#: work to fill 256 workgroups there only adds passes (measured: SqueezeNet in SwiftShader 2x slower).
+CPU_PARALLELISM = 8
+_SOFTWARE = ("llvmpipe", "lavapipe", "swiftshader", "software", "microsoft basic render")
+
+
+def parallelism(device: Mapping[str, Any] | None) -> int:
+    """How many workgroups ``device`` (a device snapshot) runs at once, judged from its adapter."""
+    adapter = str((device or {}).get("adapter", "")).lower()
+    return CPU_PARALLELISM if any(name in adapter for name in _SOFTWARE) else GPU_PARALLELISM
+
+
+def compile_graph(
+    outputs: Sequence[Node], wire: str = "f32", keys: ContentKeys | None = None, parallelism: int | None = None
+) -> Plan:
     """One program computing ``outputs``; intermediates stay on the device.
 
+    ``parallelism`` is the target device's (:func:`parallelism`), when the caller knows it.
     ``wire="f16"`` halves the bytes of float32 data both ways: float inputs travel as
     float16 (widened on the device) and float32 results come back as float16 (narrowed on
     the device), at float16's precision (about 3 significant digits) and range (|x| <= 65504).
@@ -202,7 +224,7 @@ def compile_graph(outputs: Sequence[Node], wire: str = "f32", keys: ContentKeys 
     # kernel that wrote into its input would corrupt what later jobs read.
     untrusted = {id(a) for node in order if node.op in OPS and not OPS[node.op].trusted for a in node.args}
 
-    builder, values = Builder(keys or ContentKeys()), {}
+    builder, values = Builder(keys or ContentKeys(), parallelism), {}
     for position, node in enumerate(order):
         if id(node) not in has_buffer:
             continue

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..program import Kernel
-from .compiler import MAX_GROUPS, Builder, Value, grid
+from .compiler import GPU_PARALLELISM, MAX_GROUPS, Builder, Value, grid
 from .dtypes import EPS32
 from .graph import Node, OpSpec, Shape, Typed, register
 from .window import Window, window
@@ -42,9 +42,6 @@ DIRECT = Kernel(COMMON + _SOURCES.joinpath("conv_direct.wgsl").read_text())
 SPLITS = Kernel(_SOURCES.joinpath("conv_splits.wgsl").read_text())
 #: Below this many filters per group a tile of filters (64 at least) would be mostly empty: direct kernel.
 MIN_TILED_FILTERS = 16
-#: Workgroups a GPU runs at once, roughly (an H200 has 132 SMs): a conv with fewer tiles than this
-#: is split along its taps (K) to keep the GPU busy.
-CONCURRENT_WORKGROUPS = 256
 #: Taps per split at least: 8 steps of the tiled kernel, so a split does more than load and store.
 MIN_SPLIT_DEPTH = 128
 TK = 16  # taps per step of the tiled kernel (conv_gemm.wgsl)
@@ -196,13 +193,14 @@ def _tiles(conv: Conv, tiling: Tiling) -> tuple[int, int]:
     return conv.groups * -(-conv.filters // conv.groups // tm), -(-cols // tn)
 
 
-def schedule(conv: Conv, tiling: Tiling | None = TILING) -> Schedule:
-    """The direct kernel for few filters per group, else ``tiling``, split along K when its tiles
-    are fewer than :data:`CONCURRENT_WORKGROUPS` and each split keeps :data:`MIN_SPLIT_DEPTH` taps."""
+def schedule(conv: Conv, tiling: Tiling | None = TILING, parallelism: int = GPU_PARALLELISM) -> Schedule:
+    """The direct kernel for few filters per group, else ``tiling``, split along K when its tiles are
+    fewer than the workgroups the device runs at once (``parallelism``: see
+    :func:`~webnet_magic.ops.compiler.parallelism`) and each split keeps :data:`MIN_SPLIT_DEPTH` taps."""
     if tiling is None or conv.filters // conv.groups < MIN_TILED_FILTERS:
         return Schedule(None)
     rows, cols = _tiles(conv, tiling)
-    wanted = -(-CONCURRENT_WORKGROUPS // (rows * cols))
+    wanted = -(-parallelism // (rows * cols))
     splits = max(1, min(wanted, conv.depth // MIN_SPLIT_DEPTH))
     step = -(-conv.depth // splits // TK) * TK
     return Schedule(tiling, -(-conv.depth // step), step)
@@ -229,7 +227,7 @@ def emit_conv(
     ``limit`` is the most workgroups per dispatch dimension: larger outputs take several
     dispatches of the tiled kernel (the direct one spreads over x and y).
     """
-    plan = plan or schedule(conv)
+    plan = plan or schedule(conv, parallelism=builder.parallelism)
     x, w = args[0], args[1]
     bias = args[2] if len(args) == 3 else x
     win = conv.window.as_3d()
