@@ -23,6 +23,13 @@ function maxBuffer(limits) {
   return Math.min(limits.maxStorageBufferBindingSize ?? 128 << 20, limits.maxBufferSize ?? 256 << 20);
 }
 
+// A device's link as measured by the broker: rate from quiet jobs, round trip from heartbeats.
+function link(mbps, rtt) {
+  const rate = typeof mbps === "number" ? `${mbps >= 10 ? mbps.toFixed(0) : mbps.toFixed(1)} MB/s` : "";
+  const trip = typeof rtt === "number" ? `${rtt.toFixed(0)} ms` : "";
+  return [rate, trip].filter(Boolean).join(" · ") || "–";
+}
+
 function speed(gflops) {
   if (gflops === null || gflops === undefined) return "–";
   return gflops >= 1 ? `${gflops.toFixed(1)} GF/s` : `${(gflops * 1000).toFixed(0)} MF/s`;
@@ -67,7 +74,7 @@ function render({ model, el }) {
     totals.textContent = running ? `sent ${size(model.get("sent"))} · received ${size(model.get("received"))}${tunnel}${turnedAway}` : "";
     if (devices.length) {
       const head = table.insertRow();
-      for (const h of ["id", "device", "adapter", "state", "jobs", "speed", "failures", "holds", "max buffer"]) cell(head, h, "webnet-head");
+      for (const h of ["id", "device", "adapter", "state", "jobs", "speed", "link", "failures", "holds", "max buffer"]) cell(head, h, "webnet-head");
       for (const d of devices) {
         const row = table.insertRow();
         row.dataset.device = d.id;
@@ -77,6 +84,7 @@ function render({ model, el }) {
         cell(row, d.state, `webnet-state webnet-${d.state.replace(/\s+/g, "-")}`);
         cell(row, String(d.jobs_done));
         cell(row, speed(d.gflops));
+        cell(row, link(d.link_mbps, d.rtt_ms));
         cell(row, String(d.failures), d.failures ? "webnet-failures" : "");
         cell(row, d.job || "");
         cell(row, size(maxBuffer(d.limits)));
