@@ -139,3 +139,17 @@ def joined(shell, workers: Workers):
     workers.start(session.url)
     session.wait_for_devices(1, 60)
     return shell
+
+
+@pytest.fixture(scope="module")
+def native_session():
+    """This process's session (``webnet_magic.start``) with one native worker, shared by a module's tests."""
+    import webnet_magic as wm
+    from webnet_magic.client import session as sessions
+
+    sessions.stop()
+    running = wm.start(tunnel="off")
+    running.local_worker("native")
+    running.wait_for_devices(1, 120)
+    yield running
+    wm.stop()

@@ -9,8 +9,6 @@ saturate it) are compared with onnxruntime's, element by element.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import onnxruntime
 import pytest
@@ -23,13 +21,8 @@ pytestmark = pytest.mark.native
 
 
 @pytest.fixture(scope="module")
-def session() -> Iterator[sessions.Session]:
-    sessions.stop()
-    running = wm.start(tunnel="off")
-    running.local_worker("native")
-    running.wait_for_devices(1, 120)
-    yield running
-    wm.stop()
+def session(native_session: sessions.Session) -> sessions.Session:
+    return native_session
 
 
 @pytest.mark.parametrize("name", LIGHT_MODELS)

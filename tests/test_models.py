@@ -4,7 +4,6 @@ compared with torch and onnxruntime; weights sent once; errors before anything i
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
 
 import numpy as np
 import onnx
@@ -24,14 +23,8 @@ pytestmark = pytest.mark.native
 
 
 @pytest.fixture(scope="module")
-def session() -> Iterator[sessions.Session]:
-    """This process's session with one native worker, shared by the module's tests."""
-    sessions.stop()
-    running = wm.start(tunnel="off")
-    running.local_worker("native")
-    running.wait_for_devices(1, 120)
-    yield running
-    wm.stop()
+def session(native_session: sessions.Session) -> sessions.Session:
+    return native_session
 
 
 def sent(session: sessions.Session) -> int:

@@ -10,13 +10,11 @@ excluded below fail for a stated reason that is a limit of WebGPU or of this bac
 from __future__ import annotations
 
 import unittest
-from collections.abc import Iterator
 from typing import Any
 
 import onnx.backend.test
 import pytest
 
-import webnet_magic as wm
 from webnet_magic.client import session as sessions
 from webnet_magic.onnx import backend
 
@@ -45,7 +43,9 @@ EXCLUDED = {
     r"^test_(batchnorm_.*|training_dropout.*)_training_mode.*_cpu$|^test_training_dropout.*_cpu$": "training mode",
     r"^test_maxpool_with_argmax_.*_cpu$": "MaxPool's indices output is not supported",
     r"^test_reduce_(max|min)_empty_set.*_cpu$": "max / min of an empty axis",
-    r"^test_operator_add(_broadcast|_size1_right_broadcast|_size1_singleton_broadcast|constant)_cpu$": "float64 inputs beyond float32's range (1e198): devices compute in float32",
+    r"^test_operator_add(_broadcast|_size1_right_broadcast|_size1_singleton_broadcast|constant)_cpu$": (
+        "float64 inputs beyond float32's range (1e198): devices compute in float32"
+    ),
     r"^test_optional_.*_cpu$": "Optional values (not tensors) are not supported",
     r"^test_mish_expanded_cpu$": "float32 tanh(softplus(x)) near 1e-6 is 2e-3 off relatively; the suite asks 1e-3",
 }
@@ -54,14 +54,9 @@ for pattern in EXCLUDED:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def fleet() -> Iterator[sessions.Session]:
+def fleet(native_session: sessions.Session) -> sessions.Session:
     """One session and one native worker for the whole suite."""
-    sessions.stop()
-    running = wm.start(tunnel="off")
-    running.local_worker("native")
-    running.wait_for_devices(1, 120)
-    yield running
-    wm.stop()
+    return native_session
 
 
 globals().update(runner.test_cases)
