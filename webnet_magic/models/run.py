@@ -30,9 +30,6 @@ if TYPE_CHECKING:
     from ..client.session import Session
     from .model import Model
 
-#: A batch is cut over devices only when each slice keeps at least this many items.
-MIN_SLICE = 1
-
 
 def launch_model(
     session: Session,
@@ -47,7 +44,7 @@ def launch_model(
 ) -> Job:
     """Submit ``model`` on ``bound`` inputs; returns the job at once (its results are the model's outputs)."""
     from ..client.jobs import Job
-    from ..client.session import _device_set, _shard_count, _speed, warn_conversions
+    from ..client.session import AUTO_SHARD_BYTES, AUTO_SHARD_WORK, _device_set, _shard_count, _speed, warn_conversions
 
     allowed = _device_set(devices)
     fleet = [d for d in session.devices() if d["state"] not in ("no WebGPU", "banned", "calibrating")
@@ -57,19 +54,24 @@ def launch_model(
         staged = _pipeline(session, model, bound, fleet, batch, wire, bind)
         if staged is not None:
             return staged
-    count = 1
-    if shard != "off" and batch > 1:
-        count = len(fleet) if shard == "auto" else _shard_count(shard)
-    count = max(1, min(count, batch // MIN_SLICE if batch else 1))
     ranked = sorted(fleet, key=_speed, reverse=True)
-    targets = [ranked[i % len(ranked)] for i in range(count)] if ranked else [None] * count
-    sizes = _proportional(batch, [_speed(t) for t in targets]) if count > 1 else [batch]
-    slices = _slices(sizes) if count > 1 else [slice(None)]
     fastest = ranked[0] if ranked else None
-    pieces = [_lower(model, {k: (a[s] if _batched(model, k) else a) for k, a in bound.items()}, wire,
-                     parallelism(target or fastest)) for s, target in zip(slices, targets, strict=True)]  # fmt: skip
-    if count > 1 and not all(_batch_first(p, size) for p, size in zip(pieces, sizes, strict=True)):
-        pieces, targets, count = [_lower(model, bound, wire, parallelism(fastest))], [None], 1
+    whole = _lower(model, bound, wire, parallelism(fastest))
+    count = 1
+    if shard == "auto" and batch > 1 and whole[0] is not None:  # as for any job: only work worth a round trip
+        program = whole[0].program
+        count = len(fleet) if program.work >= AUTO_SHARD_WORK or program.output_bytes >= AUTO_SHARD_BYTES else 1
+    elif shard != "off" and batch > 1:
+        count = _shard_count(shard)
+    count = max(1, min(count, batch))
+    targets = [ranked[i % len(ranked)] for i in range(count)] if ranked else [None] * count
+    pieces, sizes = [whole], [batch]
+    if count > 1:
+        sizes = _proportional(batch, [_speed(t) for t in targets])
+        pieces = [_lower(model, {k: (a[s] if _batched(model, k) else a) for k, a in bound.items()}, wire,
+                         parallelism(target)) for s, target in zip(_slices(sizes), targets, strict=True)]  # fmt: skip
+        if not all(_batch_first(p, size) for p, size in zip(pieces, sizes, strict=True)):
+            pieces, targets, count = [whole], [None], 1
     for plan, _values in pieces:
         warn_conversions(plan.note if plan else None)
     limit = min((buffer_limit(d["limits"]) for d in fleet), default=buffer_limit({}))
