@@ -24,7 +24,7 @@ function maxBuffer(limits) {
 }
 
 // A device's link as measured by the broker: rate from quiet jobs, round trip from heartbeats.
-function link(mbps, rtt) {
+function linkFigures(mbps, rtt) {
   const rate = typeof mbps === "number" ? `${mbps >= 10 ? mbps.toFixed(0) : mbps.toFixed(1)} MB/s` : "";
   const trip = typeof rtt === "number" ? `${rtt.toFixed(0)} ms` : "";
   return [rate, trip].filter(Boolean).join(" · ") || "–";
@@ -84,7 +84,7 @@ function render({ model, el }) {
         cell(row, d.state, `webnet-state webnet-${d.state.replace(/\s+/g, "-")}`);
         cell(row, String(d.jobs_done));
         cell(row, speed(d.gflops));
-        cell(row, link(d.link_mbps, d.rtt_ms));
+        cell(row, linkFigures(d.link_mbps, d.rtt_ms));
         cell(row, String(d.failures), d.failures ? "webnet-failures" : "");
         cell(row, d.job || "");
         cell(row, size(maxBuffer(d.limits)));
