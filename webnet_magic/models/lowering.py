@@ -27,6 +27,7 @@ import numpy as np
 
 from ..errors import DtypeError, ShapeError
 from ..ops import Graph, Node
+from ..ops.dtypes import to_wire
 from .source import ModelError, OnnxGraph, OnnxNode
 
 
@@ -251,7 +252,9 @@ class Lowering:
                 array.dtype.kind != "f" and -(2**31) <= number < 2**31
             ):
                 return self.graph.const(number, repr(number))
-        return self.graph.input(self._name_of(array, name), array)
+        # The model's own constants travel in device dtypes without a word: the caller's arrays are
+        # the ones a conversion note is about (bool masks and int64 indices made here are not).
+        return self.graph.input(self._name_of(array, name), to_wire(name, array).array)
 
     def _name_of(self, array: np.ndarray, name: str) -> str:
         """A graph-input name for a host array: its ONNX name when it is one of the model's constants."""

@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import ShapeError
 from ..ops import Graph, Node
 from ..ops.compiler import ContentKeys, content_key
-from ..ops.dtypes import to_wire
+from ..ops.dtypes import conversion_note, to_wire
 from .lowering import Lowering, Prepared, Value, prepare
 from .source import ModelError, OnnxGraph, TensorSpec, parse, read
 
@@ -143,9 +143,12 @@ class Model:
         missing = [s for s in specs if s.name not in bound]
         if missing:
             raise ModelError(f"{self.name} needs input {missing[0]} (inputs: {_names(specs)})")
-        arrays_out = {name: to_wire(name, value).array for name, value in bound.items()}
-        self._check_shapes({name: a.shape for name, a in arrays_out.items()})
-        return {spec.name: arrays_out[spec.name] for spec in specs}
+        leaves = {name: to_wire(name, value) for name, value in bound.items()}
+        self._check_shapes({name: leaf.array.shape for name, leaf in leaves.items()})
+        from ..client.session import warn_conversions
+
+        warn_conversions(conversion_note(list(leaves.values())))  # int64 ids narrowed, float64 to float32: said once
+        return {spec.name: leaves[spec.name].array for spec in specs}
 
     def _check_shapes(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
         """Each input's shape against the model's, symbolic dimensions bound once across inputs."""
