@@ -166,7 +166,8 @@ def test_map_streams_batches_through_a_model_in_order(session):
     module = model_zoo.demo_mlp()
     net = wm.load_model(module, torch.randn(2, 40))
     batches = [np.random.default_rng(i).standard_normal((3, 40)).astype(np.float32) for i in range(6)]
-    net(batches[0], session=session)  # the weights travel here
+    for device in session.devices():  # the weights travel here, to every device the stream may use
+        net(batches[0], session=session, devices=device["id"])
     before = sent(session)
     results = list(net.map(batches, session=session, in_flight=3))
     assert len(results) == 6
