@@ -90,6 +90,7 @@ def jupyter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jupyter]:
     """JupyterLab's server, which also serves Notebook 7 (/notebooks) and nbclassic (/nbclassic)."""
     root = tmp_path_factory.mktemp("notebooks")
     settings = tmp_path_factory.mktemp("settings")
+    workspaces = tmp_path_factory.mktemp("workspaces")
     notification = settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     notification.parent.mkdir(parents=True)
     notification.write_text('{"fetchNews": "false", "checkForUpdates": false}')  # no news pop-up over the page
@@ -104,7 +105,9 @@ def jupyter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jupyter]:
             "--LabApp.extension_manager=readonly", "--ServerApp.port_retries=0",
             *(["--allow-root"] if os.geteuid() == 0 else []),
         ],
-        env={**os.environ, "JUPYTERLAB_SETTINGS_DIR": str(settings)},
+        # Settings and workspaces of its own: JupyterLab reopens the tabs a workspace remembers (in ~/.jupyter
+        # by default), so an earlier run's notebooks could open beside the one a test means to run.
+        env={**os.environ, "JUPYTERLAB_SETTINGS_DIR": str(settings), "JUPYTERLAB_WORKSPACES_DIR": str(workspaces)},
         stdout=subprocess.DEVNULL,
         stderr=server.log.open("wb"),
     )  # fmt: skip
@@ -243,7 +246,7 @@ def test_the_panel_renders_and_updates_live_while_a_cell_blocks(page: Any, jupyt
     )
     try:
         page.set_default_timeout(120_000)
-        page.goto(jupyter.url("/lab/tree/blocking.ipynb"))
+        page.goto(jupyter.url("/lab/tree/blocking.ipynb") + "&reset")  # only this notebook, nothing restored
         page.wait_for_selector(".jp-Notebook .jp-Cell")
         page.wait_for_selector("text=(ipykernel) | Idle")
         wait_until(jupyter.kernel_ready, 60, "the kernel")
