@@ -29,7 +29,7 @@ from webnet_magic.protocol import (
 )
 
 from .conftest import wait_until
-from .peers import HELLO, Peer, answering, connect, say_hello, send, small_program
+from .peers import HELLO, Peer, answering, connect, result, say_hello, send, small_program
 
 
 def test_the_worker_page_and_its_scripts_share_one_port(broker: BrokerThread) -> None:
@@ -157,6 +157,23 @@ def test_nonsense_timings_do_not_stop_a_result(broker: BrokerThread, peers: list
     (out,) = broker.submit(small_program()).future.result(10)
     np.testing.assert_array_equal(out, np.full((4, 2), 3, np.float32))
     assert broker.devices()[0]["last_job_ms"] is None and broker.devices()[0]["state"] == "idle"
+
+
+def test_timings_that_sum_to_infinity_leave_the_speed_finite(broker: BrokerThread, peers: list[Peer]) -> None:
+    """Each part of a job's time finite but huge (their sum overflows): the speed is not made 0, which the
+    scheduler divides by, and the next job still runs."""
+    x = np.ones((128, 128), np.float32)
+    program = ops.plan("matmul", x, x).program  # enough work to be measured
+
+    async def answer(conn, job: Message) -> None:
+        huge = {part: 1e308 for part in ("upload", "kernel", "download", "throttle")}
+        await send(conn, result(job, np.full((128, 128), 128, np.float32), timings=huge))
+
+    peers.append(Peer(broker, answer))
+    for _ in range(2):
+        broker.submit(program).future.result(10)
+    speed = broker.devices()[0]["gflops"]
+    assert speed is None or 0 < speed < float("inf")
 
 
 def test_a_device_that_ignores_a_cancel_is_dropped(broker: BrokerThread, peers: list[Peer]) -> None:

@@ -511,9 +511,11 @@ class Scheduler:
 
     def _measure(self, device: Device, work: float, busy_ms: float | None) -> None:
         """Refine a device's speed from a job's work and the time it reports having spent on it."""
-        if work < MIN_MEASURED_WORK or not busy_ms:
+        if work < MIN_MEASURED_WORK or not busy_ms or not math.isfinite(busy_ms):
             return
         rate = work / (max(busy_ms, 0.01) / 1e3)
+        if not math.isfinite(rate) or rate <= 0:  # a speed of 0 would be divided by
+            return
         device.speed = rate if device.speed is None else (1 - SPEED_SMOOTHING) * device.speed + SPEED_SMOOTHING * rate
 
     def _calibrate(self, device: Device) -> None:
@@ -581,15 +583,19 @@ class Scheduler:
             log.exception("device panel update failed")
 
 
+#: The longest duration a worker may report (a day): each part is bounded, so no sum of parts overflows.
+MAX_REPORTED_MS = 86_400_000.0
+
+
 def _milliseconds(value: Any) -> float | None:
-    """A worker-reported duration, or None if it is not a finite, non-negative number."""
+    """A worker-reported duration, or None if it is not a number from 0 to :data:`MAX_REPORTED_MS`."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     try:
         ms = float(value)
     except OverflowError:
         return None
-    return ms if math.isfinite(ms) and ms >= 0 else None
+    return ms if 0 <= ms <= MAX_REPORTED_MS else None
 
 
 def _reported(timings: dict[str, Any]) -> dict[str, float]:
