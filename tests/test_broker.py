@@ -176,6 +176,18 @@ def test_timings_that_sum_to_infinity_leave_the_speed_finite(broker: BrokerThrea
     assert speed is None or 0 < speed < float("inf")
 
 
+def test_a_hello_cannot_forge_rows_or_send_absurd_limits(broker: BrokerThread, peers: list[Peer]) -> None:
+    """Newlines and ANSI escapes in a device's name are made visible; limits that are not positive
+    integers of sane size, or beyond the first 64, are dropped (hardening items 6 and 9)."""
+    forged = "evil\nd9    idle    0\x1b[31m"
+    limits = {"maxBufferSize": -1, "maxStorageBufferBindingSize": 2**60, **{f"junk{i}": 5 for i in range(1000)}}
+    peers.append(Peer(broker, name=forged, limits=limits))
+    (device,) = wait_until(broker.devices, 10, "the device")
+    assert "\n" not in device["name"] and "\x1b" not in device["name"] and device["name"].startswith("evil")
+    assert "maxBufferSize" not in device["limits"] and "maxStorageBufferBindingSize" not in device["limits"]
+    assert len(device["limits"]) <= 64
+
+
 def test_a_device_that_ignores_a_cancel_is_dropped(broker: BrokerThread, peers: list[Peer]) -> None:
     """A device must acknowledge a cancelled job; one that never does is dropped after a grace period."""
     peers.append(Peer(broker))  # answers pings, never answers jobs

@@ -170,3 +170,20 @@ def test_a_failed_redefinition_keeps_the_working_kernel(notebook) -> None:
     broken = SAXPY.replace("params.a * x[id.x]", "params.a * x[id.x] +")
     assert not notebook.run_cell(broken).success
     assert notebook.run_cell("%webnet saxpy(X, Y, a=2.0) -> Z").success
+
+
+def test_a_compile_position_outside_the_source_builds_no_caret_line() -> None:
+    """The worker's line and column are not trusted: a column of 300,000,000 (or a line past the end) gives
+    the message without a caret line, not a 300 MB string (hardening item 7)."""
+    from webnet_magic.ops.custom import compile_error, define
+
+    custom = define(
+        "f(x) -> out[x.shape]",
+        "@group(0) @binding(0) var<storage, read> x: array<f32>;\n"
+        "@group(0) @binding(1) var<storage, read_write> out: array<f32>;\n"
+        "@compute @workgroup_size(1) fn main() {}",
+    )
+    for position in ("wgsl:2:300000000", "wgsl:99:1", "wgsl:0:1"):
+        message = compile_error(custom, f"error: expected expression\n  {position}\n" + "x" * 100_000)
+        assert len(message) < 3000 and "^" not in message and "expected expression" in message
+    assert compile_error(custom, "error: bad token\n  wgsl:3:1").endswith("^")

@@ -46,6 +46,7 @@ from ..protocol import (
     ProtocolError,
     encode,
 )
+from .hello import printable, reported_limits
 from .scheduler import Device, Scheduler
 
 log = logging.getLogger(__name__)
@@ -385,13 +386,13 @@ class WorkerSocket(Handler, tornado.websocket.WebSocketHandler):
         scheduler = self.broker.scheduler
         device = Device(
             id="",
-            name=str(f["name"])[:120],
-            runtime=str(f["runtime"])[:20],
-            adapter={str(k)[:40]: str(v)[:200] for k, v in list(f["adapter"].items())[:20]},
-            limits={k: v for k, v in f["limits"].items() if isinstance(v, int) and not isinstance(v, bool)},
-            features=[str(x)[:60] for x in features][:100],
+            name=printable(f["name"], 120),
+            runtime=printable(f["runtime"], 20),
+            adapter={printable(k, 40): printable(v, 200) for k, v in list(f["adapter"].items())[:20]},
+            limits=reported_limits(f["limits"]),
+            features=[printable(x, 60) for x in features][:100],
             webgpu=f["webgpu"],
-            reason=str(f.get("reason", ""))[:500],
+            reason=printable(f.get("reason", ""), 500),
             send=self.send,
             close=self.close,
         )

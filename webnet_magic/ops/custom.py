@@ -303,14 +303,16 @@ def compile_error(custom: CustomKernel, message: str) -> str:
         if match:
             break
     else:
-        return f"kernel {custom.name} does not compile: {message}"
+        return f"kernel {custom.name} does not compile: {message[:2000]}"
     line, column = int(match.group(1)), int(match.group(2))
     source_lines = custom.kernel.source.splitlines()
-    text = source_lines[line - 1] if 0 < line <= len(source_lines) else ""
-    reason = _reason(message)
+    if not (0 < line <= len(source_lines) and 0 < column <= len(source_lines[line - 1]) + 1):
+        # A position outside the source (the worker's numbers are not trusted): no caret line to build.
+        return f"kernel {custom.name} does not compile: {_reason(message)[:2000]}"
+    text = source_lines[line - 1]
     cell_line = custom.body_line + line - 1
     return (
-        f"kernel {custom.name} does not compile, cell line {cell_line} column {column}: {reason}\n"
+        f"kernel {custom.name} does not compile, cell line {cell_line} column {column}: {_reason(message)[:2000]}\n"
         f"    {text}\n    {' ' * (column - 1)}^"
     )
 
