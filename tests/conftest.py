@@ -104,6 +104,18 @@ def chromium() -> Iterator[object]:
         browser.close()
 
 
+@pytest.fixture(scope="module")
+def page_worker(chromium: object) -> Iterator[BrokerThread]:
+    """One broker and one worker page in Chromium for a whole module (hypothesis runs many examples)."""
+    broker = BrokerThread().start()
+    context = chromium.new_context()  # type: ignore[attr-defined]
+    context.new_page().goto(broker.url)
+    wait_until(broker.devices, 30, "the page to join")
+    yield broker
+    context.close()
+    broker.stop()
+
+
 @pytest.fixture
 def page(chromium: object) -> Iterator[object]:
     """A fresh browser context and page; its console is kept for failure messages."""

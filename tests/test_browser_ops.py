@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -12,21 +10,7 @@ from hypothesis import strategies as st
 from webnet_magic import ops
 from webnet_magic.broker.thread import BrokerThread
 
-from .conftest import wait_until
 from .op_cases import CASES
-
-
-@pytest.fixture(scope="module")
-def page_worker(chromium) -> Iterator[BrokerThread]:
-    """One broker and one worker page for the whole module (hypothesis runs many examples)."""
-    broker = BrokerThread().start()
-    context = chromium.new_context()
-    page = context.new_page()
-    page.goto(broker.url)
-    wait_until(broker.devices, 30, "the page to join")
-    yield broker
-    context.close()
-    broker.stop()
 
 
 def run_on(broker: BrokerThread, plan: ops.Plan) -> list[np.ndarray]:

@@ -15,7 +15,6 @@ from webnet_magic.ops import conv
 from webnet_magic.ops.compiler import Builder, ContentKeys, Value
 from webnet_magic.ops.restrict import restrict
 
-from .test_browser_ops import page_worker  # noqa: F401  (a fixture: one worker page for the module)
 from .test_browser_ops import run_on as run_in_page
 from .test_ops import run_on
 
@@ -301,7 +300,7 @@ def test_bad_windows_are_refused_before_anything_is_sent(op, shapes, attrs, comp
         *("max ceil_mode, asymmetric pads", "avg including pads, ceil_mode", "global avg", "lrn (alexnet)"),
     ],
 )
-def test_in_the_browser(page_worker, case: str) -> None:  # noqa: F811  (page_worker is a fixture)
+def test_in_the_browser(page_worker, case: str) -> None:
     """The same kernels on the browser worker: WebGPU on SwiftShader in headless Chromium."""
     if case in CONVS:
         x, w, bias, attrs, _ = CONVS[case]

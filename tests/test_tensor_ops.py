@@ -8,7 +8,7 @@ tests/test_browser_ops.py from tests/tensor_cases.py; these pin the edges and th
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -21,7 +21,6 @@ from webnet_magic.errors import DtypeError, ShapeError
 from webnet_magic.ops.compiler import MAX_FUSED_INPUTS
 from webnet_magic.ops.split import split
 
-from .conftest import wait_until
 from .op_cases import CASES
 
 rng = np.random.default_rng(11)
@@ -457,20 +456,6 @@ def test_gather_refuses_known_indices_outside_the_axis_and_float_indices() -> No
 
 
 # -- in the browser -----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def page_worker(chromium) -> Iterator[object]:
-    from webnet_magic.broker.thread import BrokerThread
-
-    broker = BrokerThread().start()
-    context = chromium.new_context()
-    page = context.new_page()
-    page.goto(broker.url)
-    wait_until(broker.devices, 30, "the page to join")
-    yield broker
-    context.close()
-    broker.stop()
 
 
 @pytest.mark.browser
