@@ -50,13 +50,14 @@ def launch_model(
     fleet = [d for d in session.devices() if d["state"] not in ("no WebGPU", "banned", "calibrating")
              and (allowed is None or d["id"] in allowed)]  # fmt: skip
     batch = _batch_size(model, bound)
+    values = _values(model, bound)  # the whole batch, lowered once
     if len(fleet) > 1 and shard != "off":
-        staged = _pipeline(session, model, bound, fleet, batch, wire, bind)
+        staged = _pipeline(session, model, bound, values, fleet, batch, wire, bind)
         if staged is not None:
             return staged
     ranked = sorted(fleet, key=_speed, reverse=True)
     fastest = ranked[0] if ranked else None
-    whole = _lower(model, bound, wire, parallelism(fastest))
+    whole = _compile(model, values, bound, wire, parallelism(fastest))
     count = 1
     if shard == "auto" and batch > 1 and whole[0] is not None:  # as for any job: only work worth a round trip
         program = whole[0].program
@@ -72,12 +73,12 @@ def launch_model(
                          parallelism(target)) for s, target in zip(_slices(sizes), targets, strict=True)]  # fmt: skip
         if not all(_batch_first(p, size) for p, size in zip(pieces, sizes, strict=True)):
             pieces, targets, count = [whole], [None], 1
-    for plan, _values in pieces:
+    for plan, _ in pieces:
         warn_conversions(plan.note if plan else None)
     limit = min((buffer_limit(d["limits"]) for d in fleet), default=buffer_limit({}))
     job_id = session.broker.broker.scheduler.new_task_id()
     tasks = []
-    for i, ((plan, _values), target) in enumerate(zip(pieces, targets, strict=True), 1):
+    for i, ((plan, _), target) in enumerate(zip(pieces, targets, strict=True), 1):
         if plan is None:
             continue
         _check_fits(model, plan, limit)
@@ -108,7 +109,12 @@ def launch_model(
 
 def _lower(model: Model, arrays: Mapping[str, np.ndarray], wire: str,
            workgroups: int) -> tuple[Plan | None, list[Value]]:  # fmt: skip
-    values = _values(model, arrays)
+    return _compile(model, _values(model, arrays), arrays, wire, workgroups)
+
+
+def _compile(model: Model, values: list[Value], arrays: Mapping[str, np.ndarray], wire: str,
+             workgroups: int) -> tuple[Plan | None, list[Value]]:  # fmt: skip
+    """The program for lowered ``values`` (None when every output is known here), and the values."""
     devices = [v for v in values if isinstance(v, Node)]
     keys = model.weight_keys(arrays.values())
     return (compile_graph(devices, wire, keys, workgroups) if devices else None), values
@@ -119,12 +125,12 @@ def _values(model: Model, arrays: Mapping[str, np.ndarray]) -> list[Value]:
     return model.lower(graph, {name: graph.input(name, a) for name, a in arrays.items()})
 
 
-def _pipeline(session: Session, model: Model, bound: Mapping[str, np.ndarray], fleet: list[dict[str, Any]],
-              batch: int, wire: str, bind: Any) -> Job | None:  # fmt: skip
-    """The call as a pipeline over devices when no one device keeps all the weights (else None)."""
+def _pipeline(session: Session, model: Model, bound: Mapping[str, np.ndarray], values: list[Value],
+              fleet: list[dict[str, Any]], batch: int, wire: str, bind: Any) -> Job | None:  # fmt: skip
+    """The call as a pipeline over devices when no one device keeps all the weights (else None);
+    ``values`` is the whole batch lowered."""
     from .pipeline import PipelineJob, capacity, cut
 
-    values = _values(model, bound)
     outputs = [v for v in values if isinstance(v, Node)]
     weights = sum(n.leaf.array.nbytes for n in topological(outputs) if n.op == "input" and model.owns(n))  # type: ignore[union-attr]
     ranked = sorted(fleet, key=capacity, reverse=True)
@@ -137,7 +143,9 @@ def _pipeline(session: Session, model: Model, bound: Mapping[str, np.ndarray], f
     slices = _slices(sizes) if count > 1 else [slice(None)]
     chunks = []
     for s in slices:
-        part = _values(model, {k: (a[s] if _batched(model, k) else a) for k, a in bound.items()})
+        part = (
+            values if count == 1 else _values(model, {k: (a[s] if _batched(model, k) else a) for k, a in bound.items()})
+        )
         chunks.append((cut([v for v in part if isinstance(v, Node)], capacities, model.owns), part))
     job_id = session.broker.broker.scheduler.new_task_id()
     devices = [d["id"] for d in ranked[: stages.count]]
