@@ -66,6 +66,10 @@ class Prepared:
     nodes: list[OnnxNode]
     derived: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)  # (name, form) -> array
     evaluators: dict[int, Any] = field(default_factory=dict)  # id(node) -> its host evaluator
+    names: dict[int, tuple[str, np.ndarray]] = field(default_factory=dict)  # id(array) -> its name, the array
+
+    def __post_init__(self) -> None:
+        self.names.update({id(a): (name, a) for name, a in self.constants.items()})
 
     def weight(self, name: str, form: str, make: Callable[[], np.ndarray]) -> np.ndarray:
         """A constant in a form computed once per model (a transposed weight, a folded scale)."""
@@ -74,6 +78,7 @@ class Prepared:
             array = np.asarray(make(), order="C")
             array.flags.writeable = False
             self.derived[key] = array
+            self.names[id(array)] = (f"{name}~{form}", array)
         return self.derived[key]
 
 
@@ -258,12 +263,9 @@ class Lowering:
 
     def _name_of(self, array: np.ndarray, name: str) -> str:
         """A graph-input name for a host array: its ONNX name when it is one of the model's constants."""
-        for key, known in self.model.constants.items():
-            if known is array:
-                return key
-        for (key, form), known in self.model.derived.items():
-            if known is array:
-                return f"{key}~{form}"
+        known = self.model.names.get(id(array))
+        if known is not None and known[1] is array:
+            return known[0]
         taken = self.graph.inputs
         candidate, k = name, 1
         while candidate in taken and taken[candidate].leaf is not None and taken[candidate].leaf.array is not array:
