@@ -11,6 +11,7 @@ import pytest
 from webnet_magic.client import session as sessions
 
 from .conftest import Workers, wait_until
+from .peers import Peer, result, send
 
 
 def run(shell, code: str):
@@ -106,7 +107,7 @@ def test_a_worker_lost_mid_job_with_none_to_replace_it_times_out_and_binds_nothi
     killer.start()
     result = run(started, "%webnet matmul X X -> C --timeout 8")
     killer.join()
-    assert type(result.error_in_exec).__name__ == "NoDeviceError"
+    assert type(result.error_in_exec).__name__ == "DeviceLost"
     assert started.user_ns["C"] == "untouched"
 
 
@@ -207,3 +208,43 @@ def test_unload_stops_the_broker_and_removes_the_rewrite(shell) -> None:
     assert not any(t.name == "webnet-broker" and t.is_alive() for t in threading.enumerate())
     assert bodyless_cell not in shell.input_transformers_cleanup
     run(shell, "%load_ext webnet_magic")  # the fixture unloads again
+
+
+def calibrated_then_hanging_up():
+    """A peer's reply that passes its calibration, then drops the link on the first real job."""
+    from webnet_magic.broker.calibration import calibration
+
+    program, _ = calibration()
+    a, b = program.inputs[:2]
+    right = (a.astype(np.float64) @ b).astype(np.float32)
+
+    async def reply(conn, job) -> None:
+        (spec,) = job.fields["outputs"]
+        if tuple(spec["shape"]) == right.shape:
+            await send(conn, result(job, right, timings={"kernel": 5.0}))
+        else:
+            conn.close()
+
+    return reply
+
+
+def test_a_device_lost_mid_job_is_named_in_one_line_at_the_timeout(shell, peers, capsys) -> None:
+    """Not "no device connected": the error names the device lost and the retry, shown without a traceback."""
+    run(shell, "%webnet start")
+    session = sessions.current()
+    peers.append(Peer(session.broker, calibrated_then_hanging_up()))
+    session.wait_for_devices(1, 30)
+    run(shell, "import numpy as np\nA = np.ones((2, 2), np.float32)\nC = 'untouched'")
+    capsys.readouterr()
+    result = run(shell, "%webnet A @ A -> C --timeout 3")
+    error = result.error_in_exec
+    assert type(error).__name__ == "DeviceLost" and error.devices == ("d1",)
+    assert "lost its device (d1 (hand-written peer): disconnected) and was queued again (1 retry)" in str(error)
+    assert "within 3 s" in str(error) and "\n" not in str(error)
+    shown = capsys.readouterr().out
+    assert "Traceback" not in shown and shown.strip().splitlines()[-1] == f"DeviceLost: webnet: {error}"
+    assert tasks_left(session) == 0 and shell.user_ns["C"] == "untouched"
+
+
+def tasks_left(session) -> int:
+    return session.broker.call(lambda: len(session.broker.broker.scheduler.tasks))

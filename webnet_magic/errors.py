@@ -3,13 +3,29 @@
 Input problems (:class:`ShapeError`, :class:`DtypeError`) subclass the builtin
 ``ValueError`` / ``TypeError`` so generic numpy-style handlers keep working;
 device problems subclass ``RuntimeError`` and carry the worker's own message.
+
+IPython shows each of them as one line (``DeviceLost: webnet: ...``) instead of a
+traceback: they are raised on purpose, their message says what happened and what to
+do, and a traceback through webnet's own frames would bury that (``%tb`` still shows it).
 """
 
 from __future__ import annotations
 
+#: What every message the magics print starts with, so a user can tell webnet's words from others'.
+PREFIX = "webnet: "
+
+
+def prefixed(message: str) -> str:
+    """``message`` with :data:`PREFIX` in front, once."""
+    return message if message.startswith(PREFIX) else PREFIX + message
+
 
 class WebnetError(Exception):
     """Base class of every error raised by webnet_magic."""
+
+    def _render_traceback_(self) -> list[str]:
+        """What IPython shows in place of a traceback (the protocol ipyparallel's RemoteError uses)."""
+        return f"{type(self).__name__}: {prefixed(str(self))}".splitlines()
 
 
 class ShapeError(WebnetError, ValueError):
@@ -30,6 +46,19 @@ class DeviceNotFound(WebnetError, LookupError):
 
 class NoDeviceError(WebnetError, TimeoutError):
     """No worker connected before the timeout; open the worker URL on a device with WebGPU."""
+
+
+class DeviceLost(NoDeviceError):
+    """The device(s) running a job were lost and none took it up again before the timeout.
+
+    A :class:`NoDeviceError` (no device was left to finish the job) that says what happened:
+    ``devices`` are the ids of the devices lost, ``failures`` every failed attempt, in order.
+    """
+
+    def __init__(self, message: str, *, devices: tuple[str, ...] = (), failures: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.devices = devices
+        self.failures = failures
 
 
 class JobTimeout(WebnetError, TimeoutError):

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..broker.placement import shard_weights
 from ..broker.thread import BrokerThread
-from ..errors import BrokerStopped, DeviceLimitError, JobTimeout, NoDeviceError
+from ..errors import BrokerStopped, DeviceLimitError, DeviceLost, JobTimeout, NoDeviceError
 from ..ops import Graph, Node, Plan, call, compile_graph, evaluate
 from ..ops.compiler import CACHE_MIN_BYTES, ContentKeys, content_key, parallelism
 from ..ops.dtypes import conversion_note, to_wire
@@ -392,6 +392,8 @@ class Session:
                     if not job.cancel():  # it finished just now
                         continue
                     bar.close(job.progress, "timed out")
+                    if not usable and job.progress.failures:
+                        raise _lost(job, timeout, split_token(self.url)[0])
                     if not usable:
                         raise NoDeviceError(
                             f"no WebGPU device connected within {timeout:g} s. Open the worker link "
@@ -443,6 +445,21 @@ class Session:
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"<webnet Session {state} at {self.url}, {len(self.devices())} device(s)>"
+
+
+def _lost(job: Job, timeout: float, where: str) -> DeviceLost:
+    """Why a job whose devices were lost ended at its timeout: which ones, and that it was retried."""
+    failures = job.progress.failures  # "d1 (Chrome on Android): disconnected", oldest first
+    lost = tuple(dict.fromkeys(f.split(" ", 1)[0] for f in failures))
+    who = "its device" if len(lost) == 1 else f"{len(lost)} devices"
+    retries = f"{len(failures)} retr{'y' if len(failures) == 1 else 'ies'}"
+    return DeviceLost(
+        f"job {job.id} lost {who} ({'; '.join(failures)}) and was queued again ({retries}), but no device took it "
+        f"within {timeout:g} s, so it was cancelled. Keep the worker page open (it reconnects by itself) or open "
+        f"the worker link ({where}) on another device",
+        devices=lost,
+        failures=failures,
+    )
 
 
 def _checked_timeout(timeout: float) -> float:
