@@ -27,20 +27,35 @@ const state = {
 
 const HIGH_WATER = 8 * 1024 * 1024; // bytes queued on the socket before send() waits
 const TONES = { idle: "ok", running: "busy", starting: "wait", connecting: "wait", reconnecting: "wait" };
+// What the person holding the device reads for each status (window.webnet.status keeps the short name).
+const HEADLINES = {
+  starting: "Starting", connecting: "Connecting", idle: "Ready", running: "Working", reconnecting: "Reconnecting",
+  refused: "Link refused", "session ended": "All done", "no WebGPU": "Cannot help", "device lost": "GPU restarting",
+  "no token": "Incomplete link",
+};
+// Where this page can no longer help, asking to keep it open (and the screen on) would only drain a battery.
+const OVER = new Set(["refused", "session ended", "no WebGPU", "no token"]);
 
 // What the page shows (and what tests read from window.webnet).
 function show(status, detail = "") {
   state.status = status;
   state.detail = detail;
-  $("status").textContent = status;
+  $("status").textContent = HEADLINES[status] || status;
   $("status").dataset.tone = TONES[status] || "bad";
-  $("detail").textContent = detail;
+  $("detail").textContent = detail || (status === "idle" ? "Connected. Waiting for work from the notebook." : "");
+  $("hint").hidden = OVER.has(status);
   state.trail = [...state.trail.slice(-19), detail ? `${status}: ${detail}` : status];
   $("device").textContent = [state.deviceId, state.adapter].filter(Boolean).join(" · ");
   $("jobs").textContent = `${state.jobsDone} job${state.jobsDone === 1 ? "" : "s"} done`;
   $("last").textContent = state.lastJobMs === null ? "" : `last job ${state.lastJobMs.toFixed(1)} ms on the GPU`;
 }
 window.webnet = state;
+
+// "phone", "tablet" or "computer": how the page speaks of the device it runs on.
+function deviceKind() {
+  const ua = navigator.userAgent;
+  return /iPad|Tablet|Android(?!.*Mobile)/.test(ua) ? "tablet" : /iPhone|Android|Mobile/.test(ua) ? "phone" : "computer";
+}
 
 function browserName() {
   const ua = navigator.userAgent;
@@ -153,14 +168,14 @@ class Worker {
     state.deviceId = null;
     if (event.code === CLOSE.BAD_TOKEN) {
       this.stopped = true;
-      show("refused", "The notebook refused this link's token. Open the current link from %webnet url.");
+      show("refused", "This link is out of date: the notebook no longer accepts it. Open the current link (%webnet url in the notebook).");
     } else if (event.code === CLOSE.GOING_AWAY) {
       this.stopped = true;
-      show("session ended", "The notebook stopped its broker. Run %webnet start and open the new link.");
+      show("session ended", "The notebook stopped using this device; you can close this page. To help again: %webnet start in the notebook, then open its new link.");
     } else {
       const wait = this.backoff * (0.8 + 0.4 * Math.random());
       this.backoff = Math.min(this.backoff * 2, 10000);
-      show("reconnecting", `Connection lost (${event.code}${event.reason ? ": " + event.reason : ""}); retrying in ${(wait / 1000).toFixed(1)} s.`);
+      show("reconnecting", `Lost the connection to the notebook (${event.code}${event.reason ? ": " + event.reason : ""}); trying again in ${(wait / 1000).toFixed(1)} s.`);
       this.retry = setTimeout(() => this.connect(), wait);
     }
   }
@@ -289,7 +304,7 @@ class Worker {
     this.executor = null;
     this.noGpu = `GPU device lost: ${why}`;
     if (state.job) this.fail(state.job, "device-lost", why);
-    show("device lost", `${why}; asking for a new GPU device`);
+    show("device lost", `The GPU stopped (${why}); getting it back.`);
     openDevice((w) => this.deviceLost(w), megabytes("maxbuffer", Infinity)).then(
       (gpu) => {
         this.gpu = gpu;
@@ -330,8 +345,9 @@ class Worker {
 
 const token = new URLSearchParams(location.search).get("token");
 if (!token) {
-  show("no token", "This link has no ?token=. Copy the whole link from %webnet url in the notebook.");
+  show("no token", "This link is incomplete (it has no ?token=). Copy the whole link from %webnet url in the notebook.");
 } else {
+  $("hint").textContent = `This ${deviceKind()} is helping a notebook compute. Keep this page open and the screen on.`;
   if (missingWebGPU()) show("no WebGPU", missingWebGPU());
   window.webnetWorker = new Worker(token); // for debugging from the console (and for tests)
   window.webnetWorker.start();
