@@ -324,6 +324,62 @@ def test_map_says_which_name_is_the_item_when_it_cannot_tell(session: Session) -
         next(session.map(lambda x: x, [np.ones(3, np.float32)]))
 
 
+def test_a_stream_s_items_are_sent_uncached_and_its_weights_stay_cached(session: Session, workers: Workers) -> None:
+    """Six fresh items (128 KiB each, float64 converted, and float32 through a function) and one
+    256 KiB weight: the device keeps only the weight; the items would only have churned its cache."""
+    workers.start(session.local_url)
+    session.wait_for_devices(1, 60)
+    rng = np.random.default_rng(6)
+    w = rng.standard_normal((256, 256), np.float32)
+    xs = [rng.standard_normal((128, 256)) for _ in range(3)]  # float64: converted to float32 for the wire
+    for x, y in zip(xs, session.map("X @ W", xs, namespace={"W": w}), strict=True):
+        np.testing.assert_allclose(y, x.astype(np.float32) @ w, rtol=1e-4, atol=1e-3)
+    fs = [rng.standard_normal((128, 256), np.float32) for _ in range(3)]
+    for x, y in zip(fs, session.map(lambda x: ops.call("matmul", x, w), fs), strict=True):
+        np.testing.assert_allclose(y, x @ w, rtol=1e-4, atol=1e-3)
+    (device,) = session.devices()
+    assert device["cached"] == 1  # W alone
+    received = session.broker.fleet()["sent"]
+    list(session.map("X @ W", xs[:1], namespace={"W": w}))
+    assert session.broker.fleet()["sent"] - received < w.nbytes  # W was not sent again
+
+
+def test_depth_set_on_the_session_reaches_every_device(workers: Workers) -> None:
+    """``Session(depth=3)``: a long job and two short ones are all on the device at once; ``depth=1``:
+    each short one is sent only after the job before it has answered."""
+    rng = np.random.default_rng(7)
+
+    def aheads(depth: int) -> list[float]:
+        made = Session(heartbeat=0.2, silence_limit=2.0, calibrate=False, tunnel="off", depth=depth)
+        try:
+            workers.start(made.local_url)
+            made.wait_for_devices(1, 60)
+            long = ops.plan("matmul", np.ones((768, 768), np.float32), np.ones((768, 768), np.float32))
+            plans = [long] + [ops.plan("matmul", *rng.standard_normal((2, 128, 128), np.float32)) for _ in range(2)]
+            handles = [made.broker.submit(p.program) for p in plans]
+            for plan, handle in zip(plans, handles, strict=True):
+                assert ops.error_ratio(plan.nodes[0], plan.finish(handle.future.result(120))[0]) <= 1
+            return [h.progress.timings["ahead"] for h in handles]
+        finally:
+            made.stop()
+
+    assert aheads(3) == [0, 1, 2]
+    assert aheads(1) == [0, 0, 0]
+    with pytest.raises(ValueError, match="depth must be a positive number"):
+        Session(depth=0)
+
+
+def test_webnet_start_takes_a_depth(shell) -> None:
+    """``%webnet start --depth 1`` reaches the scheduler; a depth that is not a positive integer is refused."""
+    from webnet_magic.client import session as sessions
+
+    assert not shell.run_cell("%webnet start --depth 0 --tunnel off", store_history=False).success
+    assert sessions.current() is None  # nothing started
+    assert shell.run_cell("%webnet start --depth 1 --tunnel off", store_history=False).success
+    running = sessions.current()
+    assert running is not None and running.broker.call(lambda: running.broker.broker.scheduler.placement.depth) == 1
+
+
 def test_over_a_fleet_the_faster_device_takes_more_items(workers: Workers) -> None:
     """Two native workers, one slowed eightfold: each item goes where it would finish first."""
     fleet = Session(heartbeat=0.2, silence_limit=2.0)  # calibrated: speeds known before the stream

@@ -79,6 +79,7 @@ class Broker:
         lease: float = 60.0,
         attempts: int = 3,
         calibrate: bool = True,
+        depth: int | None = None,
         on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self.token = token
@@ -87,7 +88,7 @@ class Broker:
         self.silence_limit = silence_limit
         self.chunk_size = chunk_size
         self.scheduler = Scheduler(
-            on_change, cancel_grace=silence_limit, lease=lease, attempts=attempts, calibrate=calibrate
+            on_change, cancel_grace=silence_limit, lease=lease, attempts=attempts, calibrate=calibrate, depth=depth
         )
         self.sockets: set[WorkerSocket] = set()
         self.pinned: dict[str, np.ndarray] = {}  # content key -> array, for %webnet put

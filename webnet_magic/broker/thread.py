@@ -55,7 +55,11 @@ class TaskHandle:
 
 
 class BrokerThread:
-    """Owns the loop, the HTTP/WebSocket server and the :class:`Broker`; start once, stop once."""
+    """Owns the loop, the HTTP/WebSocket server and the :class:`Broker`; start once, stop once.
+
+    ``depth`` fixes how many jobs each device holds at once (None: from its link and speed;
+    1 turns pipelining off), as :class:`~webnet_magic.broker.scheduler.Scheduler` takes it.
+    """
 
     def __init__(
         self,
@@ -69,6 +73,7 @@ class BrokerThread:
         lease: float = 60.0,
         attempts: int = 3,
         calibrate: bool = True,
+        depth: int | None = None,
         on_change: ChangeListener | None = None,
         static: Path | None = None,
         limits: ServerLimits | None = None,
@@ -86,6 +91,7 @@ class BrokerThread:
             lease=lease,
             attempts=attempts,
             calibrate=calibrate,
+            depth=depth,
             on_change=self._changed,
         )
         self._loop = asyncio.new_event_loop()

@@ -99,6 +99,7 @@ class WebnetMagics(Magics):
                     silence_limit=self.silence_limit,
                     lease=self.lease,
                     attempts=self.attempts,
+                    depth=command.options.get("depth"),
                     tunnel=command.options.get("tunnel") or self.tunnel,
                     authtoken=command.options.get("authtoken"),
                     lan=command.options.get("lan") or False,

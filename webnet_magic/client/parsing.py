@@ -53,7 +53,7 @@ class _Parser(argparse.ArgumentParser):
 
 #: One line per sub-command, shown by ``%webnet help``.
 SUBCOMMANDS = {
-    "start": "start the broker here and show the QR code + device panel  [--tunnel auto|ngrok|off] [--lan]",
+    "start": "start the broker here and show the QR code + device panel  [--tunnel auto|ngrok|off] [--lan] [--depth N]",
     "stop": "stop the broker, disconnect every device",
     "status": "the broker's URL and devices",
     "devices": "a table of connected devices",
@@ -70,6 +70,12 @@ RUN_OPTIONS = "[--timeout S] [--devices ID,ID|all] [--shard auto|N|off] [--verif
 def _port(text: str) -> int:
     if not (text.isdigit() and 0 <= int(text) <= 65535):
         raise argparse.ArgumentTypeError(f"--port must be 0 to 65535, not {text!r}")
+    return int(text)
+
+
+def _jobs(text: str) -> int:
+    if not (text.isdigit() and int(text) >= 1):
+        raise argparse.ArgumentTypeError(f"--depth must be a positive number of jobs, not {text!r}")
     return int(text)
 
 
@@ -115,6 +121,9 @@ def _build() -> tuple[_Parser, _Parser]:
         const=True,
         metavar="ADDRESS",
         help="serve https on this Wi-Fi (default: this machine's LAN address)",
+    )
+    start.add_argument(
+        "--depth", type=_jobs, help="jobs each device holds at once (default: by its link and speed; 1: no pipelining)"
     )
     for name in ("stop", "status", "devices", "url", "help"):
         sub.add_parser(name, prog=f"%webnet {name}", add_help=False)

@@ -60,6 +60,13 @@ class PrecisionWarning(UserWarning):
     """An operand was converted to float32 (WGSL has no float64)."""
 
 
+def _depth(depth: int | None) -> int | None:
+    """``depth`` checked here, in the notebook, before any thread or port exists."""
+    if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 1):
+        raise ValueError(f"depth must be a positive number of jobs (or None), not {depth!r}")
+    return depth
+
+
 def _print_waiting(text: str) -> None:
     print(text, file=sys.stdout, flush=True)
 
@@ -80,6 +87,10 @@ class Session:
         added), and how many times a task may fail on a device before its job fails.
     calibrate
         Time a short matmul on each device as it joins, to size shards by speed.
+    depth
+        How many jobs each device holds at once (pipelining).  None (the default) sizes it
+        from each device's measured link and speed, between 2 and 4; 1 sends a device its
+        next job only once it has answered the last.
     tunnel, authtoken, lan
         How a phone reaches the broker (see :func:`webnet_magic.tunnel.expose`): ``tunnel``
         is ``"auto"`` (ngrok in Colab and Kaggle when an authtoken is found), ``"ngrok"`` or
@@ -98,6 +109,7 @@ class Session:
         lease: float = 60.0,
         attempts: int = 3,
         calibrate: bool = True,
+        depth: int | None = None,
         tunnel: str = "auto",
         authtoken: str | None = None,
         lan: bool | str = False,
@@ -110,6 +122,7 @@ class Session:
             lease=lease,
             attempts=attempts,
             calibrate=calibrate,
+            depth=_depth(depth),
         ).start()
         try:
             self.reach = expose(self.broker, tunnel=tunnel, authtoken=authtoken, lan=lan)

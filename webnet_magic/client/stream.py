@@ -31,8 +31,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..broker.link import MAX_DEPTH
-from ..errors import BrokerStopped, JobTimeout, NoDeviceError
+from ..errors import BrokerStopped, DtypeError, JobTimeout, NoDeviceError
 from ..ops import OPS, Graph, Node
+from ..ops.compiler import ContentKeys
+from ..ops.dtypes import conversion_note, to_wire
 from .expressions import ExpressionError, namespace_resolver, parse
 from .jobs import Job, JobProgress
 from .progress import ProgressBar
@@ -42,6 +44,8 @@ if TYPE_CHECKING:
 
 #: What builds one item's computation: the item in, the graph's output node(s) out.
 Builder = Callable[[Any], "Node | Sequence[Node]"]
+#: One item's graph outputs, and the arrays that are the item's own (sent once, never kept).
+Built = tuple[list[Node], list[np.ndarray]]
 #: Seconds between checks while waiting: bounds how late a Ctrl-C or a timeout is seen.
 POLL = 0.1
 #: Items in flight per usable device when not given: twice what a device may hold, so a slot a
@@ -208,8 +212,10 @@ class Stream:
                 self._exhausted = True
                 return
             try:
-                outputs = self._build(item)
-                job = self._session.launch(outputs, shard="off", **self._launch)
+                outputs, once = self._build(item)
+                keys = self._launch.get("keys") or ContentKeys()
+                keys.send_once(once)  # items travel unkeyed and are not kept: weights stay cached
+                job = self._session.launch(outputs, shard="off", **{**self._launch, "keys": keys})
             except Exception as exc:  # raised at this item's place, after the results before it
                 self._pending.append(exc)
                 self._exhausted = True
@@ -262,11 +268,11 @@ def _in_flight(session: Session, given: int | None) -> int:
     return given
 
 
-def _builder(computation: str | Builder, namespace: Mapping[str, Any], over: str | None) -> Builder:
-    """One item -> its graph's outputs, for an expression or a function."""
+def _builder(computation: str | Builder, namespace: Mapping[str, Any], over: str | None) -> Callable[[Any], Built]:
+    """One item -> its graph's outputs and its own arrays, for an expression or a function."""
     if callable(computation):
 
-        def built(item: Any) -> list[Node]:
+        def built(item: Any) -> Built:
             outputs = computation(item)
             nodes = [outputs] if isinstance(outputs, Node) else list(outputs) if isinstance(outputs, Sequence) else []
             if not nodes or not all(isinstance(n, Node) for n in nodes):
@@ -274,23 +280,53 @@ def _builder(computation: str | Builder, namespace: Mapping[str, Any], over: str
                     f"map's function must return the output node(s) of a graph (webnet_magic.ops.call, Graph), "
                     f"not {type(outputs).__name__}"
                 )
-            return nodes
+            return nodes, _arrays(item)
 
         return built
     if not isinstance(computation, str):
         raise TypeError(f"map takes an expression or a function that builds a graph, not {type(computation).__name__}")
     name = over
 
-    def parsed(item: Any) -> list[Node]:
+    def parsed(item: Any) -> Built:
         nonlocal name
         if isinstance(item, Mapping):
             names = dict(item)
         else:
             name = name or _item_name(computation, namespace)
             names = {name: item}
-        return parse(computation, Graph(), namespace_resolver({**namespace, **names}))
+        names = _converted(names)
+        outputs = parse(computation, Graph(), namespace_resolver({**namespace, **names}))
+        return outputs, _arrays(names)
 
     return parsed
+
+
+def _converted(names: dict[str, Any]) -> dict[str, Any]:
+    """The item's arrays as they will travel (float64 as float32, ...), converted here and said once.
+
+    Converted in the graph instead, each would be a new array that cannot be told from a weight.
+    An array that cannot travel is left for the graph to refuse, if the expression uses it.
+    """
+    from .session import warn_conversions
+
+    leaves = []
+    for key, value in names.items():
+        if isinstance(value, np.ndarray):
+            try:
+                leaves.append(to_wire(key, value))
+            except DtypeError:
+                continue
+            names[key] = leaves[-1].array
+    warn_conversions(conversion_note(leaves))
+    return names
+
+
+def _arrays(item: Any) -> list[np.ndarray]:
+    """The arrays an item holds: itself, or those among its values (a dict) or elements (a tuple)."""
+    if isinstance(item, np.ndarray):
+        return [item]
+    values = item.values() if isinstance(item, Mapping) else item if isinstance(item, list | tuple) else ()
+    return [v for v in values if isinstance(v, np.ndarray)]
 
 
 def _item_name(expression: str, namespace: Mapping[str, Any]) -> str:

@@ -216,6 +216,7 @@ class Model:
         def outputs(batch: Any) -> list[Node]:
             bound = self.bind(batch if isinstance(batch, tuple) else (batch,), {})
             keys.add_transient(bound.values())
+            keys.send_once(bound.values())  # a batch is used once: sent, never kept on the device
             graph = Graph()
             values = self.lower(graph, {name: graph.input(name, a) for name, a in bound.items()})
             if not all(isinstance(v, Node) for v in values):

@@ -20,7 +20,7 @@ import dataclasses
 import hashlib
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,10 +139,27 @@ class ContentKeys:
 
     def __init__(self) -> None:
         self._known: dict[tuple[object, ...], tuple[np.ndarray, str]] = {}
+        self._once: set[int] = set()  # ids of arrays used once (a stream's items): never kept
 
     def worth_keeping(self, array: np.ndarray) -> bool:
-        """Whether a worker should keep ``array`` for later jobs (only large ones, by default)."""
-        return array.nbytes >= CACHE_MIN_BYTES
+        """Whether a worker should keep ``array`` for later jobs: large ones, unless used only once."""
+        return array.nbytes >= CACHE_MIN_BYTES and not self.used_once(array)
+
+    def send_once(self, arrays: Iterable[np.ndarray]) -> None:
+        """Mark ``arrays`` (and views of them) as one-use data, such as a stream's items.
+
+        Kept on a worker they would only push out what later jobs reuse (the weights), and
+        hashing them would cost the notebook time for nothing: they travel unkeyed.
+        """
+        self._once.update(id(a) for a in arrays)
+
+    def used_once(self, array: np.ndarray) -> bool:
+        base: object = array
+        while isinstance(base, np.ndarray):
+            if id(base) in self._once:
+                return True
+            base = base.base
+        return False
 
     def __call__(self, array: np.ndarray) -> str:
         where = (array.__array_interface__["data"][0], array.shape, array.strides, array.dtype.str)
