@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import struct
 
 import numpy as np
@@ -11,14 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from webnet_magic import ops
+from webnet_magic import ops, protocol
 from webnet_magic.program import Program
-from webnet_magic.protocol import (
-    Assembler,
-    Message,
-    ProtocolError,
-    encode,
-)
+from webnet_magic.protocol import SPEC, Assembler, Message, ProtocolError, encode
+
+from .golden import CASES, check, python_outcome
 
 wire_dtypes = st.sampled_from(["float32", "int32", "uint32", "float16", "uint8"])
 arrays = wire_dtypes.flatmap(
@@ -89,79 +87,97 @@ def head_frame(header: object, payload: bytes = b"", raw_json: bytes | None = No
     return b"WN\x01\x00" + struct.pack("<II", 1, len(body)) + body + payload
 
 
-@pytest.mark.parametrize(
-    ("frame", "complaint"),
-    [
-        (b"WN\x01", "shorter than"),
-        (b"XX\x01\x00" + bytes(8), "does not start with b'WN'"),
-        (b"WN\x02\x00" + bytes(8), "protocol version 2"),
-        (b"WN\x01\x07" + bytes(8), "unknown frame kind"),
-        (b"WN\x01\x01" + struct.pack("<I", 5) + b"data", "unknown message 5"),
-        (b"WN\x01\x00" + struct.pack("<II", 1, 999) + b"{}", "does not hold"),
-        (head_frame(None, raw_json=b"{not json"), "not valid JSON"),
-        (head_frame(None, raw_json=b"\xff\xfe"), "not valid JSON"),
-        (
-            head_frame(None, raw_json=b'{"type": "pong", "fields": {"t": ' + b"9" * 5000 + b"}}"),
-            "not valid JSON",
-        ),
-        (head_frame(None, raw_json=b"[" * 100_000 + b"]" * 100_000), "not valid JSON"),
-        (head_frame([1, 2]), "must be an object"),
-        (head_frame({"type": "launch_missiles", "fields": {}}), "unknown message type"),
-        (head_frame({"type": "pong", "fields": {}}), "missing field 't'"),
-        (head_frame({"type": "pong", "fields": {"t": "soon"}}), "wrong type"),
-        (head_frame({"type": "pong", "fields": {"t": True}}), "wrong type"),
-        (
-            head_frame(
-                {
-                    "type": "result",
-                    "fields": {"job": "j", "timings": {}},
-                    "arrays": [{"dtype": "float64", "shape": [2]}],
-                }
-            ),
-            "cannot cross the wire",
-        ),
-        (
-            head_frame(
-                {
-                    "type": "result",
-                    "fields": {"job": "j", "timings": {}},
-                    "arrays": [{"dtype": "float32", "shape": [-1]}],
-                }
-            ),
-            "non-negative integers",
-        ),
-        (
-            head_frame({"type": "result", "fields": {"job": "j", "timings": {}}, "arrays": [{"dtype": ["f"]}]}),
-            "cannot cross the wire",
-        ),
-        (
-            head_frame(
-                {
-                    "type": "result",
-                    "fields": {"job": "j", "timings": {}},
-                    "arrays": [{"dtype": "uint8", "shape": [2]}],
-                },
-                b"abc",
-            ),
-            "more than the 2 bytes",
-        ),
-    ],
-)
-def test_malformed_frames_are_refused_with_a_reason(frame: bytes, complaint: str) -> None:
-    """Each way a frame can be wrong raises ProtocolError naming the problem."""
-    with pytest.raises(ProtocolError, match=complaint):
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_python_reads_writes_and_refuses_the_golden_frames(case: dict) -> None:
+    """Each golden frame decodes to its meaning (and that meaning encodes to the same bytes), or is
+    refused with its reason, exactly as the page's protocol.js must (tests/test_protocol_page.py)."""
+    check(case, python_outcome(case))
+
+
+def test_python_constants_are_the_specs() -> None:
+    """Every constant the two sides share is the one in protocol.json, close codes included."""
+    assert (protocol.VERSION, protocol.MAGIC.decode()) == (SPEC["version"], SPEC["magic"])
+    assert SPEC["frameKinds"] == {"HEAD": protocol.HEAD, "DATA": protocol.DATA}
+    named = {
+        "DEFAULT_CHUNK": "defaultChunk",
+        "MAX_CHUNK": "maxChunk",
+        "MAX_HEAD_JSON": "maxHeadJson",
+        "MAX_FRAME": "maxFrame",
+        "MAX_MESSAGE_BYTES": "maxMessageBytes",
+        "MAX_RANK": "maxRank",
+        "MAX_PENDING": "maxPending",
+    }
+    assert {name: getattr(protocol, name) for name in named} == {name: SPEC[key] for name, key in named.items()}
+    assert {name: getattr(protocol, f"CLOSE_{name}") for name in SPEC["close"]} == SPEC["close"]
+    assert {name: dtype.itemsize for name, dtype in protocol.WIRE_DTYPES.items()} == SPEC["dtypes"]
+    assert set(protocol.SCHEMA) == set(SPEC["messages"])
+    assert Assembler().max_pending == SPEC["maxPending"]
+
+
+def test_deeply_nested_json_is_refused() -> None:
+    """A header nested 100,000 deep is refused as bad JSON, not a crash (the page refuses it too,
+    with a reason of its own: JavaScript's parser is not recursive, so this case is not golden)."""
+    frame = head_frame(None, raw_json=b"[" * 100_000 + b"]" * 100_000)
+    with pytest.raises(ProtocolError, match="not valid JSON"):
         Assembler().feed(frame)
 
 
+def test_a_frame_over_the_cap_is_refused_unread() -> None:
+    """A frame longer than MAX_FRAME is refused before its header is read."""
+    with pytest.raises(ProtocolError, match=f"over the {protocol.MAX_FRAME}-byte limit"):
+        Assembler().feed(b"WN\x01\x01" + bytes(protocol.MAX_FRAME - 3))
+
+
+def test_a_header_over_the_cap_is_not_sent() -> None:
+    """The sender refuses a header the receiver would refuse."""
+    message = Message("error", {"job": "j", "kind": "x", "message": "m" * protocol.MAX_HEAD_JSON})
+    with pytest.raises(ProtocolError, match=f"over the {protocol.MAX_HEAD_JSON}-byte limit"):
+        next(encode(message, 1))
+
+
+dimensions = st.one_of(
+    st.integers(min_value=-3, max_value=2**70),
+    st.integers(min_value=0, max_value=40),
+    st.floats(allow_nan=False, allow_infinity=False, min_value=-1, max_value=2**64),
+    st.booleans(),
+    st.text(max_size=3),
+    st.none(),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    wire_dtypes | st.sampled_from(["float64", "", "toString"]),
+    st.lists(dimensions, max_size=80) | st.integers() | st.none(),
+)
+def test_any_declared_shape_is_refused_or_read_exactly(dtype: str, shape: object) -> None:
+    """Whatever shape a peer declares, the header is refused with a ProtocolError (never another error)
+    or read as an array of exactly that shape, at most MAX_RANK dimensions and MAX_MESSAGE_BYTES."""
+    header = {"type": "result", "fields": {"job": "j", "timings": {}}, "arrays": [{"dtype": dtype, "shape": shape}]}
+    assembler = Assembler()
+    try:
+        message = assembler.feed(head_frame(header))
+    except ProtocolError:
+        return
+    assert isinstance(shape, list) and len(shape) <= protocol.MAX_RANK
+    dims = tuple(int(d) for d in shape)
+    nbytes = math.prod(dims) * np.dtype(dtype).itemsize
+    assert nbytes <= protocol.MAX_MESSAGE_BYTES
+    if nbytes:  # still waiting for its data
+        assert message is None and assembler.pending == 1
+    else:
+        assert message is not None and message.arrays[0].shape == dims
+
+
 def test_declared_sizes_are_checked_before_memory_is_reserved() -> None:
-    """A header declaring a terabyte is refused at once, without allocating it."""
+    """A header declaring a gigabyte is refused at once, without allocating it."""
     header = {
         "type": "result",
         "fields": {"job": "j", "timings": {}},
-        "arrays": [{"dtype": "uint8", "shape": [2**40]}],
+        "arrays": [{"dtype": "uint8", "shape": [2**15, 2**15]}],
     }
-    with pytest.raises(ProtocolError, match=r"'result' message of 1099511627776 bytes; at most 1073741824"):
-        Assembler(budget=lambda type_, fields: 2**30).feed(head_frame(header))
+    with pytest.raises(ProtocolError, match=r"'result' message of 1073741824 bytes; at most 1048576"):
+        Assembler(budget=lambda type_, fields: 2**20).feed(head_frame(header))
 
 
 def test_the_budget_sees_the_type_and_fields_of_each_message() -> None:
@@ -205,7 +221,8 @@ def test_a_result_must_match_the_programs_outputs() -> None:
         (lambda f: f["buffers"].__setitem__(0, {"size": 3}), "multiples of 4"),
         (lambda f: f["steps"][0].__setitem__("bindings", [0, 1, 9, 3]), "does not exist"),
         (lambda f: f["steps"][0].__setitem__("workgroups", [0, 1, 1]), "must be >= 1"),
-        (lambda f: f["outputs"][0].__setitem__("shape", [10**6, 10**6]), "larger than buffer"),
+        (lambda f: f["outputs"][0].__setitem__("shape", [100, 100]), "larger than buffer"),
+        (lambda f: f["outputs"][0].__setitem__("shape", [0, 2**62]), "dimension over"),
         (lambda f: f["kernels"].__setitem__(next(iter(f["kernels"])), {"source": "tampered"}), "hash"),
         (lambda f: f["steps"][0].__setitem__("kernel", "nope"), "malformed"),
     ],

@@ -2,7 +2,11 @@
 
 Nothing here touches a socket (the "sans-I/O" design of python-websockets): the
 broker, the native worker and the tests all feed bytes in and get messages out,
-and ``js/protocol.js`` implements the same layout for the browser worker.
+and ``js/protocol.js`` implements the same layout for the browser worker.  Every
+constant both sides share (version, frame kinds, close codes, size caps, dtypes,
+the fields of each message) comes from one file, ``protocol.json``, which this
+module reads and the broker serves to the page; ``tests/golden_frames`` holds
+frames that both sides must decode, encode and refuse alike.
 
 A *message* is a type, a small JSON object of fields, and zero or more arrays.
 Array bytes never go through JSON: they travel raw, little-endian, after the
@@ -32,48 +36,51 @@ from typing import Any
 
 import numpy as np
 
-VERSION = 1
-MAGIC = b"WN"
-HEAD, DATA = 0, 1
-DEFAULT_CHUNK = 4 * 1024 * 1024
-#: The largest chunk either side may send; a receiver accepts frames up to MAX_FRAME bytes.
-MAX_CHUNK = 16 * 1024 * 1024
-MAX_HEAD_JSON = 1024 * 1024
-MAX_FRAME = 16 + MAX_HEAD_JSON + MAX_CHUNK
-#: The most payload one message may carry; larger work is split before it is sent.
-MAX_MESSAGE_BYTES = 2**31 - 1
+from ._assets import static_dir
 
-#: WebSocket close codes both workers act on.
-CLOSE_GOING_AWAY = 1001  # the broker stopped: do not reconnect
-CLOSE_PROTOCOL = 1002  # a malformed frame or message
-CLOSE_BAD_TOKEN = 4003  # wrong or missing session token: do not reconnect; tell the user
-CLOSE_SILENT = 4008  # heartbeats stopped; the side that closes expects the other to reconnect
-CLOSE_TRY_LATER = 1013  # too many connections: reconnect later
+#: The protocol's one definition, shared with the browser worker (``js/protocol.json``).
+SPEC: Mapping[str, Any] = json.loads((static_dir() / "protocol.json").read_text("utf-8"))
+
+VERSION: int = SPEC["version"]
+MAGIC: bytes = SPEC["magic"].encode("ascii")
+HEAD: int = SPEC["frameKinds"]["HEAD"]
+DATA: int = SPEC["frameKinds"]["DATA"]
+DEFAULT_CHUNK: int = SPEC["defaultChunk"]
+#: The largest chunk either side may send; a receiver accepts frames up to MAX_FRAME bytes.
+MAX_CHUNK: int = SPEC["maxChunk"]
+MAX_HEAD_JSON: int = SPEC["maxHeadJson"]
+MAX_FRAME: int = SPEC["maxFrame"]
+#: The most payload one message (and one array) may carry; larger work is split before it is sent.
+MAX_MESSAGE_BYTES: int = SPEC["maxMessageBytes"]
+#: The most dimensions an array may have (numpy 1's own limit).
+MAX_RANK: int = SPEC["maxRank"]
+MAX_PENDING: int = SPEC["maxPending"]
+
+#: WebSocket close codes both workers act on (their meanings are in the spec's comment).
+CLOSE_GOING_AWAY: int = SPEC["close"]["GOING_AWAY"]  # the broker stopped: do not reconnect
+CLOSE_PROTOCOL: int = SPEC["close"]["PROTOCOL"]  # a malformed frame or message
+CLOSE_BAD_TOKEN: int = SPEC["close"]["BAD_TOKEN"]  # wrong or missing session token: tell the user
+CLOSE_SILENT: int = SPEC["close"]["SILENT"]  # heartbeats stopped; the closer expects a reconnect
+CLOSE_TRY_LATER: int = SPEC["close"]["TRY_LATER"]  # too many connections: reconnect later
 
 _PREFIX = struct.Struct("<2sBBI")  # magic, version, kind, message id
 _JSON_LEN = struct.Struct("<I")
 
 #: dtypes that cross the wire: what WGSL can hold (f32, i32, u32, f16) plus raw bytes.
-WIRE_DTYPES: Mapping[str, np.dtype] = {
-    name: np.dtype(name).newbyteorder("<") for name in ("float32", "int32", "uint32", "float16", "uint8")
+WIRE_DTYPES: Mapping[str, np.dtype] = {name: np.dtype(name).newbyteorder("<") for name in SPEC["dtypes"]}
+
+_JSON_TYPES: Mapping[str, type | tuple[type, ...]] = {
+    "string": str,
+    "boolean": bool,
+    "number": (int, float),
+    "object": dict,
+    "array": list,
 }
 
 #: Fields each message type must carry, with their JSON types.  Extra fields are allowed
 #: (newer peers may add some); missing or mistyped ones are a protocol error.
 SCHEMA: Mapping[str, Mapping[str, type | tuple[type, ...]]] = {
-    # worker -> broker
-    "hello": {"runtime": str, "name": str, "webgpu": bool, "adapter": dict, "limits": dict},
-    "result": {"job": str, "timings": dict},
-    "error": {"job": str, "kind": str, "message": str},
-    "pong": {"t": (int, float)},  # echoes its ping's fields and arrays
-    "cache": {"key": str, "held": list, "pinned": list},  # what a worker keeps, answering a put / free of key
-    # broker -> worker
-    "welcome": {"device": str, "heartbeat": (int, float)},
-    "job": {"job": str, "kernels": dict, "buffers": list, "steps": list, "outputs": list},
-    "cancel": {"job": str},
-    "ping": {"t": (int, float)},
-    "put": {"key": str, "pin": bool},  # keep this message's one array under key
-    "free": {"key": str},
+    type_: {name: _JSON_TYPES[kind] for name, kind in fields.items()} for type_, fields in SPEC["messages"].items()
 }
 
 
@@ -98,7 +105,7 @@ def validate_fields(type_: str, fields: Mapping[str, Any]) -> None:
     try:
         schema = SCHEMA[type_]
     except KeyError:
-        raise ProtocolError(f"unknown message type {type_!r}") from None
+        raise ProtocolError(f"unknown message type {json.dumps(type_)[:60]}") from None
     for name, kind in schema.items():
         if name not in fields:
             raise ProtocolError(f"{type_!r} message is missing field {name!r}")
@@ -107,15 +114,57 @@ def validate_fields(type_: str, fields: Mapping[str, Any]) -> None:
             raise ProtocolError(f"{type_!r} message field {name!r} has the wrong type")
 
 
-def array_nbytes(dtype: str, shape: Sequence[int]) -> int:
-    """Bytes of an array of ``dtype`` and ``shape`` as described by a peer (validated)."""
+def array_spec(dtype: Any, shape: Any) -> tuple[np.dtype, tuple[int, ...]]:
+    """The dtype and shape of an array as a peer described it, checked before anything is allocated.
+
+    A shape is at most :data:`MAX_RANK` integers, each in ``[0, MAX_MESSAGE_BYTES]``, and the array at
+    most :data:`MAX_MESSAGE_BYTES` bytes: so ``[0, 2**62]`` or 70 dimensions are refused here, with a
+    reason, rather than failing later in numpy.  JSON has one kind of number, so ``2.0`` is the
+    dimension 2, as JavaScript reads it too.
+    """
     if not isinstance(dtype, str) or dtype not in WIRE_DTYPES:
-        raise ProtocolError(f"dtype {dtype!r} cannot cross the wire (allowed: {sorted(WIRE_DTYPES)})")
-    if not isinstance(shape, list | tuple) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-    ):
-        raise ProtocolError(f"array shape {shape!r} is not a list of non-negative integers")
-    return math.prod(shape) * WIRE_DTYPES[dtype].itemsize
+        raise ProtocolError(f"dtype {json.dumps(dtype)[:40]} cannot cross the wire (allowed: {sorted(WIRE_DTYPES)})")
+    if not isinstance(shape, list | tuple) or not all(_is_dimension(d) for d in shape):
+        text = json.dumps(shape, separators=(",", ":"), default=repr)[:100]
+        raise ProtocolError(f"array shape {text} is not a list of non-negative integers")
+    if len(shape) > MAX_RANK:
+        raise ProtocolError(f"array shape has {len(shape)} dimensions; at most {MAX_RANK} are allowed")
+    dims = tuple(int(d) for d in shape)
+    text = json.dumps(dims, separators=(",", ":"))
+    if any(d > MAX_MESSAGE_BYTES for d in dims):
+        raise ProtocolError(f"array shape {text} has a dimension over {MAX_MESSAGE_BYTES}")
+    if math.prod(dims) * WIRE_DTYPES[dtype].itemsize > MAX_MESSAGE_BYTES:
+        raise ProtocolError(f"a {dtype} array of shape {text} holds more than {MAX_MESSAGE_BYTES} bytes")
+    return WIRE_DTYPES[dtype], dims
+
+
+def array_nbytes(dtype: Any, shape: Any) -> int:
+    """Bytes of an array of ``dtype`` and ``shape`` as described by a peer (checked by :func:`array_spec`)."""
+    wire_dtype, dims = array_spec(dtype, shape)
+    return math.prod(dims) * wire_dtype.itemsize
+
+
+def _is_dimension(d: Any) -> bool:
+    if isinstance(d, bool) or not isinstance(d, int | float):
+        return False
+    return d >= 0 and (isinstance(d, int) or d.is_integer())
+
+
+def _json_integer(text: str) -> int | float:
+    """A JSON integer as JavaScript reads it where that matters: one beyond a double's range is infinite
+    (so a 400-digit kernel time is dropped as not finite, on either side, rather than kept exactly)."""
+    value = float(text)
+    return int(text) if math.isfinite(value) else value
+
+
+def _json_constant(text: str) -> float:
+    raise ValueError(f"{text} is not JSON")
+
+
+def _parse_header(data: bytes) -> Any:
+    """The header's JSON as the page's JSON.parse reads it: strict UTF-8 (no byte-order mark, no
+    UTF-16, which Python's own json.loads would take), no NaN or Infinity, numbers as doubles hold them."""
+    return json.loads(data.decode("utf-8"), parse_int=_json_integer, parse_constant=_json_constant)
 
 
 def _wire_array(a: np.ndarray) -> np.ndarray:
@@ -135,6 +184,8 @@ def encode(message: Message, message_id: int, chunk_size: int = DEFAULT_CHUNK) -
     if not 0 < chunk_size <= MAX_CHUNK:
         raise ValueError(f"chunk_size must be between 1 and {MAX_CHUNK}")
     arrays = [_wire_array(a) for a in message.arrays]
+    for a in arrays:
+        array_spec(a.dtype.name, list(a.shape))
     head = {
         "type": message.type,
         "fields": dict(message.fields),
@@ -142,7 +193,7 @@ def encode(message: Message, message_id: int, chunk_size: int = DEFAULT_CHUNK) -
     }
     head_json = json.dumps(head, separators=(",", ":"), allow_nan=False).encode()
     if len(head_json) > MAX_HEAD_JSON:
-        raise ProtocolError(f"message header is {len(head_json)} bytes; the limit is {MAX_HEAD_JSON}")
+        raise ProtocolError(f"message header of {len(head_json)} bytes is over the {MAX_HEAD_JSON}-byte limit")
     head_prefix = _PREFIX.pack(MAGIC, VERSION, HEAD, message_id) + _JSON_LEN.pack(len(head_json)) + head_json
     data_prefix = _PREFIX.pack(MAGIC, VERSION, DATA, message_id)
     views = [a.data.cast("B") for a in arrays if a.nbytes]
@@ -193,7 +244,7 @@ class Assembler:
     knows what it asked for (the broker knows each job's outputs) allows exactly that.
     """
 
-    def __init__(self, budget: Budget | None = None, max_pending: int = 8) -> None:
+    def __init__(self, budget: Budget | None = None, max_pending: int = MAX_PENDING) -> None:
         self.budget: Budget = budget or (lambda type_, fields: MAX_MESSAGE_BYTES)
         self.max_pending = max_pending
         self._pending: dict[int, _Partial] = {}
@@ -208,9 +259,11 @@ class Assembler:
         frame = memoryview(frame).cast("B")
         if len(frame) < _PREFIX.size:
             raise ProtocolError(f"frame of {len(frame)} bytes is shorter than the {_PREFIX.size}-byte prefix")
+        if len(frame) > MAX_FRAME:
+            raise ProtocolError(f"frame of {len(frame)} bytes is over the {MAX_FRAME}-byte limit")
         magic, version, kind, message_id = _PREFIX.unpack_from(frame)
         if magic != MAGIC:
-            raise ProtocolError("frame does not start with b'WN'; is this a webnet worker?")
+            raise ProtocolError(f"frame does not start with {SPEC['magic']!r}; is this a webnet peer?")
         if version != VERSION:
             raise ProtocolError(f"protocol version {version}, this side speaks {VERSION}; upgrade webnet_magic")
         body = frame[_PREFIX.size :]
@@ -244,11 +297,13 @@ class Assembler:
         if len(body) < _JSON_LEN.size:
             raise ProtocolError("head frame is too short to hold its header length")
         (json_len,) = _JSON_LEN.unpack_from(body)
-        if json_len > MAX_HEAD_JSON or _JSON_LEN.size + json_len > len(body):
+        if json_len > MAX_HEAD_JSON:
+            raise ProtocolError(f"message header of {json_len} bytes is over the {MAX_HEAD_JSON}-byte limit")
+        if _JSON_LEN.size + json_len > len(body):
             raise ProtocolError(f"head frame declares a {json_len}-byte header it does not hold")
         try:
-            head = json.loads(bytes(body[_JSON_LEN.size : _JSON_LEN.size + json_len]))
-        except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, huge integers, deep nesting
+            head = _parse_header(bytes(body[_JSON_LEN.size : _JSON_LEN.size + json_len]))
+        except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, NaN, deep nesting
             raise ProtocolError(f"message header is not valid JSON: {str(exc)[:200]}") from None
         if not isinstance(head, dict) or not isinstance(head.get("type"), str):
             raise ProtocolError("message header must be an object with a string 'type'")
@@ -256,13 +311,12 @@ class Assembler:
         if not isinstance(fields, dict) or not isinstance(arrays, list):
             raise ProtocolError("message header 'fields' must be an object and 'arrays' a list")
         validate_fields(head["type"], fields)
-        specs, total = [], 0
+        specs = []
         for spec in arrays:
             if not isinstance(spec, dict):
                 raise ProtocolError("each entry of 'arrays' must be an object")
-            dtype, shape = spec.get("dtype"), spec.get("shape")
-            total += array_nbytes(dtype, shape)  # type: ignore[arg-type]
-            specs.append((WIRE_DTYPES[dtype], tuple(shape)))  # type: ignore[index, arg-type]
+            specs.append(array_spec(spec.get("dtype"), spec.get("shape")))
+        total = sum(math.prod(shape) * dtype.itemsize for dtype, shape in specs)
         allowed = self.budget(head["type"], fields)
         if total > allowed:
             raise ProtocolError(f"{head['type']!r} message of {total} bytes; at most {allowed} were expected")
