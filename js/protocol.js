@@ -53,17 +53,18 @@ export function arrayBytes(dtype, shape) {
   if (typeof dtype !== "string" || !has(SPEC.dtypes, dtype)) {
     throw new ProtocolError(`dtype ${JSON.stringify(dtype)} cannot cross the wire`);
   }
-  if (!Array.isArray(shape) || !shape.every((d) => Number.isInteger(d) && d >= 0)) {
+  // A dimension too large for a double reads as Infinity: over the cap below, as in Python.
+  if (!Array.isArray(shape) || !shape.every((d) => (Number.isInteger(d) || d === Infinity) && d >= 0)) {
     const text = String(JSON.stringify(shape)).slice(0, 100);
     throw new ProtocolError(`array shape ${text} is not a list of non-negative integers`);
   }
   if (shape.length > MAX_RANK) {
     throw new ProtocolError(`array shape has ${shape.length} dimensions; at most ${MAX_RANK} are allowed`);
   }
-  const text = JSON.stringify(shape);
   if (shape.some((d) => d > MAX_MESSAGE_BYTES)) {
-    throw new ProtocolError(`array shape ${text} has a dimension over ${MAX_MESSAGE_BYTES}`);
+    throw new ProtocolError(`array shape has a dimension over ${MAX_MESSAGE_BYTES}`);
   }
+  const text = JSON.stringify(shape);
   if (shape.includes(0)) return 0;
   let nbytes = SPEC.dtypes[dtype];
   for (const d of shape) {

@@ -129,10 +129,10 @@ def array_spec(dtype: Any, shape: Any) -> tuple[np.dtype, tuple[int, ...]]:
         raise ProtocolError(f"array shape {text} is not a list of non-negative integers")
     if len(shape) > MAX_RANK:
         raise ProtocolError(f"array shape has {len(shape)} dimensions; at most {MAX_RANK} are allowed")
+    if any(d > MAX_MESSAGE_BYTES for d in shape):
+        raise ProtocolError(f"array shape has a dimension over {MAX_MESSAGE_BYTES}")
     dims = tuple(int(d) for d in shape)
     text = json.dumps(dims, separators=(",", ":"))
-    if any(d > MAX_MESSAGE_BYTES for d in dims):
-        raise ProtocolError(f"array shape {text} has a dimension over {MAX_MESSAGE_BYTES}")
     if math.prod(dims) * WIRE_DTYPES[dtype].itemsize > MAX_MESSAGE_BYTES:
         raise ProtocolError(f"a {dtype} array of shape {text} holds more than {MAX_MESSAGE_BYTES} bytes")
     return WIRE_DTYPES[dtype], dims
@@ -145,14 +145,14 @@ def array_nbytes(dtype: Any, shape: Any) -> int:
 
 
 def _is_dimension(d: Any) -> bool:
+    """A JSON number that is a whole number, or too large for a double (JavaScript's Infinity), >= 0."""
     if isinstance(d, bool) or not isinstance(d, int | float):
         return False
-    return d >= 0 and (isinstance(d, int) or d.is_integer())
+    return d >= 0 and (isinstance(d, int) or d.is_integer() or d == math.inf)
 
 
 def _json_integer(text: str) -> int | float:
-    """A JSON integer as JavaScript reads it where that matters: one beyond a double's range is infinite
-    (so a 400-digit kernel time is dropped as not finite, on either side, rather than kept exactly)."""
+    """An integer Python's ``int()`` will not read (over 4300 digits) as JavaScript reads it: infinite."""
     value = float(text)
     return int(text) if math.isfinite(value) else value
 
@@ -163,8 +163,13 @@ def _json_constant(text: str) -> float:
 
 def _parse_header(data: bytes) -> Any:
     """The header's JSON as the page's JSON.parse reads it: strict UTF-8 (no byte-order mark, no
-    UTF-16, which Python's own json.loads would take), no NaN or Infinity, numbers as doubles hold them."""
-    return json.loads(data.decode("utf-8"), parse_int=_json_integer, parse_constant=_json_constant)
+    UTF-16, which Python's own json.loads would take), no NaN or Infinity, and no integer refused for
+    its length (read a second time, with :func:`_json_integer`, only when the first reading fails)."""
+    text = data.decode("utf-8")
+    try:
+        return json.loads(text, parse_constant=_json_constant)
+    except ValueError:
+        return json.loads(text, parse_int=_json_integer, parse_constant=_json_constant)
 
 
 def _wire_array(a: np.ndarray) -> np.ndarray:
