@@ -31,6 +31,14 @@ def wait_until(condition: Callable[[], object], timeout: float = 30.0, what: str
         time.sleep(0.05)
 
 
+def settle(broker: BrokerThread) -> None:
+    """Let the broker's loop run what is queued on it, and the callbacks that sets off (a task's
+    future settling): then what the broker decided about an event is in its state and futures, so
+    a test can check that something did *not* happen without waiting a while for it."""
+    for _ in range(2):
+        broker.call(lambda: None)
+
+
 @pytest.fixture
 def broker() -> Iterator[BrokerThread]:
     """A broker on 127.0.0.1, port 0, with fast heartbeats so silence is noticed within a second."""

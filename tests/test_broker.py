@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import socket
 import threading
-import time
 import urllib.request
 
 import numpy as np
@@ -28,7 +27,7 @@ from webnet_magic.protocol import (
     encode,
 )
 
-from .conftest import wait_until
+from .conftest import settle, wait_until
 from .peers import HELLO, Peer, answering, connect, result, say_hello, send, small_program
 
 
@@ -201,7 +200,7 @@ def test_a_device_that_ignores_a_cancel_is_dropped(broker: BrokerThread, peers: 
 def test_a_queued_job_fails_when_the_device_that_joins_cannot_hold_it(broker: BrokerThread, peers: list[Peer]) -> None:
     """Waiting for a device, then one joins whose limits are too small: the job fails, naming the limit."""
     handle = broker.submit(ops.plan("matmul", np.ones((64, 64), np.float32), np.ones((64, 64), np.float32)).program)
-    time.sleep(0.2)
+    settle(broker)
     assert not handle.future.done()
     peers.append(Peer(broker, limits={"maxStorageBufferBindingSize": 1024, "maxBufferSize": 1024}))
     with pytest.raises(DeviceLimitError, match="16384, above device d1's maxStorageBufferBindingSize of 1024"):

@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 
 from webnet_magic import ops
+from webnet_magic._assets import static_dir
 from webnet_magic.broker.thread import BrokerThread
 from webnet_magic.client import session as sessions
 from webnet_magic.errors import WorkerError
 from webnet_magic.program import Buffer, Kernel, Program, Step
+from webnet_magic.testing.linkrelay import LOOPBACK, LinkRelay
 
 from .conftest import wait_until
 
@@ -65,50 +67,85 @@ def test_the_magic_runs_on_the_browser_worker(page, shell) -> None:
 
 
 def test_a_compile_error_names_the_wgsl_line(page, broker: BrokerThread) -> None:
-    """The browser's compilation info (line:column) comes back as WorkerError within seconds."""
+    """The browser's compilation info (line:column) comes back as WorkerError, the page's own answer."""
     open_worker(page, broker.url, broker)
     kernel = Kernel("@compute @workgroup_size(1)\nfn main() { let x: f32 = true; }")
-    started = time.monotonic()
     with pytest.raises(WorkerError, match=r"compile error: line 2:") as info:
         broker.submit(Program((), (Buffer(4),), (Step(kernel, (0,), (1, 1, 1)),), ())).future.result(30)
-    assert info.value.kind == "compile" and time.monotonic() - started < 3
+    assert info.value.kind == "compile"
     assert status(page) == "Ready"
 
 
-def test_closing_the_page_mid_job_sends_the_job_to_the_next_page(chromium, page, broker: BrokerThread) -> None:
-    """A tab closed while its job runs: the job is queued again at once and runs on the page opened next."""
-    open_worker(page, broker.url, broker)
-    x = np.ones((1024, 1024), np.float32)
-    plan = ops.plan("matmul", x, x)
-    handle = broker.submit(plan.program)
-    page.wait_for_function("window.webnet.status === 'running'")
-    page.close()
-    wait_until(lambda: handle.progress.state == "queued", 2, "the job to go back to the queue")
-    assert "disconnected" in handle.progress.failures[0]
-    context = chromium.new_context()
+def test_closing_the_page_mid_job_sends_the_job_to_the_next_page(chromium, page) -> None:
+    """A tab closed before its job's answer gets through (held in a relay): the job is queued again at
+    once, not after the silence limit, and runs on the page opened next."""
+    broker = BrokerThread(calibrate=False).start()  # 30 s of silence before a held page counts as lost
     try:
-        context.new_page().goto(broker.url)
-        (c,) = plan.finish(handle.future.result(60))
-        assert c[0, 0] == 1024 and handle.progress.device == "d2"
+        with LinkRelay(broker.port, LOOPBACK) as relay:
+            open_worker(page, relay.url(broker.url), broker)
+            x = np.ones((64, 64), np.float32)
+            plan = ops.plan("matmul", x, x)
+            relay.hold("up")
+            handle = broker.submit(plan.program)
+            wait_until(lambda: relay.waiting("up") >= plan.program.output_bytes, 60, "the page's answer")
+            page.close()
+            wait_until(lambda: handle.progress.state == "queued", 20, "the job to go back to the queue")
+        assert "disconnected" in handle.progress.failures[0]
+        context = chromium.new_context()
+        try:
+            context.new_page().goto(broker.url)
+            (c,) = plan.finish(handle.future.result(60))
+            assert c[0, 0] == 64 and handle.progress.device == "d2"
+        finally:
+            context.close()
     finally:
-        context.close()
+        broker.stop()
 
 
-def test_a_lost_gpu_device_is_retried_once_the_page_recovers(page, broker: BrokerThread) -> None:
-    """GPUDevice.destroy() mid-job: the page reports it, gets a new device, and the job runs again there."""
-    open_worker(page, broker.url, broker)
-    x = np.ones((768, 768), np.float32)
-    plan = ops.plan("matmul", x, x)
-    handle = broker.submit(plan.program)
-    page.wait_for_function("window.webnet.status === 'running'")
-    page.evaluate("window.webnetWorker.gpu.device.destroy()")
-    (c,) = plan.finish(handle.future.result(60))
-    assert c[0, 0] == 768
-    assert handle.progress.attempts >= 2 and "device-lost" in handle.progress.failures[0]
-    page.wait_for_function("window.webnet.status === 'idle'", timeout=15_000)
-    a = np.arange(6, dtype=np.float32).reshape(2, 3)
-    plan = ops.plan("matmul", a, a.T)
-    np.testing.assert_allclose(plan.finish(broker.submit(plan.program).future.result(30))[0], a @ a.T)
+def test_a_lost_gpu_device_is_retried_once_the_page_recovers(page) -> None:
+    """GPUDevice.destroy() while the page runs a job: the page reports it, gets a new device, and the job
+    runs again there.  The debugger stops the page inside the job (so the job cannot end first), and
+    the relay holds the retry until the page has its new device (so it cannot find the page without one)."""
+    broker = BrokerThread(calibrate=False).start()  # 3 s heartbeats: the page waits 30 s for a silent broker
+    try:
+        with LinkRelay(broker.port, LOOPBACK) as relay:
+            open_worker(page, relay.url(broker.url), broker)
+            debugger = page.context.new_cdp_session(page)
+            debugger.send("Debugger.enable")
+            paused: list[dict] = []
+            debugger.on("Debugger.paused", lambda event: paused.append(event))
+            dispatch = source_line("gpu.js", "device.queue.submit([encoder")
+            stop = {"urlRegex": r"/gpu\.js(\?.*)?$", "lineNumber": dispatch}
+            breakpoint = debugger.send("Debugger.setBreakpointByUrl", stop)["breakpointId"]
+            x = np.ones((64, 64), np.float32)
+            plan = ops.plan("matmul", x, x)
+            handle = broker.submit(plan.program)
+            deadline = time.monotonic() + 60
+            while not paused and time.monotonic() < deadline:
+                page.wait_for_timeout(20)  # (lets Playwright hear the debugger's event)
+            assert paused, "the page did not reach the job's dispatch"
+            relay.hold("down")
+            frame = paused[0]["callFrames"][0]["callFrameId"]
+            debugger.send("Debugger.evaluateOnCallFrame", {"callFrameId": frame, "expression": "device.destroy()"})
+            debugger.send("Debugger.removeBreakpoint", {"breakpointId": breakpoint})
+            debugger.send("Debugger.resume")
+            wait_until(lambda: handle.progress.failures, 30, "the page to report its lost device")
+            page.wait_for_function("window.webnet.status === 'idle'", timeout=30_000)  # with its new device
+            relay.release("down")
+            (c,) = plan.finish(handle.future.result(60))
+            assert c[0, 0] == 64
+            assert handle.progress.attempts == 2 and "device-lost" in handle.progress.failures[0]
+            a = np.arange(6, dtype=np.float32).reshape(2, 3)
+            plan = ops.plan("matmul", a, a.T)
+            np.testing.assert_allclose(plan.finish(broker.submit(plan.program).future.result(30))[0], a @ a.T)
+    finally:
+        broker.stop()
+
+
+def source_line(name: str, text: str) -> int:
+    """The (0-based) line of the worker page's script ``name`` where ``text`` first appears."""
+    lines = (static_dir() / name).read_text().splitlines()
+    return next(i for i, line in enumerate(lines) if text in line)
 
 
 def test_an_insecure_page_says_webgpu_needs_https_and_the_notebook_hears_it(page, broker: BrokerThread) -> None:

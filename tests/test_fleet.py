@@ -8,7 +8,6 @@ with the right answer, or with an error that says what failed where.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -19,7 +18,7 @@ from webnet_magic.broker.thread import BrokerThread
 from webnet_magic.errors import VerificationFailed, WorkerLost
 from webnet_magic.protocol import Message
 
-from .conftest import wait_until
+from .conftest import settle, wait_until
 from .peers import Peer, answering, result, send, small_program
 
 RIGHT = np.full((4, 2), 3, np.float32)  # small_program's answer
@@ -105,7 +104,7 @@ def test_a_device_that_reconnects_with_its_secret_comes_back_as_itself(broker: B
     wait_until(lambda: len(first.jobs) == 2, 5, "the second task to reach d1")
     first.stop()
     wait_until(lambda: broker.devices() == [], 5, "d1 to be gone")
-    time.sleep(0.3)
+    settle(broker)
     assert not handle.future.done()  # waiting for d1, not failed
 
     secret = first.welcome.fields["resume"]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from webnet_magic.client import session as sessions
+from webnet_magic.testing.linkrelay import LOOPBACK, LinkRelay
 
 from .conftest import Workers, wait_until
 from .peers import Peer, result, send
@@ -94,21 +95,27 @@ def test_bad_input_is_one_line_and_leaves_the_output_untouched(started, capsys, 
     assert sessions.current().devices()[0]["jobs_done"] == 0
 
 
-def test_a_worker_lost_mid_job_with_none_to_replace_it_times_out_and_binds_nothing(started, workers: Workers) -> None:
-    """Killing the only worker: the job waits for another device, then the timeout names what failed."""
+def test_a_worker_lost_mid_job_with_none_to_replace_it_times_out_and_binds_nothing(shell, workers: Workers) -> None:
+    """Killing the only worker before its answer gets through: the job waits for another device, then
+    the timeout names the device it lost."""
+    assert run(shell, "%webnet start").success
     session = sessions.current()
-    run(started, "C = 'untouched'\nX = np.ones((1024, 1024), np.float32)")
+    with LinkRelay(session.broker.port, LOOPBACK) as relay:
+        workers.start(relay.url(session.url))
+        session.wait_for_devices(1, 60)
+        run(shell, "import numpy as np\nC = 'untouched'\nX = np.ones((64, 64), np.float32)")
+        relay.hold("up")  # the worker's answer waits in the relay: the job cannot finish before the kill
 
-    def kill_when_busy() -> None:
-        wait_until(lambda: session.devices() and session.devices()[0]["state"] == "busy", 30, "the job")
-        workers.processes[0].kill()
+        def kill_once_answered() -> None:
+            wait_until(lambda: relay.waiting("up") >= 64 * 64 * 4, 60, "the worker's answer")
+            workers.processes[0].kill()
 
-    killer = threading.Thread(target=kill_when_busy)
-    killer.start()
-    result = run(started, "%webnet matmul X X -> C --timeout 8")
-    killer.join()
-    assert type(result.error_in_exec).__name__ == "DeviceLost"
-    assert started.user_ns["C"] == "untouched"
+        killer = threading.Thread(target=kill_once_answered)
+        killer.start()
+        result = run(shell, "%webnet matmul X X -> C --timeout 8")
+        killer.join()
+    assert type(result.error_in_exec).__name__ == "DeviceLost", result.error_in_exec
+    assert shell.user_ns["C"] == "untouched"
 
 
 def test_a_job_beyond_the_devices_limits_is_refused_naming_the_limit(started) -> None:

@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import signal
-import time
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
 from webnet_magic import ops
-from webnet_magic.broker.thread import BrokerThread
+from webnet_magic.broker.thread import BrokerThread, TaskHandle
 from webnet_magic.errors import WorkerError
 from webnet_magic.program import Buffer, Kernel, Output, Program, Step
+from webnet_magic.testing.linkrelay import LOOPBACK, LinkRelay
 
 from .conftest import Workers, join_native, wait_until
+
+
+@pytest.fixture
+def patient_broker() -> Iterator[BrokerThread]:
+    """A broker with fast heartbeats that waits ten minutes for a silent worker: a test may hold
+    a worker's answers in a relay (which silences it) for as long as it acts on its job."""
+    thread = BrokerThread(heartbeat=0.2, silence_limit=600, calibrate=False).start()
+    yield thread
+    thread.stop()
 
 
 def test_a_native_worker_joins_with_its_adapter_and_limits(broker: BrokerThread, workers: Workers) -> None:
@@ -37,7 +47,8 @@ def test_matmul_of_any_shape_runs_on_the_native_worker(broker: BrokerThread, wor
 
 
 def test_a_wgsl_compile_error_comes_back_within_seconds(broker: BrokerThread, workers: Workers) -> None:
-    """The worker's compiler message (with line and column) reaches the notebook as WorkerError."""
+    """The worker's compiler message (with line and column) reaches the notebook as WorkerError, as the
+    worker's own answer (long before the job's lease would end)."""
     join_native(broker, workers)
     bad = Program(
         (),
@@ -45,41 +56,65 @@ def test_a_wgsl_compile_error_comes_back_within_seconds(broker: BrokerThread, wo
         (Step(Kernel("@compute @workgroup_size(1)\nfn main() { let x = ; }"), (0,), (1, 1, 1)),),
         (),
     )
-    started = time.monotonic()
     with pytest.raises(WorkerError, match=r"(?s)compile error.*wgsl:2:21") as info:
         broker.submit(bad).future.result(30)
     assert info.value.kind == "compile" and info.value.device == "d1"
-    assert time.monotonic() - started < 3
     assert broker.devices()[0]["state"] == "idle"  # the worker is fine and takes the next job
 
 
-def test_a_worker_killed_mid_job_hands_its_job_to_the_next_worker(broker: BrokerThread, workers: Workers) -> None:
-    """Killing the worker during a multi-second job queues the job again at once; the next worker runs it."""
-    join_native(broker, workers)
-    x = np.ones((1024, 1024), np.float32)
-    plan = ops.plan("matmul", x, x)  # several seconds on lavapipe
+@pytest.fixture
+def relay(patient_broker: BrokerThread) -> Iterator[LinkRelay]:
+    """A relay to ``patient_broker`` on loopback, for a test to hold a direction of (see LinkRelay.hold)."""
+    with LinkRelay(patient_broker.port, LOOPBACK) as made:
+        yield made
+
+
+def answer_held(relay: LinkRelay, handle: TaskHandle, nbytes: int) -> None:
+    """Wait until the worker has answered ``handle``'s job (``nbytes`` of outputs) and its answer
+    waits, whole, in the held relay."""
+    wait_until(lambda: relay.waiting("up") >= nbytes, 60, f"the answer to {handle.id} to be held")
+    assert not handle.future.done()
+
+
+def test_a_worker_killed_mid_job_hands_its_job_to_the_next_worker(
+    patient_broker: BrokerThread, relay: LinkRelay, workers: Workers
+) -> None:
+    """Killed before its answer gets through, the worker's job is queued again at once (not after the
+    silence limit); the next worker runs it."""
+    broker = patient_broker
+    workers.start(relay.url(broker.url))
+    wait_until(broker.devices, 60, "the worker to join")
+    x = np.ones((64, 64), np.float32)
+    plan = ops.plan("matmul", x, x)
+    relay.hold("up")  # its answer (and everything else it says) waits in the relay
     handle = broker.submit(plan.program)
-    wait_until(lambda: broker.devices()[0]["state"] == "busy", 10, "the job to start")
-    time.sleep(0.3)
+    answer_held(relay, handle, plan.program.output_bytes)
     workers.processes[0].send_signal(signal.SIGKILL)
-    wait_until(lambda: handle.progress.state == "queued", 2, "the job to go back to the queue")
+    wait_until(lambda: handle.progress.state == "queued", 30, "the job to go back to the queue")
     assert handle.progress.failures == ["d1 (" + handle.progress.failures[0].split("(", 1)[1]]
     assert handle.progress.failures[0].endswith("disconnected")
     workers.start(broker.url)
     (c,) = plan.finish(handle.future.result(120))
-    assert c[0, 0] == 1024 and handle.progress.attempts == 2 and handle.progress.device == "d2"
+    assert c[0, 0] == 64 and handle.progress.attempts == 2 and handle.progress.device == "d2"
 
 
 def test_a_cancelled_job_frees_the_worker_and_its_late_result_is_dropped(
-    broker: BrokerThread, workers: Workers
+    patient_broker: BrokerThread, relay: LinkRelay, workers: Workers
 ) -> None:
-    """After cancel, the device finishes, reports, and runs the next job correctly."""
-    join_native(broker, workers)
-    x = np.ones((512, 512), np.float32)
-    first = broker.submit(ops.plan("matmul", x, x).program)
-    wait_until(lambda: broker.devices()[0]["state"] == "busy", 10, "the job to start")
+    """Cancelled while its answer is on the way, the device stays busy until the answer arrives (and is
+    dropped), then runs the next job correctly."""
+    broker = patient_broker
+    workers.start(relay.url(broker.url))
+    wait_until(broker.devices, 60, "the worker to join")
+    x = np.ones((64, 64), np.float32)
+    relay.hold("up")
+    program = ops.plan("matmul", x, x).program
+    first = broker.submit(program)
+    answer_held(relay, first, program.output_bytes)
     broker.cancel(first.id)
     wait_until(first.future.cancelled, 5, "the cancellation")
+    assert broker.devices()[0]["state"] == "busy"  # until the device says it has dropped the job
+    relay.release("up")
     a, b = np.eye(3, dtype=np.float32), np.arange(9, dtype=np.float32).reshape(3, 3)
     plan = ops.plan("matmul", a, b)
     np.testing.assert_array_equal(plan.finish(broker.submit(plan.program).future.result(60))[0], b)
@@ -152,9 +187,7 @@ def test_a_local_worker_that_dies_is_reported_with_its_last_words(monkeypatch) -
     session = Session()
     try:
         session.local_worker("native")
-        started = time.monotonic()
         with pytest.raises(NoDeviceError, match=r"local native worker exited: status 1: .*no GPU adapter found"):
-            session.wait_for_devices(1, timeout=60)
-        assert time.monotonic() - started < 30
+            session.wait_for_devices(1, timeout=60)  # (the timeout would say "0 of 1 device(s) ready")
     finally:
         session.stop()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -13,20 +12,30 @@ from IPython.core.interactiveshell import InteractiveShell
 from webnet_magic.client import session as sessions
 from webnet_magic.client.session import Session, _targets
 from webnet_magic.ops import call, compile_graph
+from webnet_magic.testing.linkrelay import LOOPBACK, LinkRelay
 
 from .conftest import Workers, wait_until
 from .peers import Peer, sly
 
 
 @pytest.fixture
-def fleet(shell: InteractiveShell, workers: Workers) -> Iterator[Session]:
-    """The magic's session with two calibrated native workers, d1 three times slower than d2."""
+def link(shell: InteractiveShell) -> Iterator[LinkRelay]:
+    """The magic's session (``%webnet start``) and a relay to it on loopback, which a test may hold."""
     assert shell.run_cell("%webnet start").success
     session = sessions.current()
     assert session is not None
-    workers.start(session.url, "--name", "slow", "--slowdown", "3")
+    with LinkRelay(session.broker.port, LOOPBACK) as relay:
+        yield relay
+
+
+@pytest.fixture
+def fleet(shell: InteractiveShell, workers: Workers, link: LinkRelay) -> Iterator[Session]:
+    """The magic's session with two calibrated native workers behind ``link``, d1 three times slower than d2."""
+    session = sessions.current()
+    assert session is not None
+    workers.start(link.url(session.url), "--name", "slow", "--slowdown", "3")
     wait_until(lambda: [d for d in session.devices() if d["gflops"]], 60, "d1 to calibrate")
-    workers.start(session.url, "--name", "fast")
+    workers.start(link.url(session.url), "--name", "fast")
     wait_until(lambda: len([d for d in session.devices() if d["gflops"]]) == 2, 60, "d2 to calibrate")
     shell.run_cell("import numpy as np\nrng = np.random.default_rng(0)")
     shell.run_cell("A = rng.standard_normal((640, 384), np.float32)\nB = rng.standard_normal((384, 512), np.float32)")
@@ -77,14 +86,19 @@ def test_a_background_job_binds_when_done_and_is_awaitable(shell: InteractiveShe
 
 
 def test_cancelling_a_background_job_stops_its_shards_and_binds_nothing(
-    shell: InteractiveShell, fleet: Session
+    shell: InteractiveShell, fleet: Session, link: LinkRelay
 ) -> None:
-    shell.run_cell("C = 'before'\nX = np.ones((1024, 1024), np.float32)")
+    """Cancelled while both shards' answers are on their way (held in the relay): the devices drop
+    them when they arrive, and nothing is bound."""
+    shell.run_cell("C = 'before'\nX = np.ones((256, 256), np.float32)")
+    link.hold("up")
     handle = shell.run_cell("%webnet X @ X -> C --bg --shard 2").result
-    wait_until(lambda: handle.progress.running, 30, "the shards to start")
+    wait_until(lambda: link.waiting("up") >= 256 * 256 * 4, 60, "both shards' answers")
     assert handle.cancel() and handle.cancelled()
+    link.release("up")
     wait_until(lambda: all(d["state"] == "idle" for d in fleet.devices()), 60, "both devices to drop their shards")
-    time.sleep(0.3)
+    collector = f"webnet-{handle.id}"  # the job's thread, the one that would bind its results
+    wait_until(lambda: collector not in {t.name for t in threading.enumerate()}, 60, "the job's thread to end")
     assert shell.user_ns["C"] == "before"
     assert fleet.broker.fleet()["jobs"] == []
 

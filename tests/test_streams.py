@@ -1,6 +1,7 @@
 """Jobs pipelined on a device, streams of items, and links like a phone's (a shaped relay on loopback).
 
-The overlap tests run real native workers behind :class:`~webnet_magic.testing.linkrelay.LinkRelay`.
+The overlap tests run real native workers behind :class:`~webnet_magic.testing.linkrelay.LinkRelay`
+(whose own tests are in test_linkrelay.py).
 They check what happened rather than how long it took where they can (a job that arrived
 while the one ahead of it still ran says so itself); the one ratio of times has a margin of
 about two against what pipelining gives, and its data sizes and the link are fixed.
@@ -8,9 +9,6 @@ about two against what pipelining gives, and its data sizes and the link are fix
 
 from __future__ import annotations
 
-import select
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -24,9 +22,9 @@ from webnet_magic.broker.thread import BrokerThread
 from webnet_magic.client.expressions import ExpressionError
 from webnet_magic.client.session import Session
 from webnet_magic.errors import ShapeError
-from webnet_magic.testing.linkrelay import Direction, Link, LinkRelay
+from webnet_magic.testing.linkrelay import Link, LinkRelay
 
-from .conftest import Workers, join_native, wait_until
+from .conftest import Workers, join_native, settle, wait_until
 from .peers import Peer, answering, result, send, small_program
 
 RIGHT = np.full((4, 2), 3, np.float32)  # small_program's answer
@@ -54,57 +52,6 @@ def shaped(broker: BrokerThread, relays: list[LinkRelay], rate: float, delay: fl
     return relay.url(broker.url)
 
 
-# -- the relay ------------------------------------------------------------------------------------
-
-
-def test_the_relay_carries_bytes_intact_both_ways() -> None:
-    """What goes in one end comes out the other, in order, and the relay counts it."""
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        port = server.getsockname()[1]
-        echo = threading.Thread(target=_echo_once, args=(server,), daemon=True)
-        echo.start()
-        with LinkRelay(port, Link.symmetric("fast", 50e6, 0.005)) as relay:
-            payload = np.random.default_rng(0).bytes(3_000_000)
-            with socket.create_connection(("127.0.0.1", relay.port)) as conn:
-                conn.sendall(payload)
-                conn.shutdown(socket.SHUT_WR)
-                back = b"".join(iter(lambda: conn.recv(1 << 16), b""))
-        assert back == payload
-        assert relay.moved == {"down": len(payload), "up": len(payload)}
-
-
-def _echo_once(server: socket.socket) -> None:
-    conn, _ = server.accept()
-    with conn:
-        while data := conn.recv(1 << 16):
-            conn.sendall(data)
-
-
-def test_a_receiver_that_stops_reading_holds_the_sender_back() -> None:
-    """Back-pressure: the relay stops reading when its line is full, so the sender's writes block."""
-    server = socket.create_server(("127.0.0.1", 0))
-    with server, LinkRelay(server.getsockname()[1], Link.symmetric("slow", 1e6, 0.01)) as relay:
-        conn = socket.create_connection(("127.0.0.1", relay.port))
-        idle, _ = server.accept()  # accepted and never read
-        conn.setblocking(False)
-        accepted, block = 0, b"\0" * (1 << 16)
-        while accepted < 64 << 20 and select.select([], [conn], [], 1.0)[1]:
-            try:
-                accepted += conn.send(block)
-            except BlockingIOError:
-                continue
-        conn.close()
-        idle.close()
-    assert accepted < 16 << 20  # socket buffers and a bounded line, not 64 MB held in the relay
-
-
-def test_a_link_refuses_nonsense() -> None:
-    with pytest.raises(ValueError, match="positive number of bytes per second"):
-        Direction(rate=0)
-    with pytest.raises(ValueError, match="non-negative number of seconds"):
-        Direction(rate=1e6, delay=-1)
-
-
 # -- pipelining on a device ------------------------------------------------------------------------
 
 
@@ -114,7 +61,7 @@ def test_a_device_holds_two_jobs_and_the_rest_wait_in_the_queue(broker: BrokerTh
     peers.append(holder)
     handles = [broker.submit(small_program()) for _ in range(3)]
     wait_until(lambda: len(holder.jobs) == 2, 5, "two jobs on the device")
-    time.sleep(0.2)
+    settle(broker)
     assert len(holder.jobs) == 2 and handles[2].progress.state == "queued"
     (device,) = broker.devices()
     assert device["state"] == "busy" and device["queued"] == 1 and device["job"] == handles[0].id

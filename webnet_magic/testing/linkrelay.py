@@ -13,6 +13,13 @@ ends plus the delay; the line holds at most the link's bandwidth-delay product (
 When the receiver stops reading, the line fills, the relay stops reading, and the sender's TCP
 window closes, so back-pressure works as it does on a real link and nothing piles up here.
 The relay's own socket buffers are kept small for the same reason.
+
+A test can also *hold* a direction (:meth:`LinkRelay.hold`): its bytes wait in the relay until
+:meth:`LinkRelay.release`, so a job's answer cannot arrive while the test acts on the job, however
+fast the worker computes.  What a held direction's sender writes is read on (without bound) and
+kept; if the sender closes its end meanwhile, what was held is dropped and both ends are closed,
+as when a worker dies before its answer gets through.  Held bytes are silence too: a broker whose
+``silence_limit`` is shorter than the hold declares the worker lost.
 """
 
 from __future__ import annotations
@@ -90,13 +97,20 @@ class Link:
 PHONE_4G = Link.symmetric("phone on 4G through a tunnel", 5e6, 0.060)
 #: A phone or laptop on the same Wi-Fi: tens of MB/s, ~20 ms each way.
 WIFI = Link.symmetric("Wi-Fi", 40e6, 0.020)
+#: Loopback as it is: for a relay that is there to be held (see :meth:`LinkRelay.hold`).
+LOOPBACK = Link.symmetric("loopback", None, 0.0)
 
 
 class _DelayLine:
-    """Chunks waiting for their due time, at most ``capacity`` bytes of them (one chunk always fits)."""
+    """Chunks waiting for their due time, at most ``capacity`` bytes of them (one chunk always fits).
 
-    def __init__(self, capacity: int) -> None:
+    While ``paused`` nothing leaves the line and any number of bytes may enter it, so that the
+    sender's closing is seen (see :meth:`LinkRelay.hold`).
+    """
+
+    def __init__(self, capacity: int, paused: bool) -> None:
         self.capacity = capacity
+        self.paused = paused
         self.items: deque[tuple[float, bytes] | None] = deque()  # None: the sender closed
         self.held = 0
         self.changed = asyncio.Condition()
@@ -104,10 +118,20 @@ class _DelayLine:
     async def put(self, item: tuple[float, bytes] | None) -> None:
         size = 0 if item is None else len(item[1])
         async with self.changed:
-            await self.changed.wait_for(lambda: not self.held or self.held + size <= self.capacity)
+            await self.changed.wait_for(lambda: self.paused or not self.held or self.held + size <= self.capacity)
             self.items.append(item)
             self.held += size
             self.changed.notify_all()
+
+    async def pause(self, paused: bool) -> None:
+        async with self.changed:
+            self.paused = paused
+            self.changed.notify_all()
+
+    async def flowing(self) -> None:
+        """Return once the line is not paused (at once if it is not): the caller may then deliver."""
+        async with self.changed:
+            await self.changed.wait_for(lambda: not self.paused)
 
     async def head(self) -> tuple[float, bytes] | None:
         """The oldest item, left in the line (its bytes are in flight until delivered)."""
@@ -136,6 +160,8 @@ class LinkRelay:
         self.host = host
         self.port = 0
         self.moved = {"down": 0, "up": 0}
+        self._paused = {"down": False, "up": False}
+        self._lines: dict[str, set[_DelayLine]] = {"down": set(), "up": set()}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="webnet-link-relay", daemon=True)
         self._server: asyncio.Server | None = None
@@ -166,6 +192,39 @@ class LinkRelay:
         """``url`` (a broker's worker URL) with its port replaced by the relay's."""
         parts = urlsplit(url)
         return urlunsplit(parts._replace(netloc=f"{self.host}:{self.port}"))
+
+    def hold(self, direction: str) -> None:
+        """From now until :meth:`release`, deliver nothing more in ``direction`` ("down" or "up"), on every
+        connection, present or future: bytes already delivered stay delivered, the rest wait here."""
+        self._pause(direction, True)
+
+    def release(self, direction: str) -> None:
+        """Deliver what :meth:`hold` kept in ``direction``, in order, and carry on as before."""
+        self._pause(direction, False)
+
+    def waiting(self, direction: str) -> int:
+        """Bytes read and not yet delivered in ``direction``, over all connections: while it is held,
+        what its sender has sent so far (a worker's whole answer, once it has sent it)."""
+        self._check(direction)
+
+        async def count() -> int:
+            return sum(line.held for line in self._lines[direction])
+
+        return asyncio.run_coroutine_threadsafe(count(), self._loop).result(10)
+
+    def _pause(self, direction: str, paused: bool) -> None:
+        self._check(direction)
+
+        async def pause() -> None:
+            self._paused[direction] = paused
+            for line in list(self._lines[direction]):
+                await line.pause(paused)
+
+        asyncio.run_coroutine_threadsafe(pause(), self._loop).result(10)
+
+    def _check(self, direction: str) -> None:
+        if direction not in self._paused:
+            raise ValueError(f"a link's direction is 'down' or 'up', not {direction!r}")
 
     # -- on the relay's loop -------------------------------------------------------------------
 
@@ -214,7 +273,8 @@ class LinkRelay:
         self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, direction: Direction, name: str
     ) -> None:
         """Read at the rate into the delay line while :meth:`_deliver` empties it when chunks fall due."""
-        line = _DelayLine(direction.capacity)
+        line = _DelayLine(direction.capacity, self._paused[name])
+        self._lines[name].add(line)
         delivery = asyncio.ensure_future(self._deliver(line, sink, name))
         loop = asyncio.get_running_loop()
         free_at = loop.time()  # when the link finishes sending what it has read so far
@@ -230,9 +290,12 @@ class LinkRelay:
                 await line.put((max(free_at, now) + direction.delay, data))  # never sooner than the delay
                 if direction.rate:  # the next chunk may start once this one is under way
                     await _sleep_until(loop, free_at - burst)
+            if line.paused:  # the sender is gone and what it sent is held: the link dies with it
+                raise ConnectionAbortedError(f"the sender closed while the relay held its bytes ({name})")
             await line.put(None)
             await delivery
         finally:
+            self._lines[name].discard(line)
             delivery.cancel()
 
     async def _deliver(self, line: _DelayLine, sink: asyncio.StreamWriter, name: str) -> None:
@@ -240,10 +303,12 @@ class LinkRelay:
         while (item := await line.head()) is not None:
             due, data = item
             await _sleep_until(loop, due)
+            await line.flowing()
             sink.write(data)
             await sink.drain()  # a receiver that does not read holds the line full: back-pressure
             self.moved[name] += len(data)
             await line.pop()
+        await line.flowing()
         if sink.can_write_eof():
             sink.write_eof()
 
@@ -254,4 +319,4 @@ async def _sleep_until(loop: asyncio.AbstractEventLoop, when: float) -> None:
         await asyncio.sleep(wait)
 
 
-__all__ = ["PHONE_4G", "WIFI", "Direction", "Link", "LinkRelay"]
+__all__ = ["LOOPBACK", "PHONE_4G", "WIFI", "Direction", "Link", "LinkRelay"]
