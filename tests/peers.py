@@ -117,8 +117,9 @@ def answering(*arrays: np.ndarray) -> Callable[[object, Message], Awaitable[None
     return reply
 
 
-def sly() -> Callable[[object, Message], Awaitable[None]]:
-    """A peer's reply that passes its calibration (a real answer) and then returns zeros for everything."""
+def calibrated(answer: Callable[[Message], np.ndarray] | None = None) -> Callable[[object, Message], Awaitable[None]]:
+    """A peer's reply that answers its calibration right, then ``answer(job)`` for every other job
+    (by default zeros of the shape asked for)."""
     from webnet_magic.broker.calibration import calibration
 
     program, _ = calibration()
@@ -127,7 +128,15 @@ def sly() -> Callable[[object, Message], Awaitable[None]]:
 
     async def reply(conn, job: Message) -> None:
         (spec,) = job.fields["outputs"]
-        answer = right if tuple(spec["shape"]) == right.shape else np.zeros(spec["shape"], np.float32)
-        await send(conn, result(job, answer, timings={"kernel": 5.0}))
+        if tuple(spec["shape"]) == right.shape:
+            reply_with = right
+        else:
+            reply_with = np.zeros(spec["shape"], np.float32) if answer is None else answer(job)
+        await send(conn, result(job, reply_with, timings={"kernel": 5.0}))
 
     return reply
+
+
+def sly() -> Callable[[object, Message], Awaitable[None]]:
+    """A peer's reply that passes its calibration (a real answer) and then returns zeros for everything."""
+    return calibrated()

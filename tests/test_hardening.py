@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
+import gc
 import logging
 import os
 import queue
@@ -31,11 +32,11 @@ from webnet_magic import ops
 from webnet_magic.broker.listener import ServerLimits
 from webnet_magic.broker.thread import BrokerThread
 from webnet_magic.client.jobs import Job
-from webnet_magic.errors import DeviceLimitError
-from webnet_magic.protocol import CLOSE_BAD_TOKEN
+from webnet_magic.errors import DeviceLimitError, WorkerError, WorkerLost
+from webnet_magic.protocol import CLOSE_BAD_TOKEN, Message
 
 from .conftest import Workers, wait_until
-from .peers import Peer, small_program
+from .peers import Peer, answering, calibrated, result, send, small_program
 from .test_kernel import Kernel
 
 DEADLINE = 30.0  # seconds: a fail-safe for every wait below, far above what each should take
@@ -481,3 +482,123 @@ def test_chromium_refuses_another_origins_socket_with_the_token(page, broker: Br
     assert code == 1006  # the handshake was refused (403): the browser says only that it closed
     assert broker.fleet()["refused"] == 1
     assert broker.devices() == []
+
+
+# -- with the token: what jobs and devices leave behind -------------------------------------------
+
+RIGHT = np.full((4, 2), 3, np.float32)  # small_program's answer
+
+
+def held(broker: BrokerThread) -> dict[str, list[str]]:
+    """Everything the scheduler holds for jobs: tasks, the queue, jobs listed, attempts and calibrations."""
+
+    def look() -> dict[str, list[str]]:
+        scheduler = broker.broker.scheduler
+        devices = scheduler.devices.values()
+        return {
+            "tasks": list(scheduler.tasks),
+            "queue": [t.id for t in scheduler.queue],
+            "groups": list(scheduler.groups),
+            "attempts": [a.id for d in devices for a in d.attempts],
+            "calibrating": [t for d in devices for t in d.calibrating],
+        }
+
+    return broker.call(look)
+
+
+def nothing_held(broker: BrokerThread) -> bool:
+    return not any(held(broker).values()) and broker.fleet()["jobs"] == []
+
+
+def failing(kind: str):
+    """A peer's reply that reports a ``kind`` error for every job."""
+
+    async def reply(conn, job: Message) -> None:
+        await send(conn, Message("error", {"job": job.fields["job"], "kind": kind, "message": "no"}))
+
+    return reply
+
+
+async def hang_up(conn, job: Message) -> None:
+    conn.close()
+
+
+def test_every_ended_job_leaves_the_scheduler_and_the_panel(broker: BrokerThread, peers: list[Peer]) -> None:
+    """Jobs that succeed (on a device whose timings are absurd), fail, are cancelled, or lose three devices,
+    and a job whose first shard fails before it submits the others (as a model's first stage may): once
+    all have ended, the scheduler holds no task, queue entry, attempt or job, and the panel lists none."""
+    absurd = {"kernel": 1e300, "upload": 86_400_000, "download": -1, "throttle": 86_400_000, "held": 1e9}
+    big = ops.plan("matmul", np.ones((128, 128), np.float32), np.ones((128, 128), np.float32)).program
+
+    async def liar_about_time(conn, job: Message) -> None:
+        shape = tuple(job.fields["outputs"][0]["shape"])
+        answer = RIGHT if shape == RIGHT.shape else np.full(shape, 128, np.float32)
+        await send(conn, result(job, answer, timings=absurd))
+
+    ids = {}
+
+    def join(name: str, reply) -> None:
+        peers.append(Peer(broker, reply))
+        ids[name] = peers[-1].welcome.fields["device"]
+
+    join("ok", answering(RIGHT))
+    join("timings", liar_about_time)
+    for _ in range(3):  # measured work: the absurd timings make the device's speed
+        broker.submit(big, devices=frozenset({ids["timings"]})).future.result(10)
+    for _ in range(4):  # placed by those figures
+        np.testing.assert_array_equal(broker.submit(small_program()).future.result(10)[0], RIGHT)
+    for name, reply in [("broken", failing("compile")), ("holder", None)] + [(f"gone{i}", hang_up) for i in range(3)]:
+        join(name, reply)
+    on = {name: frozenset({device}) for name, device in ids.items()}
+
+    with pytest.raises(WorkerError, match="reported a compile error"):
+        broker.submit(small_program(), devices=on["broken"]).future.result(10)
+    with pytest.raises(WorkerLost, match="failed 3 times"):
+        broker.submit(small_program(), devices=on["gone0"] | on["gone1"] | on["gone2"]).future.result(10)
+    first = broker.submit(small_program(), devices=on["broken"], group="j900", shards=3, task_id="j900.1")
+    with pytest.raises(WorkerError):
+        first.future.result(10)
+
+    staged = broker.submit(small_program(), devices=on["ok"], group="j901", shards=2, task_id="j901.1")
+    staged.future.result(10)
+    later = broker.submit(small_program(), devices=on["holder"], group="j901", shards=2, task_id="j901.2")
+    wait_until(lambda: broker.fleet()["jobs"], 5, "the second stage to be listed")
+    assert [(j["id"], j["done"], j["total"]) for j in broker.fleet()["jobs"]] == [("j901", 1, 2)]
+    broker.cancel(later.id)
+    wait_until(later.future.cancelled, 5, "the cancel")
+
+    wait_until(lambda: nothing_held(broker), 10, f"the scheduler to hold nothing (it holds {held(broker)})")
+
+
+def test_devices_lost_mid_calibration_leave_nothing_behind(peers: list[Peer], caplog: pytest.LogCaptureFixture) -> None:
+    """Forty devices leave mid-calibration (before answering, or between its two runs) while a steady one
+    runs the notebook's jobs: every job ends right, no calibration run is left waiting for a device that
+    left, and nothing reaches the log as an unread error ("Future exception was never retrieved")."""
+    caplog.set_level(logging.DEBUG)
+    thread = BrokerThread(heartbeat=0.2, silence_limit=1.5).start()
+    try:
+        steady = Peer(thread, calibrated(lambda job: RIGHT))
+        peers.append(steady)
+        jobs = [thread.submit(small_program(), devices=frozenset({steady.welcome.fields["device"]}))
+                for _ in range(10)]  # fmt: skip
+        for i in range(40):
+            answered = [0]
+
+            async def second_run_hangs_up(conn, job: Message, answered: list[int] = answered) -> None:
+                answered[0] += 1
+                await (calibrated()(conn, job) if answered[0] == 1 else hang_up(conn, job))
+
+            victim = Peer(thread, hang_up if i % 2 else second_run_hangs_up)
+            peers.append(victim)
+            victim.thread.join(30)  # it hangs up on the calibration run it is given
+            assert not victim.thread.is_alive()
+            gone = victim.welcome.fields["device"]
+            wait_until(lambda gone=gone: gone not in {d["id"] for d in thread.devices()}, 10, f"{gone} to leave")
+        for job in jobs:
+            np.testing.assert_array_equal(job.future.result(30)[0], RIGHT)
+        wait_until(lambda: nothing_held(thread), 10, f"the scheduler to hold nothing (it holds {held(thread)})")
+        assert thread.devices()[0]["gflops"]  # the steady one calibrated
+    finally:
+        thread.stop()
+    gc.collect()  # an unread future's error is logged as it is collected
+    assert "never retrieved" not in caplog.text

@@ -207,7 +207,12 @@ class Attempt:
 
 @dataclass
 class Group:
-    """The shards of one job, for the panel's jobs-in-flight list."""
+    """The shards of one job, for the panel's jobs-in-flight list, while any of them is pending.
+
+    ``total`` is the count the job announced; a job that fails early (or a model whose later
+    stages are never submitted) ends when its last submitted task does, whatever the count says.
+    """
 
     total: int
     done: int = 0
+    pending: int = 0  # submitted and not yet finished, failed or cancelled

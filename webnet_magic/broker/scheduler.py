@@ -76,6 +76,9 @@ LINK_FLOOR = 1e6
 RECENT_ATTEMPTS = 16
 #: Devices that left are remembered this many at a time, to come back as themselves.
 DEPARTED_KEPT = 256
+#: Jobs whose tasks have all ended keep their count of finished shards, this many at a time, for a job
+#: that submits more tasks later (a model's next stage): it shows its count again, not zero.
+ENDED_GROUPS_KEPT = 64
 #: Timings a worker reports that are GPU work, from which its speed is measured.
 BUSY_PARTS = ("upload", "kernel", "download", "throttle")
 
@@ -109,7 +112,9 @@ class Scheduler:
         self.departed: OrderedDict[str, Device] = OrderedDict()  # resume secret -> device
         self.queue: deque[Task] = deque()
         self.tasks: dict[str, Task] = {}
-        self.groups: dict[str, Group] = {}
+        self.groups: dict[str, Group] = {}  # jobs with a task not yet finished: what the panel lists
+        self.ended_groups: OrderedDict[str, int] = OrderedDict()  # job -> shards done, once none is pending
+        self.checks: set[asyncio.Task[None]] = set()  # --verify checks running (the loop keeps only weak references)
         self.cancel_grace = cancel_grace
         self.lease = lease
         self.max_attempts = attempts
@@ -167,6 +172,13 @@ class Scheduler:
             self.departed[device.resume] = device
             while len(self.departed) > DEPARTED_KEPT:
                 self.departed.popitem(last=False)
+        # Its calibration ends with it: a device calibrates once per connection, and one that comes
+        # back without a speed calibrates again as it joins.  (Left queued, the runs would wait for it.)
+        for task_id in list(device.calibrating):
+            task = self.tasks.get(task_id)
+            if task is not None:
+                self._drop(task)
+        device.calibrating.clear()
         held, device.attempts = device.attempts, []
         for position, attempt in reversed(list(enumerate(held))):  # back to the queue in their order
             if not attempt.live:
@@ -214,7 +226,10 @@ class Scheduler:
                     group or task_id, internal, progress or Progress())  # fmt: skip
         self.tasks[task.id] = task
         if not internal:
-            self.groups.setdefault(task.group, Group(shards))
+            group = self.groups.get(task.group)
+            if group is None:
+                group = self.groups[task.group] = Group(shards, self.ended_groups.pop(task.group, 0))
+            group.pending += 1
         (self.queue.appendleft if internal else self.queue.append)(task)
         self._pump()
         self._changed()
@@ -229,6 +244,11 @@ class Scheduler:
         task = self.tasks.get(task_id)
         if task is None:
             return
+        self._drop(task)
+        self._pump()
+
+    def _drop(self, task: Task) -> None:
+        """Cancel ``task`` wherever it is: in the queue, or held by a device (which is told to drop it)."""
         if task in self.queue:
             self.queue.remove(task)
         for device in self.devices.values():
@@ -236,7 +256,6 @@ class Scheduler:
                 if attempt.task is task and attempt.live:
                     self._abandon(attempt)
         self._finish(task, cancelled=True)
-        self._pump()
 
     def result(self, device: Device, attempt_id: str, arrays: list[np.ndarray], timings: dict[str, Any]) -> None:
         attempt = self._reply(device, attempt_id)
@@ -259,7 +278,9 @@ class Scheduler:
                     self._succeeded(attempt, outputs)
                 else:
                     task.progress.state = "verifying"
-                    asyncio.get_running_loop().create_task(self._verify(attempt, outputs))
+                    check = asyncio.get_running_loop().create_task(self._verify(attempt, outputs))
+                    self.checks.add(check)
+                    check.add_done_callback(self.checks.discard)
         self._pump()
         self._changed()
 
@@ -345,17 +366,27 @@ class Scheduler:
     # -- attempts --------------------------------------------------------------------------
 
     def _pump(self) -> None:
-        """Fail queued tasks no device can run; start the rest, oldest first, where they fit."""
+        """Fail queued tasks no device can run; start the rest, oldest first, where they fit.
+
+        A task that cannot be placed for a reason nobody foresaw (a device's figures, say) fails
+        with that reason; it is never left out of both the queue and every device.
+        """
         for task in list(self.queue):
-            problem = self._unrunnable(task)
+            try:
+                problem = self._unrunnable(task)
+                device = None if problem is not None else self._choose(task)
+                if problem is None and device is None:
+                    continue
+                self.queue.remove(task)
+                if device is not None:
+                    self._start(task, device)
+            except Exception as exc:
+                log.exception("placing task %s failed", task.id)
+                problem = WebnetError(f"job {task.id} could not be placed: {type(exc).__name__}: {exc}")
+                if task in self.queue:
+                    self.queue.remove(task)
             if problem is not None:
-                self.queue.remove(task)
                 self._finish(task, error=problem)
-                continue
-            device = self._choose(task)
-            if device is not None:
-                self.queue.remove(task)
-                self._start(task, device)
 
     def _start(self, task: Task, device: Device) -> None:
         """Send ``task`` to ``device``, behind whatever the device already holds."""
@@ -531,6 +562,7 @@ class Scheduler:
         for run in (dataclasses.replace(program, work=0.0), program):
             task = self.submit(run, devices=frozenset({device.id}), check=check, internal=True)
             device.calibrating.add(task.id)
+            task.future.add_done_callback(lambda done, device=device.id: _calibrated(device, done))
 
     def _finish(
         self,
@@ -540,7 +572,11 @@ class Scheduler:
         error: BaseException | None = None,
         cancelled: bool = False,
     ) -> None:
-        self.tasks.pop(task.id, None)
+        """Settle ``task``'s future and forget the task everywhere: queue, task list, its job's count."""
+        if self.tasks.pop(task.id, None) is not task:
+            return  # finished already
+        if task in self.queue:
+            self.queue.remove(task)
         if task.internal:
             for device in self.devices.values():
                 device.calibrating.discard(task.id)
@@ -554,11 +590,15 @@ class Scheduler:
             else:
                 task.progress.state = "done"
                 task.future.set_result(outputs or [])
-            group = self.groups.get(task.group)
-            if group is not None:
-                group.done += 1
-                if group.done >= group.total:
-                    del self.groups[task.group]
+        group = self.groups.get(task.group) if not task.internal else None
+        if group is not None:  # finished, failed or cancelled alike: the job no longer waits on it
+            group.done += 1
+            group.pending -= 1
+            if group.pending <= 0:
+                del self.groups[task.group]
+                self.ended_groups[task.group] = group.done
+                while len(self.ended_groups) > ENDED_GROUPS_KEPT:
+                    self.ended_groups.popitem(last=False)
         self._changed()
 
     def _send(self, device: Device, what: Message | Coroutine[Any, Any, None]) -> asyncio.Task[None]:
@@ -581,6 +621,13 @@ class Scheduler:
             self._on_change()
         except Exception:  # a broken panel must never break scheduling
             log.exception("device panel update failed")
+
+
+def _calibrated(device: str, run: asyncio.Future[list[np.ndarray]]) -> None:
+    """A calibration run ended: its outcome is read here, as nobody waits on it (an unread failure
+    would be logged by asyncio as "Future exception was never retrieved")."""
+    if not run.cancelled() and run.exception() is not None:
+        log.info("calibration of %s failed: %s", device, run.exception())
 
 
 #: The longest duration a worker may report (a day): each part is bounded, so no sum of parts overflows.
