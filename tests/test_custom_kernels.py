@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from webnet_magic.errors import ShapeError
 from webnet_magic.ops import OPS
 
 SAXPY = """%%webnet kernel saxpy(x, y, a: f32) -> out[x.shape] --workgroups auto
@@ -155,7 +156,7 @@ def test_a_custom_kernels_inputs_are_not_kept_on_workers() -> None:
     from webnet_magic import ops
     from webnet_magic.ops.custom import define, install, restore
 
-    custom = define(SAXPY.split("\n", 1)[0].split(None, 2)[2], SAXPY.split("\n", 1)[1])
+    custom = define("saxpy(x, y, a: f32) -> out[x.shape]", SAXPY.split("\n", 1)[1])
     previous = install(custom)
     try:
         x = np.ones(100_000, np.float32)
@@ -187,3 +188,68 @@ def test_a_compile_position_outside_the_source_builds_no_caret_line() -> None:
         message = compile_error(custom, f"error: expected expression\n  {position}\n" + "x" * 100_000)
         assert len(message) < 3000 and "^" not in message and "expected expression" in message
     assert compile_error(custom, "error: bad token\n  wgsl:3:1").endswith("^")
+
+
+IDENTITY = """@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@compute @workgroup_size(64) fn main() {}"""
+
+
+def test_shape_and_count_expressions_are_arithmetic_on_the_inputs_dims() -> None:
+    """Tuples, indexing, + - * / //, ceil/min/max over x.shape, x.size, x.ndim: evaluated without eval."""
+    from webnet_magic.ops.custom import define
+
+    custom = define("f(x) -> out[x.shape[:-1] + (2 * x.ndim,)]", IDENTITY, "ceil(x.size / 64), max(1, x.shape[0] // 8)")
+    assert custom.shape_of([(40, 3)]) == (40, 4)
+    assert custom.counts([(40, 3)], 160) == (2, 5, 1)
+    huge = define("f(x) -> out[x.shape]", IDENTITY, "x.size ** 10 ** 10")
+    with pytest.raises(ShapeError, match="too large a power"):  # not hours of arithmetic
+        huge.counts([(40, 3)], 160)
+
+
+@pytest.mark.parametrize(
+    ("signature", "workgroups", "complaint"),
+    [
+        ("f(x) -> out[__import__('pathlib').Path(MARK).touch() or x.shape]", "auto", "is not allowed"),
+        ("f(x) -> out[x.shape.__class__]", "auto", "attributes starting with '_'"),
+        ("f(x) -> out[open(MARK, 'w') and x.shape]", "auto", "is not allowed"),
+        ("f(x) -> out[x.shape]", "open(MARK, 'w')", r"only ceil, max, min can be called here"),
+        ("f(x) -> out[(lambda: x.shape)()]", "auto", "only a plain call"),
+        ("f(x) -> out[[d for d in x.shape]]", "auto", "a comprehension is not allowed"),
+        ("f(x) -> out[y.shape]", "auto", "uses 'y', which is not an input"),
+        ("f(x) -> out[x.dtype]", "auto", r"reads .dtype; an input has shape, size, ndim"),
+    ],
+)
+def test_a_shape_expression_that_is_more_than_arithmetic_is_refused_when_defined(
+    tmp_path, signature: str, workgroups: str, complaint: str
+) -> None:
+    """Code in a kernel line is refused at definition with the reason, and does not run (the file is not made)."""
+    import re
+
+    from webnet_magic.ops.custom import KernelDefinitionError, define
+
+    mark = tmp_path / "ran"
+    with pytest.raises(KernelDefinitionError) as raised:
+        custom = define(
+            signature.replace("MARK", repr(str(mark))), IDENTITY, workgroups.replace("MARK", repr(str(mark)))
+        )
+        custom.shape_of([(4,)]), custom.counts([(4,)], 4)
+    assert re.search(complaint, str(raised.value)), str(raised.value)
+    assert not mark.exists()
+
+
+def test_a_kernel_line_with_code_in_it_is_a_usage_error_and_defines_nothing(shell, tmp_path) -> None:
+    """`%%webnet kernel f(x) -> out[__import__(...)...]`: one line, nothing ran, no op named f."""
+    mark = tmp_path / "ran"
+    cell = f"%%webnet kernel f(x) -> out[__import__('pathlib').Path({str(mark)!r}).touch() or x.shape]\n{IDENTITY}"
+    result = shell.run_cell(cell)
+    assert type(result.error_in_exec).__name__ == "UsageError"
+    assert str(result.error_in_exec).startswith("webnet: the shape of out") and "\n" not in str(result.error_in_exec)
+    assert not mark.exists() and "f" not in OPS
+
+
+def test_workgroups_is_an_option_like_any_other(shell) -> None:
+    """--workgroups goes through argparse like every other option: one it does not know is named."""
+    result = shell.run_cell(f"%%webnet kernel f(x) -> out[x.shape] --groups 4\n{IDENTITY}")
+    assert "unrecognized arguments: --groups 4" in str(result.error_in_exec)
+    assert "f" not in OPS

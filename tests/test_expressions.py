@@ -141,3 +141,37 @@ def test_the_magic_sends_float16_on_request(notebook) -> None:
     full, half = notebook.user_ns["full"], notebook.user_ns["half"]
     assert half.dtype == np.float32
     np.testing.assert_allclose(half, full, rtol=4e-3, atol=5e-2)
+
+
+def test_the_documented_array_forms_are_looked_up_without_eval() -> None:
+    """Names, attributes, subscripts, slices and index arithmetic still work, through the API as in the magic."""
+    from types import SimpleNamespace
+
+    X, W = NS["X"], NS["W1"]
+    y = wm.run("X[:, :k] @ P['W'][: k - 1 + 1] + m.bias[-1]", local=True, X=X, P={"W": W}, k=5,
+               m=SimpleNamespace(bias=NS["b1"]))  # fmt: skip
+    np.testing.assert_allclose(y, X[:, :5].astype(np.float64) @ W[:5] + NS["b1"][-1], rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("template", "complaint"),
+    [
+        ("X[__import__('pathlib').Path(MARK).touch()] @ W1", "only a plain call of a named function"),
+        ("X[open(MARK, 'w')] @ W1", "open.* no function can be called here"),
+        ("X[(lambda: open(MARK, 'w'))()] @ W1", "only a plain call of a named function"),
+        ("X[[open(MARK, 'w') for _ in (1,)]] @ W1", "a comprehension is not allowed"),
+        ("X[(f := open(MARK, 'w'))] @ W1", "':=' is not allowed"),
+        ('X[f"{open(MARK, chr(119))}"] @ W1', "an f-string is not allowed"),
+        ("X[().__class__.__bases__[0].__subclasses__()] @ W1", "only a plain call of a named function"),
+        ("X[W1.__class__] @ W1", "attributes starting with '_'"),
+        ("__builtins__ @ W1", "names like __this__ are refused"),
+        ("X[2 ** 10 ** 10] @ W1", "too large a power"),
+    ],
+)
+def test_text_from_someone_else_runs_no_code(tmp_path, template: str, complaint: str) -> None:
+    """`webnet_magic.run(text)` with injected code: refused with a clear error; the file it would make is not made."""
+    mark = tmp_path / "ran"
+    text = template.replace("MARK", repr(str(mark)))
+    with pytest.raises(ExpressionError, match=complaint):
+        wm.run(text, local=True, **NS)
+    assert not mark.exists()

@@ -255,3 +255,45 @@ def test_a_device_lost_mid_job_is_named_in_one_line_at_the_timeout(shell, peers,
 
 def tasks_left(session) -> int:
     return session.broker.call(lambda: len(session.broker.broker.scheduler.tasks))
+
+
+def test_help_on_a_command_prints_its_usage_and_starts_nothing(shell, capsys) -> None:
+    """`%webnet start --help` is the start command's usage; no broker is started."""
+    assert run(shell, "%webnet start --help").success
+    out = capsys.readouterr().out
+    assert out.startswith("usage: %webnet start") and "--tunnel {auto,ngrok,off}" in out
+    assert sessions.current() is None
+    assert run(shell, "%%webnet kernel --help").success  # a kernel cell's options, with no WGSL below
+    assert "--workgroups EXPR" in capsys.readouterr().out
+
+
+def test_the_magics_docstring_lists_the_commands_and_options(shell, capsys) -> None:
+    """`%webnet?` shows every sub-command and the options of each."""
+    run(shell, "%webnet?")
+    out = capsys.readouterr().out
+    for text in ("start", "stop", "devices", "kernel", "--workgroups", "--port PORT", "--timeout S", "--bg"):
+        assert text in out, text
+
+
+def test_a_misspelt_command_is_named_unless_it_is_a_variable(shell) -> None:
+    """`%webnet stats` suggests status / start; with a variable named stats it is an expression."""
+    result = run(shell, "%webnet stats")
+    assert type(result.error_in_exec).__name__ == "UsageError"
+    assert str(result.error_in_exec) == (
+        "webnet: 'stats' is no command or variable; did you mean status / start? (%webnet help)"
+    )
+    run(shell, "import numpy as np\nstats = np.ones(3, np.float32)")
+    result = run(shell, "%webnet stats * 2 --local")
+    assert result.success and list(result.result) == [2, 2, 2]
+
+
+def test_every_usage_error_starts_with_one_prefix(shell) -> None:
+    """Parser, expression and option errors all read 'webnet: ...' on one line."""
+    run(shell, "import numpy as np\nA = np.ones((2, 3))")
+    lines = ["%webnet", "%webnet start --port 70000", "%webnet A @ A --local", "%webnet A @ B --local"]
+    lines += ["%webnet matmul A A -> 2C", "%webnet A[A.__class__] --local", "%webnet A @ A -> C --timeout x"]
+    for line in lines:
+        error = run(shell, line).error_in_exec
+        assert type(error).__name__ == "UsageError", line
+        assert str(error).startswith("webnet: ") and not str(error).startswith("webnet: webnet"), str(error)
+        assert "\n" not in str(error), str(error)

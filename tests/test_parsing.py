@@ -111,3 +111,51 @@ def test_help_lists_every_command_and_op() -> None:
 def test_only_a_bodyless_webnet_cell_becomes_the_line_magic(cell: list[str], expected: list[str]) -> None:
     """A cell of one `%%webnet` line is rewritten; cells with a body and other magics are not."""
     assert bodyless_cell(cell) == expected
+
+
+@pytest.mark.parametrize("name", ["start", "stop", "status", "devices", "url", "kernel", "load", "put", "free", "help"])
+def test_every_command_takes_help(name: str) -> None:
+    """`%webnet NAME --help` is a help command holding NAME's usage: nothing else is parsed or run."""
+    for flag in ("--help", "-h"):
+        command = parse(f"{name} {flag}")
+        assert command.name == "help" and command.options["text"].startswith("usage: ")
+        assert f"webnet {name}" in command.options["text"]
+    assert "--port PORT" in parse("start --help").options["text"]
+    assert "--workgroups" in parse("kernel --help").options["text"]
+
+
+def test_help_on_the_expression_form_lists_the_run_options() -> None:
+    assert "--timeout S" in parse("A @ B -> C --help").options["text"]
+    assert "start" in parse("--help").options["text"]
+
+
+@pytest.mark.parametrize(("word", "meant"), [("stats", "status / start"), ("strat", "start"), ("devics", "devices")])
+def test_a_misspelt_command_gets_a_suggestion(word: str, meant: str) -> None:
+    with pytest.raises(MagicSyntaxError, match=f"'{word}' is no command or variable; did you mean {meant}\\?"):
+        parse(word)
+    with pytest.raises(MagicSyntaxError, match="did you mean"):
+        parse(f"{word} --port 5")
+
+
+def test_a_notebook_name_close_to_a_command_is_an_expression() -> None:
+    """A variable named `stats` is the user's array, not a typo; a word close to no command is left to the reader."""
+    assert parse("stats -> S", names={"stats"}).expression == "stats"
+    assert parse("stats @ W", names={"stats"}).name == "run"
+    assert parse("weights").expression == "weights"
+
+
+def test_the_kernel_line_goes_through_argparse() -> None:
+    """The signature before the options, --workgroups after, spaces and commas kept; an unknown option is named."""
+    command = parse("kernel f(x, a: f32) -> out[x.shape[0], 2] --workgroups ceil(x.size / 64), 1", "WGSL")
+    assert command.options == {"signature": "f(x, a: f32) -> out[x.shape[0], 2]", "workgroups": "ceil(x.size / 64), 1"}
+    assert parse("kernel f(x) -> out[x.shape]", "WGSL").options["workgroups"] == "auto"
+    with pytest.raises(MagicSyntaxError, match="unrecognized arguments: --groups"):
+        parse("kernel f(x) -> out[x.shape] --groups 2", "WGSL")
+
+
+def test_messages_carry_no_prefix_of_their_own() -> None:
+    """The magic puts 'webnet: ' in front of every message: the parser's own start with none."""
+    for line in ("", "matmul A B ->", "matmul A B -> 1C", "A B -> C", "start --port 70000", "matmul 'A B -> C"):
+        with pytest.raises(MagicSyntaxError) as raised:
+            parse(line)
+        assert not str(raised.value).startswith(("%webnet:", "webnet:", "%webnet start:")), str(raised.value)

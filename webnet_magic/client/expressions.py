@@ -4,8 +4,10 @@ The syntax is Python's: ``@ + - * / **`` and unary minus, calls of the ops in
 :data:`~webnet_magic.ops.OPS` (keyword arguments are their options: ``sum(X, axis=1)``),
 ``.T`` for a transpose, number constants, and tuples for several results.  A loaded model
 (:func:`webnet_magic.load_model`) is called like an op: ``softmax(net(X))``, ``net(X)[1]``.  Any other
-sub-expression (a name, ``model.weight``, ``X[:, :10]``) is an array evaluated in the
-notebook's namespace and sent as an input.  A cell body may also hold assignments
+sub-expression (a name, ``model.weight``, ``X[:, :10]``, ``params["W1"][k - 1]``) is an array
+looked up in the notebook's namespace and sent as an input: names, attributes not starting with
+``_``, subscripts, slices and arithmetic on numbers, and nothing else (no calls, no lambdas), since
+the text may be someone else's (``webnet_magic.run(text)``).  A cell body may also hold assignments
 (``H = relu(X @ W1 + b1)`` then ``Y = H @ W2``); the names they bind are values on the
 device, usable in later lines, and come back only if asked for after ``->``.
 """
@@ -13,12 +15,12 @@ device, usable in later lines, and come back only if asked for after ``->``.
 from __future__ import annotations
 
 import ast
-import builtins
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import WebnetError
 from ..ops import OPS, Graph, Node
+from ..restricted import Refused, Rules, evaluate
 
 BINARY = {
     ast.Add: "add",
@@ -165,13 +167,20 @@ def _called_by_name(tree: ast.expr) -> bool:
 
 
 def namespace_resolver(namespace: Mapping[str, Any], where: str = "") -> Resolve:
-    """Evaluates array expressions in ``namespace`` (``where``: "in the notebook"), naming what is missing."""
+    """Evaluates array expressions in ``namespace`` (``where``: "in the notebook"), naming what is missing.
+
+    Names, attributes, subscripts, slices and index arithmetic only (see :mod:`~webnet_magic.restricted`):
+    the text may be someone else's (``webnet_magic.run(text)``), so it is not given to ``eval``.
+    """
+    rules = Rules(namespace)
 
     def resolve(text: str) -> object:
-        try:  # the user's own expression, as IPython's $var expansion does; namespace is not changed
-            return eval(text, {"__builtins__": builtins}, namespace)
+        try:
+            return evaluate(text, rules)
         except NameError as exc:
             raise ExpressionError(f"{exc.name or text!r} is not defined {where}".rstrip()) from None
+        except Refused as exc:
+            raise ExpressionError(f"cannot evaluate {text!r}: {exc}") from None
         except Exception as exc:
             raise ExpressionError(f"cannot evaluate {text!r}: {type(exc).__name__}: {exc}") from None
 

@@ -22,7 +22,7 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_exp
 from IPython.display import display
 from traitlets import Float, Int, Unicode
 
-from ..errors import DeviceLimitError, DeviceNotFound, DtypeError, ShapeError, WorkerError
+from ..errors import DeviceLimitError, DeviceNotFound, DtypeError, ShapeError, WorkerError, prefixed
 from ..ops import Graph, Node
 from ..ops.custom import KernelDefinitionError, compile_error, define, install, restore
 from ..ops.split import buffer_limit
@@ -33,6 +33,17 @@ from .expressions import ExpressionError, namespace_resolver, parse_program
 from .parsing import Command, MagicSyntaxError, help_text, parse
 
 _BODYLESS = re.compile(r"^%%webnet(\s|$)")
+_ABOUT = """Offload numpy work to the WebGPU of phones and laptops joined to this notebook.
+
+::
+
+    %webnet start                        # broker + QR code + live device panel
+    %webnet matmul A B -> C              # C = A @ B on a connected device
+    %%webnet matmul A B -> C             # the same, as a cell of its own
+    %webnet relu(X @ W1 + b1) @ W2 -> Y  # one job; intermediates stay on the device
+    C = %webnet A @ B                    # without '->' the result is returned
+
+"""
 
 
 def bodyless_cell(lines: list[str]) -> list[str]:
@@ -62,23 +73,15 @@ class WebnetMagics(Magics):
     @no_var_expand
     @line_cell_magic
     def webnet(self, line: str, cell: str | None = None) -> Any:
-        """Offload numpy work to WebGPU devices. ``%webnet help`` lists the commands and ops.
-
-        ::
-
-            %webnet start                        # broker + QR code + live device panel
-            %webnet matmul A B -> C              # C = A @ B on a connected device
-            %%webnet matmul A B -> C             # the same, as a cell of its own
-            %webnet relu(X @ W1 + b1) @ W2 -> Y  # one job; intermediates stay on the device
-            C = %webnet A @ B                    # without '->' the result is returned
-        """
         try:
-            command = parse(line, cell)
+            command = parse(line, cell, self._namespace)
         except MagicSyntaxError as exc:
-            raise UsageError(str(exc)) from None
+            raise UsageError(prefixed(str(exc))) from None
         if command.name == "run":
             return self._run(command)
         return getattr(self, f"_{command.name}")(command)
+
+    webnet.__doc__ = _ABOUT + help_text(ops=False)  # %webnet? : every command and option, from the parsers
 
     # -- sub-commands ------------------------------------------------------------------------
 
@@ -153,7 +156,7 @@ class WebnetMagics(Magics):
     def _kernel(self, command: Command) -> None:
         """Define a custom kernel (an op from now on), and compile it on a device if one is connected."""
         try:
-            custom = define(command.options["line"], command.expression)
+            custom = define(command.options["signature"], command.expression, command.options["workgroups"])
         except (KernelDefinitionError, ShapeError) as exc:
             raise UsageError(f"webnet: {exc}") from None
         previous = install(custom)
@@ -214,7 +217,7 @@ class WebnetMagics(Magics):
             print(f"webnet: devices may drop {name}")
 
     def _help(self, command: Command) -> None:
-        print(help_text())
+        print(command.options.get("text") or help_text())
 
     def _run(self, command: Command) -> Any:
         """Read the expression into a graph, run it as one job, then bind every output at once.

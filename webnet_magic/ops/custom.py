@@ -22,6 +22,10 @@ float32, ``array<i32>`` int32, ``array<u32>`` uint32): inputs are cast to them.
 ``--workgroups auto`` is one invocation per output element (workgroups of the kernel's
 ``@workgroup_size``, spread over x and y past 65535); ``--workgroups EXPR,EXPR,EXPR``
 gives the counts as expressions of the inputs (``x.size``, ``x.shape[0]``) and ``ceil``.
+
+Shape and count expressions are arithmetic on numbers and on the inputs' ``shape``, ``size``
+and ``ndim`` (with ``ceil``, ``min``, ``max``, tuples and indexing), read by
+:mod:`~webnet_magic.restricted`: checked when the kernel is defined, never given to ``eval``.
 """
 
 from __future__ import annotations
@@ -37,10 +41,14 @@ import numpy as np
 
 from ..errors import ShapeError, WebnetError
 from ..program import Kernel
+from ..restricted import Refused, Rules, evaluate, parse
 from .compiler import MAX_GROUPS, Builder, Value
 from .graph import OPS, Node, OpSpec, Typed, register
 
 SCALARS = ("f32", "i32", "u32")
+#: What shape and count expressions may call, and read of an input.
+FUNCTIONS = {"ceil": math.ceil, "min": min, "max": max}
+DIMS = ("shape", "size", "ndim")
 DTYPES = {"f32": "float32", "i32": "int32", "u32": "uint32"}
 _SIGNATURE = re.compile(r"^\s*(\w+)\s*\((.*)\)\s*->\s*(\w+)\s*\[(.*)\]\s*$", re.S)
 #: A group-0 binding: its number, its address space and access, and for arrays the element type.
@@ -113,11 +121,9 @@ class CustomKernel:
         return {name: Shapes(tuple(shape)) for name, shape in zip(self.inputs, shapes, strict=True)}
 
 
-def define(line: str, source: str, body_line: int = 2) -> CustomKernel:
-    """Parse and check a kernel cell (``line`` after ``kernel``, ``source`` the WGSL); see :func:`install`."""
-    head, _, options = line.partition(" --workgroups")
-    workgroups = options.strip().strip("'\"") or "auto"
-    match = _SIGNATURE.match(head)
+def define(signature: str, source: str, workgroups: str = "auto", body_line: int = 2) -> CustomKernel:
+    """Parse and check a kernel cell (``signature`` after ``kernel``, ``source`` the WGSL); see :func:`install`."""
+    match = _SIGNATURE.match(signature)
     if match is None:
         raise KernelDefinitionError(
             "write the first line as: %%webnet kernel NAME(x, y, a: f32) -> out[x.shape] [--workgroups auto]"
@@ -126,7 +132,11 @@ def define(line: str, source: str, body_line: int = 2) -> CustomKernel:
     if name in OPS and OPS[name].trusted:
         raise KernelDefinitionError(f"{name!r} is a built-in op; give the kernel another name")
     inputs, scalars = _params(params)
-    _split(shape_text)  # a Python expression
+    for part in _split(shape_text):
+        _check(part, inputs, f"the shape of {output}")
+    if workgroups != "auto":
+        for part in _split(workgroups):
+            _check(part, inputs, "--workgroups")
     kernel = Kernel(source, _entry(source))
     dtypes = _check_bindings(kernel, inputs, output, bool(scalars))
     custom = CustomKernel(name, inputs, scalars, output, shape_text.strip(), dtypes, workgroups, kernel, body_line)
@@ -241,10 +251,27 @@ def _check_bindings(kernel: Kernel, inputs: Sequence[str], output: str, options:
     return tuple(DTYPES[declared[i][1]] for i in arrays)
 
 
-def _evaluate(text: str, scope: Mapping[str, Any], what: str) -> Any:
+def _check(text: str, inputs: Sequence[str], what: str) -> None:
+    """Refuse, when the kernel is defined, an expression that is more than arithmetic on the inputs' dims."""
     try:
-        functions = {"__builtins__": {}, "ceil": math.ceil, "min": min, "max": max}
-        return eval(compile(text, "<kernel>", "eval"), functions, dict(scope))
+        tree = parse(text, FUNCTIONS)
+    except Refused as exc:
+        raise KernelDefinitionError(f"{what} ({text!r}): {exc}") from None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and node.id not in inputs and node.id not in FUNCTIONS:
+            raise KernelDefinitionError(
+                f"{what} ({text!r}) uses {node.id!r}, which is not an input ({', '.join(inputs)})"
+            )
+        if isinstance(node, ast.Attribute) and node.attr not in DIMS:
+            raise KernelDefinitionError(f"{what} ({text!r}) reads .{node.attr}; an input has {', '.join(DIMS)}")
+
+
+def _evaluate(text: str, scope: Mapping[str, Any], what: str) -> Any:
+    rules = Rules(scope, FUNCTIONS, lambda owner, name: isinstance(owner, Shapes) and name in DIMS)
+    try:
+        return evaluate(text, rules)
+    except Refused as exc:
+        raise ShapeError(f"cannot evaluate {what} ({text!r}): {exc}") from None
     except Exception as exc:
         raise ShapeError(f"cannot evaluate {what} ({text!r}): {type(exc).__name__}: {exc}") from None
 
