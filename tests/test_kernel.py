@@ -238,3 +238,24 @@ def test_the_kernel_uses_this_python(kernel: Kernel) -> None:
 
     assert kernel.value("__import__('webnet_magic').__file__") == webnet_magic.__file__
     assert kernel.value("__import__('sys').executable") == sys.executable
+
+
+def test_a_one_task_job_shows_a_moving_bar_and_the_time_not_a_frozen_count(kernel: Kernel, workers: Workers) -> None:
+    """One task has nothing to count: no 0/1, an indeterminate bar and the seconds elapsed (the worker starts
+    only once the bar shows, so the job lasts long enough on any machine)."""
+    import re
+
+    url, _ = started(kernel)
+    kernel.execute("%config WebnetMagics.progress_after = 0.2\nimport numpy as np\nA = np.ones((64, 64), np.float32)")
+
+    def start_a_worker_once_the_bar_shows(msg: dict[str, Any]) -> None:
+        shown = msg["msg_type"] == "display_data" and "webnet-progress" in msg["content"]["data"].get("text/html", "")
+        if shown and not workers.processes:
+            workers.start(url)
+
+    reply = kernel.execute("%webnet A @ A -> C --shard off --timeout 120", on_iopub=start_a_worker_once_the_bar_shows)
+    assert reply.status == "ok", reply.error
+    (shown,) = [d for d in reply.displays if "webnet-progress" in d.get("text/html", "")]
+    assert '<progress style="width:12em">' in shown["text/html"] and "value=" not in shown["text/html"]
+    assert "0/1" not in shown["text/plain"] and re.search(r"\(\d+\.\d s\)$", shown["text/plain"])
+    assert "done: " in reply.updates[-1]["text/plain"] and "1/1" not in reply.updates[-1]["text/plain"]

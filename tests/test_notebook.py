@@ -24,6 +24,10 @@ def test_quickstart_runs_top_to_bottom() -> None:
     )
     assert "Open In Colab" in notebook.cells[0].source and "NGROK_AUTHTOKEN" in notebook.cells[0].source
     assert "max |C - A@B| =" in texts
+    # The devices a cell ends with show as a short table (a header and a row each), not a screen of dicts.
+    (joined,) = [i for i, cell in enumerate(notebook.cells) if cell.source.endswith("wait_for_devices(1, timeout=90)")]
+    (shown,) = [o["data"]["text/plain"] for o in outputs[joined] if o.get("output_type") == "execute_result"]
+    assert shown.startswith("id    state") and len(shown.splitlines()) == 2 and "d1 " in shown
     assert "rows sum to 1: True" in texts  # the expression cell
     assert "inner dimensions 129 and 300 must be equal" in texts  # the deliberate error cell
     assert "broker stopped" in texts

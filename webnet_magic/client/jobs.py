@@ -44,8 +44,9 @@ class JobProgress:
         return self.done / self.total if self.total else 1.0
 
     def __str__(self) -> str:
-        shards = "task" if self.total == 1 else "shards"
-        text = f"{self.done}/{self.total} {shards}, {_size(self.sent)} sent, {_size(self.received)} received"
+        text = f"{_size(self.sent)} sent, {_size(self.received)} received"
+        if self.total > 1:  # of one task, 0/1 would only look frozen
+            text = f"{self.done}/{self.total} shards, {text}"
         if self.running:
             text += "; on " + ", ".join(sorted(set(self.running.values())))
         if self.failures:

@@ -25,10 +25,10 @@ from traitlets import Float, Int, Unicode
 from ..errors import DeviceLimitError, DeviceNotFound, DtypeError, ShapeError, WorkerError, prefixed
 from ..ops import Graph, Node
 from ..ops.custom import KernelDefinitionError, compile_error, define, install, restore
-from ..ops.split import buffer_limit
 from ..program import Program
 from ..worker.native import split_token
 from . import session as sessions
+from .devices import table
 from .expressions import ExpressionError, namespace_resolver, parse_program
 from .parsing import Command, MagicSyntaxError, help_text, parse
 
@@ -135,20 +135,7 @@ class WebnetMagics(Magics):
             print(f"  job {job['id']}: {job['done']}/{job['total']} done")
 
     def _devices(self, command: Command) -> None:
-        devices = self._session().devices()
-        if not devices:
-            print("webnet: no device connected; open the URL from %webnet url on a device with WebGPU")
-            return
-        row = "{:<5} {:<11} {:>5} {:>5} {:>8} {:>8} {:>9} {:>7} {:>8}  {}".format
-        print(row("id", "state", "jobs", "fails", "GF/s", "last ms", "link MB/s", "rtt ms", "max buf",
-                  "name / adapter"))  # fmt: skip
-        for d in devices:
-            last = f"{d['last_job_ms']:.1f}" if d["last_job_ms"] is not None else "-"
-            speed = f"{d['gflops']:.3g}" if d["gflops"] is not None else "-"
-            link = [f"{d[k]:.3g}" if d.get(k) is not None else "-" for k in ("link_mbps", "rtt_ms")]  # measured
-            buffer = f"{buffer_limit(d['limits']) / 1e6:.0f} MB"
-            who = f"{d['name']} / {d['adapter']}" + (f"  ({d['reason']})" if d["banned"] else "")
-            print(row(d["id"], d["state"], d["jobs_done"], d["failures"], speed, last, *link, buffer, who))
+        print(table(self._session().devices()))
 
     def _url(self, command: Command) -> None:
         print(self._session().url)

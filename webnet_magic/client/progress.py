@@ -2,7 +2,8 @@
 
 Shown only in a Jupyter kernel (a terminal would print each update as a new line),
 only once a job has run for ``after`` seconds (quick jobs stay quiet), and updated
-in place through a display id at most a few times a second.
+in place through a display id at most a few times a second.  A job of one task has
+nothing to count: its bar is indeterminate and its line shows the time elapsed.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ class ProgressView:
 
     def _repr_html_(self) -> str:
         p = self.progress
-        bar = "" if self.final else f'<progress value="{p.done}" max="{p.total}" style="width:12em"></progress> '
+        # One task is done or not: a bar at 0/1 would only look frozen, so it is indeterminate (it moves).
+        count = f'value="{p.done}" max="{p.total}" ' if p.total > 1 else ""
+        bar = "" if self.final else f'<progress {count}style="width:12em"></progress> '
         text = html.escape(f"{self.label}: {self.final or p} ({self.elapsed:.1f} s)")
         return f'<div class="webnet-progress" style="font-family:monospace">{bar}webnet {text}</div>'
 

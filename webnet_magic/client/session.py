@@ -35,6 +35,7 @@ from ..program import Program
 from ..tunnel import expose
 from ..worker.launch import LocalWorker, launch
 from ..worker.native import split_token
+from .devices import DeviceTable
 from .expressions import namespace_resolver, parse
 from .jobs import Assemble, Job
 from .progress import ProgressBar
@@ -148,8 +149,8 @@ class Session:
         return self.broker.running
 
     def devices(self) -> list[dict[str, Any]]:
-        """A snapshot of the connected devices (id, name, adapter, state, jobs done, ...)."""
-        return self.broker.devices() if self.running else []
+        """A snapshot of the connected devices (id, name, adapter, state, jobs done, ...), shown as a table."""
+        return DeviceTable(self.broker.devices() if self.running else [])
 
     def panel(self) -> Any:
         """The anywidget showing the QR code and the live device panel (made on first use)."""
@@ -180,7 +181,7 @@ class Session:
         while True:
             usable = [d for d in self.devices() if d["state"] not in NOT_READY]
             if len(usable) >= count:
-                return usable
+                return DeviceTable(usable)
             for worker in self._local_workers:
                 if worker.process.poll() is not None:
                     self._local_workers.remove(worker)
