@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 from jupyter_client.manager import KernelManager
 
+from webnet_magic.testing.linkrelay import LOOPBACK, LinkRelay
+
 from .conftest import Workers
 
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
@@ -195,6 +197,35 @@ def test_a_long_job_shows_a_progress_bar_and_the_panel_lists_its_shards(kernel: 
     # In the background: the cell returns at once; top-level await on the handle gives the result.
     assert kernel.execute("h = %webnet A @ A -> E --bg --shard 2\nD = await h").status == "ok"
     assert kernel.value("float(D[0, 0]) + float(E[0, 0])") == 512.0
+
+
+def test_a_background_job_binds_only_once_no_cell_is_running(kernel: Kernel, workers: Workers) -> None:
+    """A `--bg` job that finishes while a cell runs (its answer is held in a relay until the cell says it
+    is waiting) leaves the cell's names alone, awaited or not; the next cell sees them bound."""
+    url, port = started(kernel)
+    with LinkRelay(port, LOOPBACK) as relay:
+        workers.start(relay.url(url))
+        assert (
+            kernel.execute("from webnet_magic.client.session import current\ncurrent().wait_for_devices(1, 60)").status
+            == "ok"
+        )
+        kernel.execute("import numpy as np, time\nA = np.ones((64, 64), np.float32)\nC = 'before'")
+
+        def release_once_waiting(msg: dict[str, Any]) -> None:
+            if msg["msg_type"] == "stream" and "waiting" in msg["content"]["text"]:
+                relay.release("up")
+
+        relay.hold("up")
+        assert kernel.execute("h = %webnet A @ A -> C --bg").status == "ok"
+        waiting = "print('waiting', flush=True)\nwhile not h.done():\n    time.sleep(0.01)\nseen = C"
+        assert kernel.execute(waiting, on_iopub=release_once_waiting).status == "ok"
+        assert kernel.value("seen") == "before" and kernel.value("float(C[0, 0])") == 64.0
+
+        relay.hold("up")
+        assert kernel.execute("h = %webnet A @ A -> E --bg").status == "ok"
+        awaiting = "print('waiting', flush=True)\nD = await h\nseen = globals().get('E', 'unbound')"
+        assert kernel.execute(awaiting, on_iopub=release_once_waiting).status == "ok"
+        assert kernel.value("seen") == "unbound" and kernel.value("float(D[0, 0] + E[0, 0])") == 128.0
 
 
 def test_bad_input_in_the_kernel_is_a_usage_error_and_leaves_variables(kernel: Kernel) -> None:

@@ -81,6 +81,8 @@ def test_a_background_job_binds_when_done_and_is_awaitable(shell: InteractiveShe
     handle = shell.user_ns["h"]
     handle.result(60)
     assert handle.done() and handle.progress.done == handle.progress.total
+    assert shell.user_ns["C"] == "before"  # a plain shell has no loop between cells: bound as the next one runs
+    shell.run_cell("pass")
     np.testing.assert_allclose(shell.user_ns["C"], shell.user_ns["A"] @ shell.user_ns["B"], rtol=1e-4, atol=1e-4)
     assert "done" in repr(handle)  # `await` on a handle: in test_kernel.py, under ipykernel's own loop
 
@@ -99,6 +101,7 @@ def test_cancelling_a_background_job_stops_its_shards_and_binds_nothing(
     wait_until(lambda: all(d["state"] == "idle" for d in fleet.devices()), 60, "both devices to drop their shards")
     collector = f"webnet-{handle.id}"  # the job's thread, the one that would bind its results
     wait_until(lambda: collector not in {t.name for t in threading.enumerate()}, 60, "the job's thread to end")
+    shell.run_cell("pass")  # where a finished job's names would be bound
     assert shell.user_ns["C"] == "before"
     assert fleet.broker.fleet()["jobs"] == []
 

@@ -27,6 +27,7 @@ from ..ops import Graph, Node
 from ..ops.custom import KernelDefinitionError, compile_error, define, install, restore
 from ..program import Program
 from ..worker.native import split_token
+from . import binding
 from . import session as sessions
 from .devices import table
 from .expressions import ExpressionError, namespace_resolver, parse_program
@@ -210,7 +211,8 @@ class WebnetMagics(Magics):
         """Read the expression into a graph, run it as one job, then bind every output at once.
 
         With ``--bg`` the job's handle comes back at once and the outputs are bound (all at
-        once, and only if the whole job succeeds) when it completes.
+        once, and only if the whole job succeeds) on the kernel's thread once it completes and no
+        cell is running (see :mod:`~webnet_magic.client.binding`).
         """
         options, names = command.options, command.outputs
         launch = {
@@ -224,7 +226,7 @@ class WebnetMagics(Magics):
             if options.get("local"):
                 results = sessions.run_local(nodes)
             elif options.get("bg"):
-                bind = self._binder(names) if names else None
+                bind = binding.binder(self.shell).later(names) if names else None
                 return self._session().launch(nodes, bind=bind, **launch)
             else:
                 timeout = options.get("timeout", self.timeout)
@@ -286,6 +288,7 @@ def load(shell: InteractiveShell) -> None:
 
 def unload(shell: InteractiveShell) -> None:
     sessions.stop()
+    binding.detach(shell)
     if bodyless_cell in shell.input_transformers_cleanup:
         shell.input_transformers_cleanup.remove(bodyless_cell)
     if shell.magics_manager is not None:
