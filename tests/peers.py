@@ -13,6 +13,7 @@ import threading
 from collections.abc import Awaitable, Callable
 
 import numpy as np
+from tornado.httpclient import HTTPRequest
 from tornado.websocket import WebSocketClosedError, websocket_connect
 
 from webnet_magic import ops
@@ -33,8 +34,8 @@ def small_program():
     return ops.plan("matmul", np.ones((4, 3), np.float32), np.ones((3, 2), np.float32)).program
 
 
-async def connect(url: str):
-    return await websocket_connect(socket_url(url))
+async def connect(url: str, headers: dict[str, str] | None = None):
+    return await websocket_connect(HTTPRequest(socket_url(url), headers=headers))
 
 
 async def read_message(conn, assembler: Assembler) -> Message | None:
@@ -59,11 +60,14 @@ class Peer:
     It says hello (with ``hello`` overriding the defaults), answers pings unless
     ``silent``, and hands each job to ``reply(conn, job)``, or leaves it unanswered.
     ``welcome`` is the broker's welcome (its ``resume`` secret lets a new peer come back
-    as this device) and ``cancels`` the attempt ids the broker cancelled.
+    as this device) and ``cancels`` the attempt ids the broker cancelled.  ``headers`` go with
+    its WebSocket's request (a browser's User-Agent, a tunnel's Host and X-Forwarded-For).
     """
 
-    def __init__(self, broker: BrokerThread, reply=None, *, silent: bool = False, **hello) -> None:
-        self.url, self.reply, self.silent, self.hello = broker.url, reply, silent, hello
+    def __init__(
+        self, broker: BrokerThread, reply=None, *, silent: bool = False, headers: dict[str, str] | None = None, **hello
+    ) -> None:
+        self.url, self.reply, self.silent, self.hello, self.headers = broker.url, reply, silent, hello, headers
         self.joined = threading.Event()
         self.close_code: int | None = None
         self.jobs: list[Message] = []
@@ -75,7 +79,7 @@ class Peer:
 
     async def _main(self) -> None:
         self.loop = asyncio.get_running_loop()
-        self.conn = conn = await connect(self.url)
+        self.conn = conn = await connect(self.url, self.headers)
         self.welcome = await say_hello(conn, **self.hello)
         self.joined.set()
         # The broker may close the link while an answer is on its way (that is what some tests

@@ -33,7 +33,7 @@ from webnet_magic.broker.listener import ServerLimits
 from webnet_magic.broker.thread import BrokerThread
 from webnet_magic.client.jobs import Job
 from webnet_magic.errors import DeviceLimitError, WorkerError, WorkerLost
-from webnet_magic.protocol import CLOSE_BAD_TOKEN, Message
+from webnet_magic.protocol import CLOSE_BAD_TOKEN, CLOSE_SILENT, CLOSE_TRY_LATER, Message
 
 from .conftest import Workers, wait_until
 from .peers import Peer, answering, calibrated, result, send, small_program
@@ -69,12 +69,13 @@ def closing_times(socks: list[socket.socket], since: float | None = None) -> lis
     return closed
 
 
-def upgrade(port: int, query: str, headers: str = "") -> tuple[socket.socket, bytes]:
+def upgrade(port: int, query: str, headers: str = "", host: str | None = None) -> tuple[socket.socket, bytes]:
     """A WebSocket handshake to ``/ws?query`` by hand (so any frame can follow): the socket and the answer's head."""
     sock = connect(port)
     key = base64.b64encode(os.urandom(16)).decode()
     sock.sendall(
-        f"GET /ws?{query} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"GET /ws?{query} HTTP/1.1\r\nHost: {host or f'127.0.0.1:{port}'}\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
         f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n".encode()
     )
     head = b""
@@ -602,3 +603,124 @@ def test_devices_lost_mid_calibration_leave_nothing_behind(peers: list[Peer], ca
         thread.stop()
     gc.collect()  # an unread future's error is logged as it is collected
     assert "never retrieved" not in caplog.text
+
+
+# -- with the token: bans that outlive a reconnect, and slots --------------------------------------
+
+WRONG = np.full((4, 2), 7, np.float32)
+PHONE = {"User-Agent": "Mozilla/5.0 (iPhone; CPU iPhone OS 26_0 like Mac OS X) Safari/605.1.15"}
+
+
+def right_or_not(outputs: list[np.ndarray]) -> str | None:
+    return None if np.array_equal(outputs[0], RIGHT) else "not all threes"
+
+
+def test_a_banned_device_that_reconnects_without_its_secret_is_banned_again(
+    broker: BrokerThread, peers: list[Peer]
+) -> None:
+    """A phone banned by --verify reloads its page (a new connection, no resume secret): it is known by its
+    address, user agent, runtime and adapter, banned as it joins and given no work; a device that differs
+    (here its adapter) is not."""
+    peers.append(Peer(broker, answering(RIGHT)))
+    liar = Peer(broker, answering(WRONG), headers=PHONE)
+    peers.append(liar)
+    banned = liar.welcome.fields["device"]
+    handle = broker.submit(small_program(), check=right_or_not, prefer=banned)
+    np.testing.assert_array_equal(handle.future.result(10)[0], RIGHT)
+    liar.stop()
+    wait_until(lambda: banned not in {d["id"] for d in broker.devices()}, 10, "the liar to leave")
+
+    again = Peer(broker, answering(WRONG), headers=PHONE)
+    peers.append(again)
+    device = {d["id"]: d for d in broker.devices()}[again.welcome.fields["device"]]
+    assert device["id"] != banned and device["state"] == "banned"
+    assert f"same address, browser and adapter as banned device {banned} (failed verification" in device["reason"]
+    for _ in range(3):
+        np.testing.assert_array_equal(broker.submit(small_program(), check=right_or_not).future.result(10)[0], RIGHT)
+    assert again.jobs == []
+
+    other = Peer(broker, answering(RIGHT), headers=PHONE, adapter={"description": "another GPU"})
+    peers.append(other)
+    assert not {d["id"]: d for d in broker.devices()}[other.welcome.fields["device"]]["banned"]
+
+
+def test_liars_with_a_new_identity_each_fail_no_verified_job(broker: BrokerThread, peers: list[Peer]) -> None:
+    """Three liars that cannot be told apart from strangers (each its own user agent), each measured far faster
+    than the one honest device: each takes a verified job first and is banned, and the job's retry waits for
+    the device whose results have passed verification before, so every job ends right.  (Retries went to
+    the next fresh device: the three liars used up the first job's three attempts.)"""
+    big = ops.plan("matmul", np.ones((128, 128), np.float32), np.ones((128, 128), np.float32)).program
+    right, wrong = np.full((128, 128), 128, np.float32), np.zeros((128, 128), np.float32)
+
+    def all_128(outputs: list[np.ndarray]) -> str | None:
+        return None if np.array_equal(outputs[0], right) else "not all 128"
+
+    def timed(ms: float, lies_after: int | None = None):
+        answered = [0]
+
+        async def reply(conn, job: Message) -> None:
+            answered[0] += 1
+            lie = lies_after is not None and answered[0] > lies_after
+            await send(conn, result(job, wrong if lie else right, timings={"kernel": ms}))
+
+        return reply
+
+    honest = Peer(broker, timed(400.0))
+    peers.append(honest)
+    on_honest = frozenset({honest.welcome.fields["device"]})
+    broker.submit(big, devices=on_honest, check=all_128).future.result(10)  # its speed, and a verified record
+    liars = [Peer(broker, timed(0.5, lies_after=1), headers={"User-Agent": f"stranger {i}"}) for i in range(3)]
+    peers += liars
+    for liar in liars:  # right the first time: its speed, 800 times the honest device's
+        broker.submit(big, devices=frozenset({liar.welcome.fields["device"]})).future.result(10)
+    for _ in liars:
+        np.testing.assert_array_equal(broker.submit(big, check=all_128).future.result(10)[0], right)
+    assert [len(liar.jobs) for liar in liars] == [2, 2, 2]  # its speed job and one verified job each
+    assert all(d["banned"] for d in broker.devices() if d["id"] not in on_honest)
+
+
+def test_a_device_that_does_not_calibrate_in_time_is_dropped(peers: list[Peer]) -> None:
+    """A device that answers heartbeats but never its calibration gives its slot back once the calibration's
+    lease runs out (it held it for good: the lease of a task only it may run was extended forever)."""
+    thread = BrokerThread(heartbeat=0.2, silence_limit=1.5, lease=0.5).start()
+    try:
+        idler = Peer(thread)
+        peers.append(idler)
+        wait_until(lambda: thread.devices() == [], 30, "the idler to be dropped")
+        idler.thread.join(10)
+        assert idler.jobs and idler.close_code == CLOSE_SILENT
+    finally:
+        thread.stop()
+
+
+def test_one_address_holds_at_most_its_share_of_worker_slots(peers: list[Peer]) -> None:
+    """Sixteen worker connections from one address through the tunnel (the agent's X-Forwarded-For) are held; a
+    seventeenth is told to try later (1013).  Other addresses, and loopback connections that did not come by the
+    tunnel (whose X-Forwarded-For is not believed), still join; one of the sixteen gone, the address joins again."""
+    thread = BrokerThread(heartbeat=0.2, silence_limit=60, calibrate=False).start()
+    try:
+        thread.expose_through("tunnel.webnet.test")
+        query = f"token={thread.token}"
+
+        def through_tunnel(address: str) -> str:
+            return f"X-Forwarded-For: 10.1.2.3, {address}\r\n"  # the agent appends what it saw
+
+        held = []
+        for _ in range(16):
+            sock, head = upgrade(thread.port, query, through_tunnel("203.0.113.9"), host="tunnel.webnet.test")
+            assert head.startswith(b"HTTP/1.1 101"), head
+            held.append(sock)
+        sock, head = upgrade(thread.port, query, through_tunnel("203.0.113.9"), host="tunnel.webnet.test")
+        with sock:
+            assert head.startswith(b"HTTP/1.1 101") and close_code(sock) == CLOSE_TRY_LATER
+        tunnel = {"Host": "tunnel.webnet.test", "X-Forwarded-For": "198.51.100.4"}
+        peers.append(Peer(thread, headers=tunnel))  # another address
+        peers.append(Peer(thread, headers={"X-Forwarded-For": "203.0.113.9"}))  # not by the tunnel: loopback
+        held.pop().close()
+        wait_until(lambda: len(thread.broker.sockets) == 17, 10, "the closed connection to be forgotten")
+        peers.append(Peer(thread, headers={"Host": "tunnel.webnet.test", "X-Forwarded-For": "203.0.113.9"}))
+        assert len(thread.devices()) == 3
+        for sock in held:
+            sock.close()
+    finally:
+        thread.stop()

@@ -19,6 +19,7 @@ import numpy as np
 from ..program import Program
 from ..protocol import MAX_MESSAGE_BYTES, Message
 from .link import LinkEstimate
+from .origin import Origin
 
 #: The limits a program is checked against before it is sent, with what each bounds.  Device
 #: limits come from the worker's hello; the message limit is the wire protocol's own.
@@ -50,7 +51,8 @@ class Device:
     """A connected worker, as the scheduler and the device panel see it.
 
     ``resume`` is the secret a worker sends back in its next hello to come back as this
-    device (same id, speed, counters and ban) after its link dropped.
+    device (same id, speed, counters and ban) after its link dropped.  One that comes back
+    without it is known again only by its :attr:`identity` (see :mod:`~webnet_magic.broker.origin`).
     """
 
     id: str
@@ -64,6 +66,7 @@ class Device:
     webgpu: bool = True
     reason: str = ""
     resume: str = ""
+    origin: Origin = field(default_factory=lambda: Origin("", ""))
     state: str = "idle"
     attempts: list[Attempt] = field(default_factory=list)  # held, in the order sent; the first runs
     cache: set[str] = field(default_factory=set)  # content keys the worker says it keeps
@@ -74,6 +77,7 @@ class Device:
     # -- history, carried over when the device comes back ---------------------------------
     jobs_done: int = 0
     failures: int = 0
+    verified: int = 0  # the notebook's jobs whose results it returned passed --verify
     banned: str = ""  # why the device gets no more work this session
     speed: float | None = None  # flop/s: calibration, then a running average of real jobs
     last_job_ms: float | None = None
@@ -82,11 +86,26 @@ class Device:
     returns: int = 0  # times it came back after losing its link
     recent: OrderedDict[str, int] = field(default_factory=OrderedDict)  # attempt id -> output bytes
 
-    HISTORY = ("jobs_done", "failures", "banned", "speed", "last_job_ms", "bytes_in", "bytes_out", "recent")
+    HISTORY = ("jobs_done", "failures", "verified", "banned", "speed", "last_job_ms", "bytes_in", "bytes_out", "recent")
 
     @property
     def usable(self) -> bool:
         return self.webgpu and self.state != "closing"
+
+    @property
+    def adapter_name(self) -> str:
+        """The adapter as the panel names it."""
+        adapter = self.adapter
+        return adapter.get("description") or " ".join(
+            filter(None, (adapter.get(k) for k in ("vendor", "architecture", "device")))
+        )
+
+    @property
+    def identity(self) -> str:
+        """What a device that reconnects without its secret shares with its old self (empty: unknown)."""
+        if not self.origin.address:
+            return ""
+        return "\n".join((self.origin.address, self.origin.agent, self.runtime, self.adapter_name))
 
     @property
     def attempt(self) -> Attempt | None:
@@ -139,9 +158,7 @@ class Device:
             "id": self.id,
             "name": self.name,
             "runtime": self.runtime,
-            "adapter": self.adapter.get("description")
-            or " ".join(filter(None, (self.adapter.get(k) for k in ("vendor", "architecture", "device"))))
-            or "",
+            "adapter": self.adapter_name,
             "state": state,
             "reason": self.banned or self.reason,
             "jobs_done": self.jobs_done,
@@ -180,6 +197,7 @@ class Task:
     progress: Progress = field(default_factory=Progress)
     tried: set[str] = field(default_factory=set)
     resent: bool = False  # sent again with all its inputs after a worker had dropped some
+    misled: bool = False  # a device's result for it failed verification: retries go to proven devices
     attempts: int = 0
 
 

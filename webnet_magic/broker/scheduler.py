@@ -79,6 +79,9 @@ DEPARTED_KEPT = 256
 #: Jobs whose tasks have all ended keep their count of finished shards, this many at a time, for a job
 #: that submits more tasks later (a model's next stage): it shows its count again, not zero.
 ENDED_GROUPS_KEPT = 64
+#: Identities of banned devices kept (see :mod:`~webnet_magic.broker.origin`), so a banned device that
+#: reconnects without its resume secret is banned again as it joins.
+BANS_KEPT = 1024
 #: Timings a worker reports that are GPU work, from which its speed is measured.
 BUSY_PARTS = ("upload", "kernel", "download", "throttle")
 
@@ -110,6 +113,7 @@ class Scheduler:
     ) -> None:
         self.devices: dict[str, Device] = {}
         self.departed: OrderedDict[str, Device] = OrderedDict()  # resume secret -> device
+        self.bans: OrderedDict[str, str] = OrderedDict()  # identity of a banned device -> its id and why
         self.queue: deque[Task] = deque()
         self.tasks: dict[str, Task] = {}
         self.groups: dict[str, Group] = {}  # jobs with a task not yet finished: what the panel lists
@@ -135,6 +139,9 @@ class Scheduler:
     # -- devices ---------------------------------------------------------------------------
 
     def join(self, device: Device) -> None:
+        ban = self.bans.get(device.identity) if device.identity else None
+        if ban is not None and not device.banned:
+            device.banned = f"same address, browser and adapter as banned device {ban}"
         self.devices[device.id] = device
         log.info("device %s %s: %s (%s)", device.id, "is back" if device.returns else "joined", device.name,
                  device.runtime)  # fmt: skip
@@ -358,8 +365,16 @@ class Scheduler:
 
     def _choose(self, task: Task) -> Device | None:
         """The device to start ``task`` on now (of those it may use, preferring ones it has not
-        failed on), or None to keep it queued: see :meth:`Placement.choose`."""
+        failed on), or None to keep it queued: see :meth:`Placement.choose`.
+
+        Once a result of the task has failed verification, it waits for a device whose results
+        have passed verification before, if one may run it: a liar that comes back under a new
+        identity each time (see :mod:`~webnet_magic.broker.origin`) is a fresh device every time,
+        and would otherwise take every retry until the task's attempts ran out.
+        """
         eligible = self._eligible(task)
+        if task.misled:  # a device lied about it: it goes where results have passed verification, if it can
+            eligible = [d for d in eligible if d.verified] or eligible
         fresh = [d for d in eligible if d.id not in task.tried]
         return self.placement.choose(task, fresh or eligible)
 
@@ -437,7 +452,14 @@ class Scheduler:
         """An attempt outlived its lease: run the task elsewhere if it can; else give it longer."""
         if not attempt.live:
             return
-        if not [d for d in self._eligible(attempt.task) if d is not attempt.device]:
+        device = attempt.device
+        if attempt.task.internal:  # a device that cannot calibrate in time gets no work: it gives its slot back
+            reason = f"did not finish its calibration within {seconds:.0f} s"
+            log.warning("device %s %s; disconnecting it", device.id, reason)
+            device.close(CLOSE_SILENT, reason)
+            self.leave(device, reason)
+            return
+        if not [d for d in self._eligible(attempt.task) if d is not device]:
             self._lease(attempt, seconds)  # the only device that can run it is still working on it
             return
         log.warning("attempt %s on %s outlived its %.0f s lease", attempt.id, attempt.device.id, seconds)
@@ -528,11 +550,17 @@ class Scheduler:
         if task.future.done():
             return
         if problem is None:
+            device.verified += not task.internal
             self._succeeded(attempt, outputs)
         else:
             what = "its calibration check" if task.internal else f"verification of job {task.id}"
             log.warning("device %s failed %s (%s); banned for this session", device.id, what, problem)
             device.banned = f"failed {what}: {problem}"
+            task.misled = True
+            if device.identity:
+                self.bans[device.identity] = f"{device.id} ({device.banned})"
+                while len(self.bans) > BANS_KEPT:
+                    self.bans.popitem(last=False)
             for other in [a for a in device.attempts if a.live]:  # it gets no more work, not even what it holds
                 self._abandon(other)
                 self._failed(other.task, device, "verify", f"was banned ({device.banned})")

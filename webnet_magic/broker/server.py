@@ -47,6 +47,7 @@ from ..protocol import (
     encode,
 )
 from .hello import printable, reported_limits
+from .origin import MAX_PER_ADDRESS, origin_of
 from .scheduler import Device, Scheduler
 
 log = logging.getLogger(__name__)
@@ -272,6 +273,8 @@ class WorkerSocket(Handler, tornado.websocket.WebSocketHandler):
     def prepare(self) -> None:
         # Before the upgrade, so that a refused connection's frame limit is set from its first frame.
         self.authorized = self.broker.token_ok(self.request.query_arguments.get("token", [b""])[-1])
+        self.tunneled = self.request.host == self.broker.tunnel_host
+        self.origin = origin_of(self.request.remote_ip, self.request.headers, self.tunneled)
 
     @property
     def max_message_size(self) -> int:
@@ -299,8 +302,10 @@ class WorkerSocket(Handler, tornado.websocket.WebSocketHandler):
         if len(self.broker.sockets) >= MAX_SOCKETS:
             self.close(CLOSE_TRY_LATER, f"this notebook already has {MAX_SOCKETS} worker connections")
             return
+        if sum(s.origin.address == self.origin.address for s in self.broker.sockets) >= MAX_PER_ADDRESS:
+            self.close(CLOSE_TRY_LATER, f"this address already has {MAX_PER_ADDRESS} worker connections")
+            return
         self.broker.sockets.add(self)
-        self.tunneled = self.request.host == self.broker.tunnel_host
         limit = self.broker.silence_limit  # a peer silent this long is gone, hello or not
         self._hello_timer = asyncio.get_running_loop().call_later(
             limit, lambda: self._refuse(f"no hello within {limit:g} s")
@@ -396,6 +401,7 @@ class WorkerSocket(Handler, tornado.websocket.WebSocketHandler):
             reason=printable(f.get("reason", ""), 500),
             send=self.send,
             close=self.close,
+            origin=self.origin,
         )
         old = scheduler.returning(str(f.get("resume", ""))[:64])
         if old is None:
