@@ -186,6 +186,16 @@ def encode(message: Message, message_id: int, chunk_size: int = DEFAULT_CHUNK) -
     The header is checked here, at once; each frame is then built with a single copy of
     its share of the array bytes, so a large message never exists twice in memory.
     """
+    return (b"".join(parts) for parts in encode_parts(message, message_id, chunk_size))
+
+
+#: One frame as the pieces it is made of: its prefix (bytes), then views of the array bytes it carries.
+Parts = list[bytes | memoryview]
+
+
+def encode_parts(message: Message, message_id: int, chunk_size: int = DEFAULT_CHUNK) -> Iterator[Parts]:
+    """The frames of :func:`encode`, each as its pieces, joined by nobody: a sender that can
+    write pieces (a socket's buffer, a WebSocket frame it builds itself) copies no array bytes."""
     if not 0 < chunk_size <= MAX_CHUNK:
         raise ValueError(f"chunk_size must be between 1 and {MAX_CHUNK}")
     arrays = [_wire_array(a) for a in message.arrays]
@@ -205,14 +215,14 @@ def encode(message: Message, message_id: int, chunk_size: int = DEFAULT_CHUNK) -
     return _frames(head_prefix, data_prefix, views, chunk_size)
 
 
-def _frames(head: bytes, data: bytes, views: list[memoryview], chunk_size: int) -> Iterator[bytes]:
+def _frames(head: bytes, data: bytes, views: list[memoryview], chunk_size: int) -> Iterator[Parts]:
     remaining = sum(len(v) for v in views)
     pieces = iter(views)
     piece, at = next(pieces, memoryview(b"")), 0
     prefix = head
     while True:
         size = min(chunk_size, remaining)
-        parts: list[bytes | memoryview] = [prefix]
+        parts: Parts = [prefix]
         wanted = size
         while wanted:  # views of the next `size` payload bytes, across array boundaries
             take = min(wanted, len(piece) - at)
@@ -220,7 +230,7 @@ def _frames(head: bytes, data: bytes, views: list[memoryview], chunk_size: int) 
             wanted, at = wanted - take, at + take
             if at == len(piece):
                 piece, at = next(pieces, memoryview(b"")), 0
-        yield b"".join(parts)  # the one copy of these bytes on this side
+        yield parts
         remaining -= size
         if not remaining:
             return
@@ -232,7 +242,7 @@ class _Partial:
     type: str
     fields: dict[str, Any]
     specs: list[tuple[np.dtype, tuple[int, ...]]]
-    payload: bytearray
+    payload: np.ndarray  # uint8, left unset until the frames fill it (a bytearray would zero it first)
     filled: int = 0
 
 
@@ -325,12 +335,12 @@ class Assembler:
         allowed = self.budget(head["type"], fields)
         if total > allowed:
             raise ProtocolError(f"{head['type']!r} message of {total} bytes; at most {allowed} were expected")
-        partial = _Partial(head["type"], fields, specs, bytearray(total))
+        partial = _Partial(head["type"], fields, specs, np.empty(total, np.uint8))
         self._pending[message_id] = partial
         return partial, body[_JSON_LEN.size + json_len :]
 
 
-def _split(payload: bytearray, specs: list[tuple[np.dtype, tuple[int, ...]]]) -> list[np.ndarray]:
+def _split(payload: np.ndarray, specs: list[tuple[np.dtype, tuple[int, ...]]]) -> list[np.ndarray]:
     """Views of the assembled payload as the declared arrays (no copies)."""
     arrays, offset = [], 0
     for dtype, shape in specs:

@@ -32,6 +32,7 @@ import tornado.web
 import tornado.websocket
 
 from ..errors import DeviceNotFound, WorkerLost
+from ..frames import send_parts
 from ..program import padded
 from ..protocol import (
     CLOSE_BAD_TOKEN,
@@ -44,7 +45,7 @@ from ..protocol import (
     Assembler,
     Message,
     ProtocolError,
-    encode,
+    encode_parts,
 )
 from .hello import printable, reported_limits
 from .origin import MAX_PER_ADDRESS, origin_of
@@ -447,12 +448,13 @@ class WorkerSocket(Handler, tornado.websocket.WebSocketHandler):
         Frames of concurrent sends may interleave; each message's stay in order and the
         receiving assembler keeps them apart, so a ping is never stuck behind a large job.
         """
-        for frame in encode(message, next(self._message_ids) & 0xFFFFFFFF, self.broker.chunk_size):
-            await self.write_message(frame, binary=True)
-            self.broker.bytes_sent += len(frame)
-            self.broker.tunnel_bytes += len(frame) if self.tunneled else 0
+        for parts in encode_parts(message, next(self._message_ids) & 0xFFFFFFFF, self.broker.chunk_size):
+            await send_parts(self.ws_connection, parts, client=False)  # from the arrays' own memory
+            size = sum(len(p) for p in parts)
+            self.broker.bytes_sent += size
+            self.broker.tunnel_bytes += size if self.tunneled else 0
             if self.device is not None:
-                self.device.bytes_out += len(frame)
+                self.device.bytes_out += size
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run ``coro`` in the background; a failed send closes this connection."""

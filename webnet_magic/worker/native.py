@@ -29,6 +29,7 @@ from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, websocket_connect
 
 from .._threads import in_daemon_thread
+from ..frames import send_parts
 from ..program import Program
 from ..protocol import (
     CLOSE_BAD_TOKEN,
@@ -39,7 +40,7 @@ from ..protocol import (
     Assembler,
     Message,
     ProtocolError,
-    encode,
+    encode_parts,
 )
 from .gpu import GpuJobError, WgpuExecutor
 
@@ -282,8 +283,8 @@ class NativeWorker:
                 return
 
     async def _send(self, conn: WebSocketClientConnection, message: Message) -> None:
-        for frame in encode(message, next(self._ids) & 0xFFFFFFFF):
-            await conn.write_message(frame, binary=True)
+        for parts in encode_parts(message, next(self._ids) & 0xFFFFFFFF):
+            await send_parts(conn.protocol, parts, client=True)
 
 
 def error_message(job: str, kind: str, text: str, **extra: Any) -> Message:
