@@ -6,8 +6,10 @@
 2. Transport alone: a 64 MB array to the worker and back through the broker (a ping
    carrying the array; no GPU), beside a plain tornado WebSocket echo of the same bytes
    on loopback, in the same frame size and as one message.
+3. ``--wire f16`` against float32: the chain ``relu(X @ W1 + b1) @ W2`` (n x n, fresh
+   inputs each call, so every byte travels and is converted), both ways in one run.
 
-    python benchmarks/end_to_end.py [--worker native|browser] [--sizes 256 1024 2048]
+    python benchmarks/end_to_end.py [--worker native|browser] [--sizes 256 1024 2048] [--chain 2048]
 
 Figures vary with the machine; ratios to the references measured here are what carry over.
 """
@@ -163,12 +165,43 @@ def transport_figures(session: sessions.Session, megabytes: int, repeat: int) ->
         print(f"{label:<52} {seconds * 1e3:>8.1f} {moved / seconds:>7.2f} {seconds / chunked_s:>8.2f}x")
 
 
+def wire_figures(shell: InteractiveShell, n: int, repeat: int) -> None:
+    """The chain with fresh float32 inputs, sent as float32 and as float16 (best of ``repeat`` each)."""
+    rng = np.random.default_rng(2)
+    cell = "%webnet relu(X @ W1 + b1) @ W2 -> Y"
+
+    def call(wire: str) -> float:
+        shell.user_ns.update(
+            X=rng.standard_normal((n, n)).astype(np.float32),
+            W1=(rng.standard_normal((n, n)) / np.sqrt(n)).astype(np.float32),
+            b1=rng.standard_normal(n).astype(np.float32),
+            W2=(rng.standard_normal((n, n)) / np.sqrt(n)).astype(np.float32),
+        )
+        t0 = time.perf_counter()
+        shell.run_cell(f"{cell} --wire {wire}", store_history=False).raise_error()
+        return time.perf_counter() - t0
+
+    for wire in ("f32", "f16"):
+        call(wire)  # compiles the kernels
+    times: dict[str, list[float]] = {"f32": [], "f16": []}
+    for _ in range(repeat):  # alternated, so both see the same machine
+        for wire in times:
+            times[wire].append(call(wire))
+    f32, f16 = min(times["f32"]), min(times["f16"])
+    megabytes = (3 * n * n + n) * 4 / 1e6
+    print(f"\n--wire f16 against float32: {cell[8:]}, n = {n}, {megabytes:.0f} MB of fresh inputs")
+    print(f"(best of {repeat}, ms)")
+    print(f"{'float32':>10} {'float16':>10} {'f16/f32':>8}")
+    print(f"{f32 * 1e3:>10.1f} {f16 * 1e3:>10.1f} {f16 / f32:>8.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", choices=["native", "browser"], default="native")
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 2048])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--transport-mb", type=int, default=64)
+    parser.add_argument("--chain", type=int, default=2048, help="n of the --wire f16 comparison (0: skip it)")
     args = parser.parse_args()
 
     shell = InteractiveShell.instance()
@@ -183,6 +216,8 @@ def main() -> None:
     try:
         matmul_figures(shell, session, args.sizes, args.repeat)
         transport_figures(session, args.transport_mb, args.repeat)
+        if args.chain:
+            wire_figures(shell, args.chain, args.repeat)
     finally:
         sessions.stop()
 

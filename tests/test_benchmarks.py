@@ -15,7 +15,7 @@ BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 TOY = {
     "browser_models.py": ["--quick"],
     "conv.py": ["--quick"],
-    "end_to_end.py": ["--sizes", "64", "--repeat", "1", "--transport-mb", "1"],
+    "end_to_end.py": ["--sizes", "64", "--repeat", "1", "--transport-mb", "1", "--chain", "64"],
     "fleet.py": ["--n", "128", "--slowdowns", "1", "--repeat", "1"],
     "gpu_matmul.py": ["--sizes", "64", "--budget", "0.01"],
     "link.py": ["--quick"],

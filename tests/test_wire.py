@@ -40,3 +40,19 @@ def test_f16_results_match_numpy_to_float16_precision(broker: BrokerThread, work
     # inputs rounded to 11 bits (relative 2**-11 each), the result rounded to 11 bits again
     np.testing.assert_allclose(got, exact, rtol=3 * 2.0**-11 * 2, atol=1e-3)
     assert not np.array_equal(got, exact.astype(np.float32))  # it really went through float16
+
+
+def test_large_arrays_convert_in_slices_exactly_as_numpy_casts() -> None:
+    """An array of several slices (converted on threads) equals numpy's own casts both ways, inf and
+    NaN included; a value beyond float16's range in its last slice still refuses the whole array."""
+    from webnet_magic.ops.half import SLICE, to_float, to_half
+
+    x = np.random.default_rng(2).standard_normal(3 * SLICE + 6).astype(np.float32) * 1000  # not a whole number of slices
+    x[[0, SLICE + 1, 2 * SLICE + 2]] = [np.inf, -np.inf, np.nan]
+    half = to_half(x.reshape(-1, 6), "x")
+    assert half.shape == (len(x) // 6, 6)
+    np.testing.assert_array_equal(half.reshape(-1), x.astype(np.float16))
+    np.testing.assert_array_equal(to_float(half), half.astype(np.float32))
+    x[-1] = 65520.0  # rounds to inf in float16
+    with pytest.raises(DtypeError, match="beyond float16's range"):
+        ops.compile_graph([ops.call("exp", x)], "f16")

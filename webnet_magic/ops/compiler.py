@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DtypeError
 from ..program import Buffer, Kernel, Output, Program, Step, padded
 from .dtypes import Leaf, conversion_note
 from .graph import OPS, Node, Shape, evaluate, topological
+from .half import to_float, to_half
 from .indexing import identity
 
 WORKGROUP = 256  # invocations per workgroup in the 1-D kernels
@@ -169,6 +169,11 @@ class ContentKeys:
         return known[1]
 
 
+def _widened(array: np.ndarray, dtype: str) -> np.ndarray:
+    """A result in its compute dtype: a float16 one (``--wire f16``) on threads, others by numpy."""
+    return to_float(array) if array.dtype == np.float16 and dtype == "float32" else array.astype(dtype)
+
+
 def grid(groups: int) -> tuple[int, int, int]:
     """Workgroup counts for ``groups`` workgroups, spread over x and y past 65535.
 
@@ -195,7 +200,7 @@ class Plan:
 
     def finish(self, outputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """The user's results from the worker's (already checked) outputs, in their compute dtypes."""
-        return [np.asarray(o).astype(n.dtype).reshape(n.shape) for o, n in zip(outputs, self.nodes, strict=True)]
+        return [_widened(np.asarray(o), n.dtype).reshape(n.shape) for o, n in zip(outputs, self.nodes, strict=True)]
 
     def reference(self) -> list[np.ndarray]:
         """numpy's answer for the same outputs (see :func:`~webnet_magic.ops.graph.evaluate`)."""
@@ -378,14 +383,7 @@ def _reach(node: Node, values: dict[int, Value]) -> tuple[set[int], list[Node]]:
 def half(node: Node) -> np.ndarray:
     """An input as float16 for the wire, refused if a value is beyond float16's range."""
     assert node.leaf is not None
-    array = node.leaf.array
-    finite = array[np.isfinite(array)]
-    if finite.size and float(np.abs(finite).max()) > 65504:
-        raise DtypeError(
-            f"{node.text} has values beyond float16's range (|x| <= 65504), which --wire f16 would make inf; "
-            f"send it as float32 (--wire f32)"
-        )
-    return array.astype(np.float16)
+    return to_half(node.leaf.array, node.text)
 
 
 def _kind(node: Node) -> str:
