@@ -143,12 +143,104 @@ export async function openDevice(onLost, maxBuffer = Infinity) {
 
 const pad4 = (n) => Math.max(4, Math.ceil(n / 4) * 4);
 
+// Keeping the GPU at full clock while work is on its way (webnet_magic/worker/warm.py's twin): a
+// GPU raises its clock only after a while of back-to-back work, so while a job's data arrives the
+// page dispatches a cheap kernel (one workgroup spinning, about a millisecond each), never while a
+// job's own kernels run, and stops when nothing arrives or waits: an idle phone keeps its battery.
+export const LEAD_MS = 500; // warm this long before a job's data is due (the H200 needed ~200 ms)
+const SPIN_MS = 1;
+const SPIN = `
+@group(0) @binding(0) var<storage, read_write> sink: array<u32>;
+@group(0) @binding(1) var<uniform> p: vec4<u32>;
+
+@compute @workgroup_size(64)
+fn main(@builtin(local_invocation_index) lane: u32) {
+    var x = lane;
+    for (var i = 0u; i < p.x; i++) {
+        x = x * 1664525u + 1013904223u;
+    }
+    if (x == 0x5eedu) {
+        sink[0] = x;
+    }
+}
+`;
+
+// When the job data still arriving should be complete, from the rate it has been coming at
+// (the twin of warm.py's Arrival; milliseconds).
+export class Arrival {
+  constructor() {
+    this.rate = null; // bytes per ms, of the last arrival measured
+    this.due = 0;
+    this.since = null;
+    this.bytes = 0;
+  }
+
+  frame(nbytes, now, remaining) {
+    if (this.since === null) {
+      this.since = now;
+      this.bytes = 0;
+    } else {
+      this.bytes += nbytes;
+      if (now > this.since) this.rate = this.bytes / (now - this.since);
+    }
+    this.due = now + (this.rate ? remaining / this.rate : 0);
+    if (!remaining) this.since = null;
+  }
+
+  warmIn(now) {
+    return this.due - LEAD_MS - now;
+  }
+}
+
 export class Executor {
   constructor(device, cacheBytes = 256 * 1024 * 1024, maxBuffer = Infinity) {
     this.device = device;
     this.maxBuffer = maxBuffer;
     this.pipelines = new Map();
     this.cache = new BufferCache(cacheBytes);
+    this.armed = false; // warm: a job's data is arriving or jobs wait
+    this.running = 0; // jobs whose GPU work is under way (no warming then)
+    this.spinning = false;
+    this.spinner = null;
+    this.rounds = 4096; // adjusted so a warming dispatch lasts about SPIN_MS
+    this.warmDispatches = 0;
+  }
+
+  warm(on) {
+    this.armed = on;
+    if (on) this.spin();
+  }
+
+  async spin() {
+    if (this.spinning) return;
+    this.spinning = true;
+    try {
+      if (!this.spinner) {
+        const module = this.device.createShaderModule({ code: SPIN });
+        const pipeline = await this.device.createComputePipelineAsync({ layout: "auto", compute: { module, entryPoint: "main" } });
+        const sink = this.device.createBuffer({ size: 16, usage: GPUBufferUsage.STORAGE });
+        const rounds = this.device.createBuffer({ size: 16, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
+        const entries = [{ binding: 0, resource: { buffer: sink } }, { binding: 1, resource: { buffer: rounds } }];
+        this.spinner = { pipeline, rounds, group: this.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries }) };
+      }
+      while (this.armed && !this.running) {
+        const t0 = performance.now();
+        this.device.queue.writeBuffer(this.spinner.rounds, 0, new Uint32Array([this.rounds, 0, 0, 0]));
+        const encoder = this.device.createCommandEncoder();
+        const pass = encoder.beginComputePass();
+        pass.setPipeline(this.spinner.pipeline);
+        pass.setBindGroup(0, this.spinner.group);
+        pass.dispatchWorkgroups(1);
+        pass.end();
+        this.device.queue.submit([encoder.finish()]);
+        await this.device.queue.onSubmittedWorkDone();
+        this.warmDispatches += 1;
+        const ms = performance.now() - t0;
+        if (ms > 0) this.rounds = Math.round(Math.min(Math.max(this.rounds * Math.min(Math.max(SPIN_MS / ms, 0.25), 4), 256), 2 ** 24));
+      }
+    } finally {
+      this.spinning = false;
+    }
   }
 
   async pipeline(hash, kernel) {
@@ -174,6 +266,16 @@ export class Executor {
 
   // Runs a `job` message; resolves to {outputs: [{dtype, shape, bytes}], timings} (milliseconds).
   async run(message) {
+    this.running += 1; // warming waits while a job's own work runs
+    try {
+      return await this.runJob(message);
+    } finally {
+      this.running -= 1;
+      if (this.armed) this.spin();
+    }
+  }
+
+  async runJob(message) {
     const { kernels, buffers: specs, steps, outputs } = message.fields;
     const device = this.device;
     const t0 = performance.now();

@@ -161,6 +161,14 @@ export class Assembler {
     this.pending = new Map();
   }
 
+  // Bytes still to come of the messages of `type` whose head has arrived (the page warms its GPU
+  // as a job's data comes in).
+  arriving(type) {
+    let left = 0;
+    for (const p of this.pending.values()) if (p.type === type) left += p.payload.length - p.filled;
+    return left;
+  }
+
   feed(buffer) {
     const frame = buffer instanceof Uint8Array ? buffer : new Uint8Array(buffer);
     if (frame.length < PREFIX) {

@@ -11,7 +11,7 @@
 // too.  A job cancelled while it waits is answered at once and never runs.
 
 import { Assembler, CLOSE, encode, ProtocolError } from "./protocol.js";
-import { Executor, JobError, missingWebGPU, openDevice } from "./gpu.js";
+import { Arrival, Executor, JobError, missingWebGPU, openDevice } from "./gpu.js";
 
 const $ = (id) => document.getElementById(id);
 const state = {
@@ -88,6 +88,11 @@ function depthLimit() {
   return Number.isInteger(depth) && depth >= 1 ? { maxJobsHeld: depth } : {};
 }
 
+// Whether to keep the GPU busy while a job's data arrives (?warm=0 turns it off, for comparisons).
+function warming() {
+  return new URLSearchParams(location.search).get("warm") !== "0";
+}
+
 function adapterName(a) {
   return a.description || [a.vendor, a.architecture, a.device].filter(Boolean).join(" ") || "WebGPU";
 }
@@ -112,6 +117,20 @@ class Worker {
     this.silenceLimit = 30000;
     this.wakeLock = null;
     this.resume = ""; // the broker's secret for coming back as the same device after a drop
+    this.arrival = new Arrival();
+    this.warmTimer = null;
+    this.warmedAt = 0; // the executor's warming dispatches when the last job ended
+  }
+
+  // Warm the GPU while jobs wait here, or from LEAD_MS before a job's data is due; else stop.
+  rewarm() {
+    clearTimeout(this.warmTimer);
+    if (!this.executor) return;
+    const on = warming();
+    const arriving = this.assembler && this.socket ? this.assembler.arriving("job") : 0;
+    const wait = this.arrival.warmIn(performance.now());
+    this.executor.warm(on && (this.inHand > 0 || (arriving > 0 && wait <= 0)));
+    if (on && arriving && wait > 0 && !this.inHand) this.warmTimer = setTimeout(() => this.rewarm(), wait);
   }
 
   async start() {
@@ -153,8 +172,14 @@ class Worker {
       this.lastHeard = performance.now();
       try {
         if (typeof event.data === "string") throw new ProtocolError("the broker sent a text frame");
+        const before = this.assembler.arriving("job");
         const message = this.assembler.feed(event.data);
+        const left = this.assembler.arriving("job");
         if (message) this.handle(message);
+        if (before || left || (message && message.type === "job")) {
+          this.arrival.frame(event.data.byteLength, performance.now(), left);
+          this.rewarm();
+        }
       } catch (e) {
         socket.close(CLOSE.PROTOCOL, String(e.message).slice(0, 120));
       }
@@ -166,6 +191,7 @@ class Worker {
     if (socket !== this.socket) return;
     this.socket = null;
     state.deviceId = null;
+    this.rewarm(); // nothing arrives on a closed link
     if (event.code === CLOSE.BAD_TOKEN) {
       this.stopped = true;
       show("refused", "This link is out of date: the notebook no longer accepts it. Open the current link (%webnet url in the notebook).");
@@ -199,6 +225,7 @@ class Worker {
     } else if (message.type === "cancel") {
       if (this.waiting.delete(f.job)) {
         this.inHand -= 1; // not started: answered now, skipped when its turn comes
+        this.rewarm();
         this.fail(f.job, "cancelled", "cancelled before it started");
       } else {
         this.cancelled.add(f.job);
@@ -231,6 +258,7 @@ class Worker {
       // A device lost with jobs waiting: theirs is a device failure too (retried), not a page without WebGPU.
       if (!this.executor) return this.fail(job, this.gpu ? "device-lost" : "no-webgpu", this.noGpu || "this page has no WebGPU device");
       state.job = job;
+      const warmed = this.executor.warmDispatches - this.warmedAt; // while it arrived and waited
       const steps = message.fields.steps.length;
       const received = (message.arrays || []).reduce((n, a) => n + a.bytes.byteLength, 0);
       show("running", `job ${job}: ${steps} GPU step${steps === 1 ? "" : "s"} on ${(received / 1e6).toFixed(1)} MB received`);
@@ -239,7 +267,8 @@ class Worker {
       if (socket !== this.socket) return; // the link dropped meanwhile; the notebook already failed the job
       if (this.cancelled.delete(job)) return this.fail(job, "cancelled", "cancelled while running");
       // queue: waiting here for the jobs ahead; ahead: how many there were when it came.
-      Object.assign(timings, { queue: started - arrived, ahead });
+      Object.assign(timings, { queue: started - arrived, ahead, warmed });
+      this.warmedAt = this.executor.warmDispatches;
       const result = { type: "result", fields: { job, timings }, arrays: outputs };
       this.sending += 1;
       this.outbox = this.outbox.then(() => this.sendResult(result, arrived, socket)).catch((e) => console.error("webnet:", e));
@@ -250,6 +279,7 @@ class Worker {
     } finally {
       this.inHand -= 1;
       state.job = null;
+      this.rewarm();
       this.settle();
     }
   }
@@ -301,6 +331,7 @@ class Worker {
 
   deviceLost(why) {
     // A lost GPU device (driver reset, tab backgrounded too long on iOS): report it, then get a new one.
+    this.executor?.warm(false);
     this.executor = null;
     this.noGpu = `GPU device lost: ${why}`;
     if (state.job) this.fail(state.job, "device-lost", why);

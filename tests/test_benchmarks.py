@@ -17,6 +17,7 @@ TOY = {
     "conv.py": ["--quick"],
     "end_to_end.py": ["--sizes", "64", "--repeat", "1", "--transport-mb", "1", "--chain", "64"],
     "fleet.py": ["--n", "128", "--slowdowns", "1", "--repeat", "1"],
+    "gpu_clock.py": ["--n", "64", "--idle", "0", "--repeat", "1"],
     "gpu_matmul.py": ["--sizes", "64", "--budget", "0.01"],
     "link.py": ["--quick"],
     "models.py": ["--quick"],

@@ -4,6 +4,7 @@ client's mask, and frames read back intact by tornado's own reader over a real l
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -74,7 +75,8 @@ def test_frames_of_a_message_cross_a_real_socket_both_ways_intact() -> None:
         server.stop()
         return got, back
 
-    got, back = asyncio.run(exchange())
+    with ThreadPoolExecutor(1) as thread:  # a loop of its own, whatever loop earlier tests left in this thread
+        got, back = thread.submit(asyncio.run, exchange()).result(60)
     assert [len(frame) for frame in got] == [len(b"".join(p)) for p in encode_parts(message, 7)]
     assert back is not None and back.fields == {"t": 1.5}
     for sent, returned in zip(arrays, back.arrays, strict=True):

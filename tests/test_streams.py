@@ -10,7 +10,7 @@ about two against what pipelining gives, and its data sizes and the link are fix
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 
 import numpy as np
@@ -167,6 +167,51 @@ def test_jobs_arrive_while_the_one_ahead_computes(broker: BrokerThread, workers:
 
     assert run() == [0, 1, 2, 3]
     assert run("--depth", "1") == [0, 0, 0, 0]
+
+
+Join = Callable[[str], Callable[[], object]]  # starts a worker on a URL, returns what stops it
+
+
+def warm_counts(broker: BrokerThread, relays: list[LinkRelay], join: Join) -> list[float]:
+    """Warming dispatches a worker reports for three jobs over a 1 MB/s link, each followed by a second
+    idle: two with a fresh 512 KiB input (half a second arriving), then the second again (kept on the
+    device: one small frame)."""
+    rng = np.random.default_rng(8)
+    plans = [ops.plan("sum", rng.standard_normal((256, 512), np.float32), axis=0) for _ in range(2)]
+    stop = join(shaped(broker, relays, 1e6, 0.01))
+    wait_until(lambda: [d for d in broker.devices() if d["state"] == "idle"], 60, "the worker")
+    counts = []
+    for plan in (*plans, plans[1]):
+        handle = broker.submit(plan.program)
+        (got,) = plan.finish(handle.future.result(120))
+        assert ops.error_ratio(plan.nodes[0], got) <= 1
+        counts.append(handle.progress.timings["warmed"])
+        time.sleep(1.0)  # idle: a warmer left running would dispatch hundreds of times meanwhile
+    stop()
+    wait_until(lambda: not broker.devices(), 10, "the worker to leave")
+    return counts
+
+
+def test_the_gpu_is_kept_busy_while_a_job_arrives_and_not_while_idle(
+    broker: BrokerThread, workers: Workers, relays
+) -> None:
+    """The native worker dispatches its warming kernel while a job's data arrives (the first job ever also
+    pays for compiling it), not while idle; started with --no-warm, never."""
+    _, arriving, idle = warm_counts(broker, relays, lambda url: workers.start(url).kill)
+    assert arriving >= 10 and idle <= 1
+    assert warm_counts(broker, relays, lambda url: workers.start(url, "--no-warm").kill) == [0, 0, 0]
+
+
+def test_the_page_keeps_its_gpu_busy_while_a_job_arrives_and_not_while_idle(page, broker: BrokerThread, relays) -> None:
+    """The same in Chromium's WebGPU; ``?warm=0`` in the link turns it off."""
+
+    def join(url: str) -> Callable[[], object]:
+        page.goto(url)
+        return lambda: page.goto("about:blank")
+
+    _, arriving, idle = warm_counts(broker, relays, join)
+    assert arriving >= 10 and idle <= 1
+    assert warm_counts(broker, relays, lambda url: join(url + "&warm=0")) == [0, 0, 0]
 
 
 def test_a_stream_over_a_slow_link_is_paced_by_the_link_not_the_round_trips(

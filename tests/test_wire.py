@@ -47,7 +47,7 @@ def test_large_arrays_convert_in_slices_exactly_as_numpy_casts() -> None:
     NaN included; a value beyond float16's range in its last slice still refuses the whole array."""
     from webnet_magic.ops.half import SLICE, to_float, to_half
 
-    x = np.random.default_rng(2).standard_normal(3 * SLICE + 6).astype(np.float32) * 1000  # not a whole number of slices
+    x = np.random.default_rng(2).standard_normal(3 * SLICE + 6).astype(np.float32) * 1000  # not whole slices
     x[[0, SLICE + 1, 2 * SLICE + 2]] = [np.inf, -np.inf, np.nan]
     half = to_half(x.reshape(-1, 6), "x")
     assert half.shape == (len(x) // 6, 6)

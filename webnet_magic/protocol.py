@@ -193,9 +193,15 @@ def encode(message: Message, message_id: int, chunk_size: int = DEFAULT_CHUNK) -
 Parts = list[bytes | memoryview]
 
 
-def encode_parts(message: Message, message_id: int, chunk_size: int = DEFAULT_CHUNK) -> Iterator[Parts]:
+def encode_parts(
+    message: Message, message_id: int, chunk_size: int = DEFAULT_CHUNK, head_alone: bool = False
+) -> Iterator[Parts]:
     """The frames of :func:`encode`, each as its pieces, joined by nobody: a sender that can
-    write pieces (a socket's buffer, a WebSocket frame it builds itself) copies no array bytes."""
+    write pieces (a socket's buffer, a WebSocket frame it builds itself) copies no array bytes.
+
+    ``head_alone`` sends the head frame without payload, so that the receiver knows what is
+    coming, and how many bytes, before they arrive (a worker warms its GPU meanwhile).
+    """
     if not 0 < chunk_size <= MAX_CHUNK:
         raise ValueError(f"chunk_size must be between 1 and {MAX_CHUNK}")
     arrays = [_wire_array(a) for a in message.arrays]
@@ -212,14 +218,17 @@ def encode_parts(message: Message, message_id: int, chunk_size: int = DEFAULT_CH
     head_prefix = _PREFIX.pack(MAGIC, VERSION, HEAD, message_id) + _JSON_LEN.pack(len(head_json)) + head_json
     data_prefix = _PREFIX.pack(MAGIC, VERSION, DATA, message_id)
     views = [a.data.cast("B") for a in arrays if a.nbytes]
-    return _frames(head_prefix, data_prefix, views, chunk_size)
+    return _frames(head_prefix, data_prefix, views, chunk_size, head_alone)
 
 
-def _frames(head: bytes, data: bytes, views: list[memoryview], chunk_size: int) -> Iterator[Parts]:
+def _frames(head: bytes, data: bytes, views: list[memoryview], chunk_size: int, head_alone: bool) -> Iterator[Parts]:
     remaining = sum(len(v) for v in views)
     pieces = iter(views)
     piece, at = next(pieces, memoryview(b"")), 0
     prefix = head
+    if head_alone and remaining:
+        yield [head]
+        prefix = data
     while True:
         size = min(chunk_size, remaining)
         parts: Parts = [prefix]
@@ -268,6 +277,11 @@ class Assembler:
     def pending(self) -> int:
         """Messages whose head has arrived but not all of their data."""
         return len(self._pending)
+
+    def arriving(self, type_: str) -> int:
+        """Bytes still to come of the messages of ``type_`` whose head has arrived (a worker warms its
+        GPU as a job's data comes in)."""
+        return sum(len(p.payload) - p.filled for p in self._pending.values() if p.type == type_)
 
     def feed(self, frame: bytes | bytearray | memoryview) -> Message | None:
         """Take one frame; return the message it completes, if any."""

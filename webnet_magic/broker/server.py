@@ -448,7 +448,8 @@ class WorkerSocket(Handler, tornado.websocket.WebSocketHandler):
         Frames of concurrent sends may interleave; each message's stay in order and the
         receiving assembler keeps them apart, so a ping is never stuck behind a large job.
         """
-        for parts in encode_parts(message, next(self._message_ids) & 0xFFFFFFFF, self.broker.chunk_size):
+        message_id, job = next(self._message_ids) & 0xFFFFFFFF, message.type == "job"
+        for parts in encode_parts(message, message_id, self.broker.chunk_size, head_alone=job):  # see warm.py
             await send_parts(self.ws_connection, parts, client=False)  # from the arrays' own memory
             size = sum(len(p) for p in parts)
             self.broker.bytes_sent += size

@@ -44,6 +44,12 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         help="report (and keep to) a smaller largest buffer than the GPU allows, as a phone would",
     )
+    parser.add_argument(
+        "--no-warm",
+        dest="warm",
+        action="store_false",
+        help="do not keep the GPU busy (and its clock up) while a job's data arrives (for comparisons)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every job, not only connections")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="webnet worker: %(message)s")
@@ -53,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             name=args.name,
             slowdown=args.slowdown,
             depth=args.depth,
+            warm=args.warm,
             power_preference=args.power,
             cache_bytes=int(args.cache_mb * 2**20),
             max_buffer_bytes=None if args.max_buffer_mb is None else int(args.max_buffer_mb * 2**20),

@@ -10,13 +10,16 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ..program import Kernel, Program, padded
+from ..program import Buffer, Kernel, Program, Step, padded
 from .cache import BufferCache
+from .warm import SPIN, Warmer
 
 #: Limits asked of the device at their adapter maximum, so large buffers fit; reported in hello.
 RAISED_LIMITS = (
@@ -91,6 +94,28 @@ class WgpuExecutor:
         self._busy = threading.Lock()
         self.cache = BufferCache(cache_bytes, lambda buffer: buffer.destroy())
         self.max_buffer_bytes = max_buffer_bytes
+        self.warmer = Warmer(self._prepare_spinner, self._spin, self._busy)
+        self._spinner: Prepared | None = None
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """The device to this thread alone, warming paused (see :mod:`.warm`)."""
+        with self.warmer.paused(), self._busy:
+            yield
+
+    def _prepare_spinner(self) -> None:
+        """The warming kernel, compiled and bound (wgpu-native's device may be used from several threads)."""
+        buffers = (Buffer(16), Buffer(16, input=0, uniform=True))  # a sink, and the rounds
+        step = Step(Kernel(SPIN), (0, 1), (1, 1, 1))
+        self._spinner = self.prepare(Program((np.zeros(4, np.uint32),), buffers, (step,), ()))
+
+    def _spin(self, rounds: int) -> float:
+        """One warming dispatch of ``rounds`` rounds, waited for; its seconds (the warmer holds the lock)."""
+        spinner = self._spinner
+        assert spinner is not None
+        self.device.queue.write_buffer(spinner.buffers[1], 0, np.array([rounds, 0, 0, 0], np.uint32))
+        self.dispatch(spinner)
+        return spinner.timings["kernel"] / 1e3
 
     def describe(self) -> dict[str, Any]:
         """The adapter, limits and features a worker reports in its hello."""
@@ -121,7 +146,7 @@ class WgpuExecutor:
         One program at a time: a job left running by a dropped connection finishes
         before the next connection's first job starts.
         """
-        with self._busy:
+        with self._exclusive():
             prepared = self.prepare(program)
             try:
                 self.dispatch(prepared)
@@ -168,12 +193,12 @@ class WgpuExecutor:
 
     def drop(self, key: str) -> None:
         """Let go of a kept buffer (``%webnet free``), after any job that uses it has finished."""
-        with self._busy:
+        with self._exclusive():
             self.cache.drop(key)
 
     def store(self, key: str, array: np.ndarray, pin: bool) -> bool:
         """Keep ``array`` on the device under ``key`` (``%webnet put``); False if it does not fit."""
-        with self._busy, self._errors("out-of-memory"):
+        with self._exclusive(), self._errors("out-of-memory"):
             existing = self.cache.get(key)
             if existing is not None:  # already held: only (re)pin it
                 return self.cache.keep(key, existing, 0, pin=pin)

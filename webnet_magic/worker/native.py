@@ -43,6 +43,7 @@ from ..protocol import (
     encode_parts,
 )
 from .gpu import GpuJobError, WgpuExecutor
+from .warm import Arrival
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ class NativeWorker:
         name: str | None = None,
         slowdown: float = 1.0,
         depth: int | None = None,
+        warm: bool = True,
         on_job: Callable[[str, dict[str, float]], None] | None = None,
     ) -> None:
         self.url = socket_url(url)
@@ -107,6 +109,7 @@ class NativeWorker:
         self.name = name or f"{platform.node()} ({executor.describe()['adapter']['device']})"
         self.slowdown = slowdown
         self.depth = depth
+        self.warm = warm
         self.on_job = on_job
         self.device_id: str | None = None
         self.resume = ""  # the broker's secret for coming back as the same device after a drop
@@ -117,6 +120,10 @@ class NativeWorker:
         self._in_hand = 0  # jobs here whose compute has not finished
         self._last_heard = time.monotonic()
         self._silence_limit = 30.0  # until the broker's welcome says its heartbeat
+        self._arrival = Arrival()
+        self._assembler = Assembler()
+        self._warm_timer: asyncio.TimerHandle | None = None
+        self._warmed = 0  # the warmer's dispatch count when the last job ended
 
     async def run(self, *, max_backoff: float = 10.0) -> None:
         """Serve until the broker stops (returns) or refuses the token (raises :class:`TokenRefused`)."""
@@ -139,7 +146,7 @@ class NativeWorker:
             backoff = min(backoff * 2, max_backoff)
 
     async def _serve(self, conn: WebSocketClientConnection) -> tuple[int | None, str | None]:
-        assembler = Assembler()
+        assembler = self._assembler = Assembler()
         work: asyncio.Queue[tuple[Message, float]] = asyncio.Queue()  # with when each came
         outbox: asyncio.Queue[tuple[Message, float | None]] = asyncio.Queue()
         self._waiting.clear()
@@ -160,7 +167,12 @@ class NativeWorker:
                 self._last_heard = time.monotonic()
                 if isinstance(frame, str):
                     raise ProtocolError("the broker sent a text frame")
+                before = assembler.arriving("job")
                 message = assembler.feed(frame)
+                left = assembler.arriving("job")
+                if before or left or (message is not None and message.type == "job"):
+                    self._arrival.frame(len(frame), time.perf_counter(), left)
+                    self._rewarm()
                 if message is None:
                     continue
                 f = message.fields
@@ -174,11 +186,13 @@ class NativeWorker:
                     if message.type == "job":
                         self._waiting[f["job"]] = self._in_hand
                         self._in_hand += 1
+                        self._rewarm()
                     work.put_nowait((message, time.perf_counter()))
                 elif message.type == "cancel":
                     if f["job"] in self._waiting:  # not started: answered now, skipped when its turn comes
                         del self._waiting[f["job"]]
                         self._in_hand -= 1
+                        self._rewarm()
                         await self._send(conn, error_message(f["job"], "cancelled", "cancelled before it started"))
                     else:
                         self._cancelled.add(f["job"])
@@ -190,6 +204,9 @@ class NativeWorker:
         finally:
             for task in tasks:
                 task.cancel()
+            self._in_hand = 0
+            self._assembler = Assembler()
+            self._rewarm()  # nothing arrives or waits on a closed link
         return conn.close_code, conn.close_reason
 
     async def _run_jobs(
@@ -210,6 +227,7 @@ class NativeWorker:
                     reply = await self._job(f["job"], message, arrived, ahead)
                 finally:
                     self._in_hand -= 1
+                    self._rewarm()
                 outbox.put_nowait((reply, arrived))
                 continue
             try:
@@ -240,6 +258,7 @@ class NativeWorker:
             self._cancelled.discard(job)
             return error_message(job, "cancelled", "cancelled before it started")
         started = time.perf_counter()
+        warmed = self.executor.warmer.dispatches - self._warmed  # since the job before it ended
         try:
             program = Program.from_message(message)
             outputs, timings = await in_daemon_thread(self.executor.run, program)
@@ -262,11 +281,25 @@ class NativeWorker:
         timings["total"] = (time.perf_counter() - started) * 1e3
         timings["queue"] = (started - arrived) * 1e3  # here, waiting for the jobs ahead of it
         timings["ahead"] = ahead  # jobs running or waiting here when it came: it arrived while they ran
+        timings["warmed"] = warmed  # warming dispatches since the last job: while it arrived and waited
+        self._warmed = self.executor.warmer.dispatches
         self.jobs_done += 1
         log.debug("job %s done in %.1f ms (kernel %.1f ms)", job, timings["total"], timings["kernel"])
         if self.on_job:
             self.on_job(job, timings)
         return Message("result", {"job": job, "timings": timings}, outputs)
+
+    def _rewarm(self) -> None:
+        """Warm the GPU while jobs wait here, or from :data:`~.warm.LEAD` seconds before a job's data is
+        due; stop when there is neither (see :mod:`.warm`)."""
+        if self._warm_timer is not None:
+            self._warm_timer.cancel()
+            self._warm_timer = None
+        arriving = self._assembler.arriving("job")
+        wait = self._arrival.warm_in(time.perf_counter())
+        self.executor.warmer.arm(self.warm and (self._in_hand > 0 or (arriving > 0 and wait <= 0)))
+        if self.warm and arriving and wait > 0 and not self._in_hand:
+            self._warm_timer = asyncio.get_running_loop().call_later(wait, self._rewarm)
 
     def _cache_message(self, key: str) -> Message:
         """What the cache holds, in answer to the put or free of ``key``."""
