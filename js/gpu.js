@@ -223,17 +223,18 @@ export class Executor {
         const entries = [{ binding: 0, resource: { buffer: sink } }, { binding: 1, resource: { buffer: rounds } }];
         this.spinner = { pipeline, rounds, group: this.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries }) };
       }
+      const queue = this.device.queue;
       while (this.armed && !this.running) {
         const t0 = performance.now();
-        this.device.queue.writeBuffer(this.spinner.rounds, 0, new Uint32Array([this.rounds, 0, 0, 0]));
-        const encoder = this.device.createCommandEncoder();
-        const pass = encoder.beginComputePass();
+        queue.writeBuffer(this.spinner.rounds, 0, new Uint32Array([this.rounds, 0, 0, 0]));
+        const spins = this.device.createCommandEncoder();
+        const pass = spins.beginComputePass();
         pass.setPipeline(this.spinner.pipeline);
         pass.setBindGroup(0, this.spinner.group);
         pass.dispatchWorkgroups(1);
         pass.end();
-        this.device.queue.submit([encoder.finish()]);
-        await this.device.queue.onSubmittedWorkDone();
+        queue.submit([spins.finish()]);
+        await queue.onSubmittedWorkDone();
         this.warmDispatches += 1;
         const ms = performance.now() - t0;
         if (ms > 0) this.rounds = Math.round(Math.min(Math.max(this.rounds * Math.min(Math.max(SPIN_MS / ms, 0.25), 4), 256), 2 ** 24));
