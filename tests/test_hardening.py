@@ -724,3 +724,52 @@ def test_one_address_holds_at_most_its_share_of_worker_slots(peers: list[Peer]) 
             sock.close()
     finally:
         thread.stop()
+
+
+# -- with the token: limits -------------------------------------------------------------------------
+
+
+def test_limits_below_what_webgpu_guarantees_are_refused_with_the_reason(
+    broker: BrokerThread, peers: list[Peer]
+) -> None:
+    """A device reporting 64 invocations per workgroup (WebGPU guarantees 256, and the kernels use 256) joins
+    refused, saying which limit and why, and is given no work; a device that only caps its buffers is kept."""
+    small = Peer(broker, limits={"maxComputeInvocationsPerWorkgroup": 64, "maxComputeWorkgroupSizeX": 64})
+    capped = Peer(broker, answering(RIGHT), limits={"maxStorageBufferBindingSize": 4096, "maxBufferSize": 4096})
+    peers += [small, capped]
+    devices = {d["id"]: d for d in broker.devices()}
+    refused = devices[small.welcome.fields["device"]]
+    assert refused["state"] == "no WebGPU"
+    assert refused["reason"] == (
+        "it reports maxComputeInvocationsPerWorkgroup of 64, maxComputeWorkgroupSizeX of 64, below what every "
+        "WebGPU device supports (256, 256)"
+    )
+    assert devices[capped.welcome.fields["device"]]["state"] == "idle"
+    for _ in range(3):
+        np.testing.assert_array_equal(broker.submit(small_program()).future.result(10)[0], RIGHT)
+    assert small.jobs == [] and len(capped.jobs) == 3
+
+
+def test_a_device_with_tiny_buffers_or_still_calibrating_shrinks_no_one_elses_work(
+    workers: Workers, peers: list[Peer]
+) -> None:
+    """Beside a real worker, a device reporting 4 KiB buffers and one still calibrating with 512 KiB ones: a
+    64 x 64 matmul is one job on the real worker (it was cut into 16 blocks for the smallest device of all)."""
+    from webnet_magic.client.session import Session
+
+    session = Session(heartbeat=0.2, silence_limit=5.0)
+    try:
+        workers.start(session.url)
+        (real,) = session.wait_for_devices(1, 120)
+        tiny = Peer(session.broker, limits={"maxStorageBufferBindingSize": 4096, "maxBufferSize": 4096})
+        slow = Peer(session.broker, limits={"maxStorageBufferBindingSize": 512 << 10, "maxBufferSize": 512 << 10})
+        peers += [tiny, slow]
+        states = {d["id"]: d["state"] for d in session.devices()}
+        assert states[tiny.welcome.fields["device"]] == "idle"  # its calibration cannot fit it: no speed
+        assert states[slow.welcome.fields["device"]] == "calibrating"  # and stays so: it never answers
+        a, b = np.random.default_rng(6).standard_normal((2, 64, 64), np.float32)
+        np.testing.assert_allclose(session.matmul(a, b, timeout=60), a @ b, rtol=1e-4, atol=1e-4)
+        done = {d["id"]: d["jobs_done"] for d in session.devices()}
+        assert done[real["id"]] == 1 and tiny.jobs == []
+    finally:
+        session.stop()

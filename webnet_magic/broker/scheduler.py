@@ -589,7 +589,8 @@ class Scheduler:
         program, check = calibration()
         for run in (dataclasses.replace(program, work=0.0), program):
             task = self.submit(run, devices=frozenset({device.id}), check=check, internal=True)
-            device.calibrating.add(task.id)
+            if not task.future.done():  # one the device cannot hold has failed already
+                device.calibrating.add(task.id)
             task.future.add_done_callback(lambda done, device=device.id: _calibrated(device, done))
 
     def _finish(

@@ -47,7 +47,7 @@ from ..protocol import (
     ProtocolError,
     encode_parts,
 )
-from .hello import printable, reported_limits
+from .hello import below_webgpu, printable, reported_limits
 from .origin import MAX_PER_ADDRESS, origin_of
 from .scheduler import Device, Scheduler
 
@@ -391,15 +391,17 @@ class WorkerSocket(Handler, tornado.websocket.WebSocketHandler):
         if not isinstance(features, list):
             raise ProtocolError("hello field 'features' must be a list")
         scheduler = self.broker.scheduler
+        limits = reported_limits(f["limits"])
+        unfit = below_webgpu(limits) if f["webgpu"] else None
         device = Device(
             id="",
             name=printable(f["name"], 120),
             runtime=printable(f["runtime"], 20),
             adapter={printable(k, 40): printable(v, 200) for k, v in list(f["adapter"].items())[:20]},
-            limits=reported_limits(f["limits"]),
+            limits=limits,
             features=[printable(x, 60) for x in features][:100],
-            webgpu=f["webgpu"],
-            reason=printable(f.get("reason", ""), 500),
+            webgpu=f["webgpu"] and unfit is None,
+            reason=unfit or printable(f.get("reason", ""), 500),
             send=self.send,
             close=self.close,
             origin=self.origin,

@@ -29,7 +29,7 @@ from ..ops import Graph, Node, Plan, call, compile_graph, evaluate
 from ..ops.compiler import CACHE_MIN_BYTES, ContentKeys, content_key, parallelism
 from ..ops.dtypes import conversion_note, to_wire
 from ..ops.graph import topological
-from ..ops.split import buffer_limit, shardable, split
+from ..ops.split import buffer_limit, shardable, sized_for, split
 from ..ops.verify import checker
 from ..program import Program
 from ..tunnel import expose
@@ -337,8 +337,9 @@ class Session:
         warn_conversions(plan.note)
         if wire == "f16":
             warn_conversions("webnet --wire f16: float data travels as float16 (about 3 significant digits)")
-        limit = min((buffer_limit(d["limits"]) for d in fleet), default=buffer_limit({}))
-        targets = _targets(outputs, plan, fleet, shard)
+        sized = sized_for(fleet)  # a device that caps its buffers, or is calibrating, shrinks no one's work
+        limit = min((buffer_limit(d["limits"]) for d in sized), default=buffer_limit({}))
+        targets = _targets(outputs, plan, sized, shard)
         if len(targets) == 1 and plan.program.largest_buffer <= limit:
             pieces = [(plan, 0)]
             assemble: Assemble = lambda results: plan.finish(results[0])  # noqa: E731

@@ -21,7 +21,7 @@ from ..errors import DeviceLimitError
 from ..ops import Graph, Node, Plan, compile_graph
 from ..ops.compiler import parallelism
 from ..ops.graph import topological
-from ..ops.split import buffer_limit
+from ..ops.split import buffer_limit, sized_for
 from ..ops.verify import checker
 from .lowering import Value
 
@@ -75,7 +75,7 @@ def launch_model(
             pieces, targets, count = [whole], [None], 1
     for plan, _ in pieces:
         warn_conversions(plan.note if plan else None)
-    limit = min((buffer_limit(d["limits"]) for d in fleet), default=buffer_limit({}))
+    limit = min((buffer_limit(d["limits"]) for d in sized_for(fleet)), default=buffer_limit({}))
     job_id = session.broker.broker.scheduler.new_task_id()
     tasks = []
     for i, ((plan, _), target) in enumerate(zip(pieces, targets, strict=True), 1):
