@@ -144,3 +144,24 @@ def calibrated(answer: Callable[[Message], np.ndarray] | None = None) -> Callabl
 def sly() -> Callable[[object, Message], Awaitable[None]]:
     """A peer's reply that passes its calibration (a real answer) and then returns zeros for everything."""
     return calibrated()
+
+
+def held(broker: BrokerThread) -> dict[str, list[str]]:
+    """Everything the scheduler holds for jobs: tasks, the queue, jobs listed, attempts and calibrations."""
+
+    def look() -> dict[str, list[str]]:
+        scheduler = broker.broker.scheduler
+        devices = scheduler.devices.values()
+        return {
+            "tasks": list(scheduler.tasks),
+            "queue": [t.id for t in scheduler.queue],
+            "groups": list(scheduler.groups),
+            "attempts": [a.id for d in devices for a in d.attempts],
+            "calibrating": [t for d in devices for t in d.calibrating],
+        }
+
+    return broker.call(look)
+
+
+def nothing_held(broker: BrokerThread) -> bool:
+    return not any(held(broker).values()) and broker.fleet()["jobs"] == []

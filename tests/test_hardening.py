@@ -36,7 +36,7 @@ from webnet_magic.errors import DeviceLimitError, WorkerError, WorkerLost
 from webnet_magic.protocol import CLOSE_BAD_TOKEN, CLOSE_SILENT, CLOSE_TRY_LATER, Message
 
 from .conftest import Workers, wait_until
-from .peers import Peer, answering, calibrated, result, send, small_program
+from .peers import Peer, answering, calibrated, held, nothing_held, result, send, small_program
 from .test_kernel import Kernel
 
 DEADLINE = 30.0  # seconds: a fail-safe for every wait below, far above what each should take
@@ -488,27 +488,6 @@ def test_chromium_refuses_another_origins_socket_with_the_token(page, broker: Br
 # -- with the token: what jobs and devices leave behind -------------------------------------------
 
 RIGHT = np.full((4, 2), 3, np.float32)  # small_program's answer
-
-
-def held(broker: BrokerThread) -> dict[str, list[str]]:
-    """Everything the scheduler holds for jobs: tasks, the queue, jobs listed, attempts and calibrations."""
-
-    def look() -> dict[str, list[str]]:
-        scheduler = broker.broker.scheduler
-        devices = scheduler.devices.values()
-        return {
-            "tasks": list(scheduler.tasks),
-            "queue": [t.id for t in scheduler.queue],
-            "groups": list(scheduler.groups),
-            "attempts": [a.id for d in devices for a in d.attempts],
-            "calibrating": [t for d in devices for t in d.calibrating],
-        }
-
-    return broker.call(look)
-
-
-def nothing_held(broker: BrokerThread) -> bool:
-    return not any(held(broker).values()) and broker.fleet()["jobs"] == []
 
 
 def failing(kind: str):
