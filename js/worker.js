@@ -211,7 +211,7 @@ class Worker {
     if (message.type === "welcome") {
       state.deviceId = f.device;
       this.resume = typeof f.resume === "string" ? f.resume : "";
-      this.silenceLimit = 10000 * f.heartbeat;
+      this.silenceLimit = 1000 * f.silence; // the broker says how long it may be silent
       show(this.gpu ? "idle" : "no WebGPU", this.noGpu);
     } else if (message.type === "ping") {
       // A pong echoes its ping, arrays included: the notebook measures the link with it.

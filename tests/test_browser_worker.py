@@ -267,3 +267,9 @@ def test_a_page_with_a_small_buffer_limit_gets_the_work_in_blocks(page, shell) -
     assert result.success, result.error_in_exec
     np.testing.assert_allclose(shell.user_ns["C"], shell.user_ns["A"] @ shell.user_ns["B"], rtol=1e-4)
     assert session.devices()[0]["jobs_done"] > 1
+
+
+def test_the_page_keeps_to_the_broker_s_silence_limit(page, broker: BrokerThread) -> None:
+    """The page gives up on a silent broker after the broker's own silence limit, told in its welcome."""
+    open_worker(page, broker.url, broker)
+    assert page.evaluate("window.webnetWorker.silenceLimit") == broker.config.silence_limit * 1000

@@ -15,13 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..config import DEFAULTS
 from ..program import Program
 from .fleet import Device, Task
 from .link import pipeline_depth
 
-#: Bytes of jobs (inputs and outputs) one device may hold at once, as they take its memory (a job
-#: alone on a device is never held back by this).
-HOLD_BYTES = 256 << 20
 #: Seconds a job costs beyond its compute and transfer while nothing is measured (so held work counts).
 JOB_OVERHEAD = 1e-3
 
@@ -33,7 +31,7 @@ class Placement:
 
     devices: dict[str, Device]
     depth: int | None = None
-    hold_bytes: int = HOLD_BYTES
+    hold_bytes: int = DEFAULTS.hold_bytes  # (a job alone on a device is never held back by it)
 
     def choose(self, task: Task, pool: list[Device]) -> Device | None:
         """The device of ``pool`` to start ``task`` on now, or None to keep it queued.

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from .._threads import in_daemon_thread
+from ..config import DEFAULTS, Config
 from ..errors import (
     BrokerStopped,
     DeviceLimitError,
@@ -55,7 +56,7 @@ from ..errors import (
 from ..program import Program
 from ..protocol import CLOSE_SILENT, Message, ProtocolError
 from .fleet import Attempt, Check, Device, Group, Progress, Task
-from .placement import HOLD_BYTES, Placement
+from .placement import Placement
 
 log = logging.getLogger(__name__)
 
@@ -89,27 +90,21 @@ BUSY_PARTS = ("upload", "kernel", "download", "throttle")
 class Scheduler:
     """Pairs queued tasks with devices that have room; ``on_change`` is called after every visible change.
 
-    ``cancel_grace`` is how long a device may take to acknowledge a cancelled attempt before
-    it is dropped: a worker that answers pings but never finishes would otherwise stay busy
-    forever.  ``lease`` is the base of every attempt's lease (seconds), to which the
-    expected run and transfer times are added.  ``calibrate`` runs a short matmul on each
-    device as it joins, to measure its speed before real work is sized for it.  ``depth``
-    fixes how many attempts a device may hold at once (None: from its link and speed, see
-    :func:`~webnet_magic.broker.link.pipeline_depth`; 1 turns pipelining off), and
-    ``hold_bytes`` bounds their bytes; both live on :attr:`placement` and may be changed
-    there.  A worker may report a ``maxJobsHeld`` limit of its own, which is kept to as well.
+    Its settings come from ``config`` (see :class:`~webnet_magic.config.Config`).  A device has
+    the silence limit to acknowledge a cancelled attempt before it is dropped (``cancel_grace``):
+    a worker that answers pings but never finishes would otherwise stay busy forever.  ``lease``
+    is the base of every attempt's lease (seconds), to which the expected run and transfer times
+    are added.  ``calibrate`` runs a short matmul on each device as it joins, to measure its speed
+    before real work is sized for it.  ``depth`` fixes how many attempts a device may hold at once
+    (None: from its link and speed, see :func:`~webnet_magic.broker.link.pipeline_depth`; 1 turns
+    pipelining off), and ``hold_bytes`` bounds their bytes; both live on :attr:`placement` and may
+    be changed there.  A worker may report a ``maxJobsHeld`` limit of its own, which is kept to as well.
     """
 
     def __init__(
         self,
         on_change: Callable[[], None] = lambda: None,
-        *,
-        cancel_grace: float = 30.0,
-        lease: float = 60.0,
-        attempts: int = 3,
-        calibrate: bool = True,
-        depth: int | None = None,
-        hold_bytes: int = HOLD_BYTES,
+        config: Config = DEFAULTS,
     ) -> None:
         self.devices: dict[str, Device] = {}
         self.departed: OrderedDict[str, Device] = OrderedDict()  # resume secret -> device
@@ -119,11 +114,11 @@ class Scheduler:
         self.groups: dict[str, Group] = {}  # jobs with a task not yet finished: what the panel lists
         self.ended_groups: OrderedDict[str, int] = OrderedDict()  # job -> shards done, once none is pending
         self.checks: set[asyncio.Task[None]] = set()  # --verify checks running (the loop keeps only weak references)
-        self.cancel_grace = cancel_grace
-        self.lease = lease
-        self.max_attempts = attempts
-        self.calibrate = calibrate
-        self.placement = Placement(self.devices, depth, hold_bytes)
+        self.cancel_grace = config.silence_limit
+        self.lease = config.lease
+        self.max_attempts = config.attempts
+        self.calibrate = config.calibrate
+        self.placement = Placement(self.devices, config.depth, config.hold_bytes)
         self.stopping = False  # set by stop(): sends that fail from then on are expected
         self._on_change = on_change
         self._task_ids = itertools.count(1)

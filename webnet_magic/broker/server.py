@@ -31,6 +31,7 @@ import numpy as np
 import tornado.web
 import tornado.websocket
 
+from ..config import DEFAULTS, Config
 from ..errors import DeviceNotFound, WorkerLost
 from ..frames import send_parts
 from ..program import padded
@@ -40,7 +41,6 @@ from ..protocol import (
     CLOSE_PROTOCOL,
     CLOSE_SILENT,
     CLOSE_TRY_LATER,
-    DEFAULT_CHUNK,
     MAX_FRAME,
     Assembler,
     Message,
@@ -68,30 +68,20 @@ REFUSALS_SHOWN_EVERY = 1.0
 
 
 class Broker:
-    """State shared by all connections: token, scheduler, heartbeat timing."""
+    """State shared by all connections: token, settings (heartbeat timing, ...), scheduler."""
 
     def __init__(
         self,
         token: str,
         static_dir: Path,
+        config: Config = DEFAULTS,
         *,
-        heartbeat: float = 3.0,
-        silence_limit: float = 30.0,
-        chunk_size: int = DEFAULT_CHUNK,
-        lease: float = 60.0,
-        attempts: int = 3,
-        calibrate: bool = True,
-        depth: int | None = None,
         on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self.token = token
         self.static_dir = static_dir
-        self.heartbeat = heartbeat
-        self.silence_limit = silence_limit
-        self.chunk_size = chunk_size
-        self.scheduler = Scheduler(
-            on_change, cancel_grace=silence_limit, lease=lease, attempts=attempts, calibrate=calibrate, depth=depth
-        )
+        self.config = config
+        self.scheduler = Scheduler(on_change, config)
         self.sockets: set[WorkerSocket] = set()
         self.pinned: dict[str, np.ndarray] = {}  # content key -> array, for %webnet put
         self.bytes_sent = 0  # to all workers this session, frames included
@@ -143,13 +133,13 @@ class Broker:
     async def _beat(self) -> None:
         """Ping every worker; close one silent for longer than ``silence_limit`` (its job then fails)."""
         while True:
-            await asyncio.sleep(self.heartbeat)
+            await asyncio.sleep(self.config.heartbeat)
             now = time.monotonic()
             for sock in list(self.sockets):
                 if sock.device is None:
                     continue
-                if now - sock.device.last_seen > self.silence_limit:
-                    sock.close(CLOSE_SILENT, f"no heartbeat for {self.silence_limit:.0f} s")
+                if now - sock.device.last_seen > self.config.silence_limit:
+                    sock.close(CLOSE_SILENT, f"no heartbeat for {self.config.silence_limit:.0f} s")
                     sock.forget("stopped answering heartbeats")
                 else:
                     sock.spawn(sock.send(Message("ping", {"t": time.time()})))
@@ -307,7 +297,7 @@ class WorkerSocket(Handler, tornado.websocket.WebSocketHandler):
             self.close(CLOSE_TRY_LATER, f"this address already has {MAX_PER_ADDRESS} worker connections")
             return
         self.broker.sockets.add(self)
-        limit = self.broker.silence_limit  # a peer silent this long is gone, hello or not
+        limit = self.broker.config.silence_limit  # a peer silent this long is gone, hello or not
         self._hello_timer = asyncio.get_running_loop().call_later(
             limit, lambda: self._refuse(f"no hello within {limit:g} s")
         )
@@ -352,7 +342,10 @@ class WorkerSocket(Handler, tornado.websocket.WebSocketHandler):
             if self._hello_timer is not None:
                 self._hello_timer.cancel()
             self.device = self._device(f)
-            welcome = {"device": self.device.id, "heartbeat": self.broker.heartbeat, "resume": self.device.resume}
+            # The timings the worker keeps to: pings this often, and a broker silent this long is gone.
+            config = self.broker.config
+            welcome = {"device": self.device.id, "heartbeat": config.heartbeat, "silence": config.silence_limit,
+                       "resume": self.device.resume}  # fmt: skip
             self.spawn(self.send(Message("welcome", welcome)))
             for key, array in self.broker.pinned.items():  # what the notebook pinned reaches new devices too
                 if self.fits(padded(array.nbytes)):
@@ -451,7 +444,7 @@ class WorkerSocket(Handler, tornado.websocket.WebSocketHandler):
         receiving assembler keeps them apart, so a ping is never stuck behind a large job.
         """
         message_id, job = next(self._message_ids) & 0xFFFFFFFF, message.type == "job"
-        for parts in encode_parts(message, message_id, self.broker.chunk_size, head_alone=job):  # see warm.py
+        for parts in encode_parts(message, message_id, self.broker.config.chunk_size, head_alone=job):  # see warm.py
             await send_parts(self.ws_connection, parts, client=False)  # from the arrays' own memory
             size = sum(len(p) for p in parts)
             self.broker.bytes_sent += size

@@ -31,8 +31,8 @@ import numpy as np
 import tornado.netutil
 
 from .._assets import static_dir
+from ..config import DEFAULTS, Config
 from ..program import Program
-from ..protocol import DEFAULT_CHUNK
 from .listener import Listener, ServerLimits
 from .scheduler import Progress
 from .server import Broker
@@ -57,8 +57,8 @@ class TaskHandle:
 class BrokerThread:
     """Owns the loop, the HTTP/WebSocket server and the :class:`Broker`; start once, stop once.
 
-    ``depth`` fixes how many jobs each device holds at once (None: from its link and speed;
-    1 turns pipelining off), as :class:`~webnet_magic.broker.scheduler.Scheduler` takes it.
+    Its settings are ``config`` (the defaults if None) with any of its fields given as keywords,
+    e.g. ``BrokerThread(heartbeat=0.2)`` (see :class:`~webnet_magic.config.Config`).
     """
 
     def __init__(
@@ -67,33 +67,18 @@ class BrokerThread:
         port: int = 0,
         *,
         token: str | None = None,
-        heartbeat: float = 3.0,
-        silence_limit: float = 30.0,
-        chunk_size: int = DEFAULT_CHUNK,
-        lease: float = 60.0,
-        attempts: int = 3,
-        calibrate: bool = True,
-        depth: int | None = None,
+        config: Config | None = None,
         on_change: ChangeListener | None = None,
         static: Path | None = None,
         limits: ServerLimits | None = None,
+        **settings: Any,
     ) -> None:
         self.host = host
         self.port = port
         self.token = token or secrets.token_urlsafe(18)
+        self.config = (config or DEFAULTS).updated(**settings)
         self._listeners: list[ChangeListener] = [on_change] if on_change else []
-        self.broker = Broker(
-            self.token,
-            static or static_dir(),
-            heartbeat=heartbeat,
-            silence_limit=silence_limit,
-            chunk_size=chunk_size,
-            lease=lease,
-            attempts=attempts,
-            calibrate=calibrate,
-            depth=depth,
-            on_change=self._changed,
-        )
+        self.broker = Broker(self.token, static or static_dir(), self.config, on_change=self._changed)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._main, name="webnet-broker", daemon=True)
         self._ready = threading.Event()

@@ -22,6 +22,7 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_exp
 from IPython.display import display
 from traitlets import Float, Int, Unicode
 
+from ..config import DEFAULTS
 from ..errors import DeviceLimitError, DeviceNotFound, DtypeError, ShapeError, WorkerError, prefixed
 from ..ops import Graph, Node
 from ..ops.custom import KernelDefinitionError, compile_error, define, install, restore
@@ -63,12 +64,12 @@ class WebnetMagics(Magics):
 
     port = Int(0, help="Port of the broker (0: any free port).").tag(config=True)
     host = Unicode("127.0.0.1", help="Address the broker binds; 127.0.0.1 is this machine only.").tag(config=True)
-    timeout = Float(60.0, help="Seconds an op waits for a device and its result.").tag(config=True)
-    heartbeat = Float(3.0, help="Seconds between heartbeats to each worker.").tag(config=True)
-    silence_limit = Float(30.0, help="Seconds of silence after which a worker is declared lost.").tag(config=True)
-    lease = Float(60.0, help="Base of each task's lease in seconds (expected run time is added).").tag(config=True)
-    attempts = Int(3, help="Failed attempts (on lost or wrong devices) before a task's job fails.").tag(config=True)
-    progress_after = Float(1.0, help="Seconds a blocking job runs before its progress bar shows.").tag(config=True)
+    timeout = Float(DEFAULTS.timeout, help="Seconds an op waits for a device and its result.").tag(config=True)
+    heartbeat = Float(DEFAULTS.heartbeat, help="Seconds between heartbeats to each worker.").tag(config=True)
+    silence_limit = Float(DEFAULTS.silence_limit, help="Seconds of silence before a worker is lost.").tag(config=True)
+    lease = Float(DEFAULTS.lease, help="Base of each task's lease in seconds (plus its run time).").tag(config=True)
+    attempts = Int(DEFAULTS.attempts, help="Failed attempts before a task's job fails.").tag(config=True)
+    progress_after = Float(DEFAULTS.progress_after, help="Seconds before a progress bar shows.").tag(config=True)
     tunnel = Unicode("auto", help="auto (ngrok in Colab/Kaggle with an authtoken), ngrok or off.").tag(config=True)
 
     @no_var_expand

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..broker.placement import shard_weights
 from ..broker.thread import BrokerThread
+from ..config import DEFAULTS, Config
 from ..errors import BrokerStopped, DeviceLimitError, DeviceLost, JobTimeout, NoDeviceError
 from ..ops import Graph, Node, Plan, call, compile_graph, evaluate
 from ..ops.compiler import CACHE_MIN_BYTES, ContentKeys, content_key, parallelism
@@ -61,13 +62,6 @@ class PrecisionWarning(UserWarning):
     """An operand was converted to float32 (WGSL has no float64)."""
 
 
-def _depth(depth: int | None) -> int | None:
-    """``depth`` checked here, in the notebook, before any thread or port exists."""
-    if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 1):
-        raise ValueError(f"depth must be a positive number of jobs (or None), not {depth!r}")
-    return depth
-
-
 def _print_waiting(text: str) -> None:
     print(text, file=sys.stdout, flush=True)
 
@@ -80,18 +74,10 @@ class Session:
     host, port
         Where the broker listens.  ``127.0.0.1`` (the default) is reachable from this
         machine only; port 0 picks a free port.
-    heartbeat, silence_limit
-        Seconds between pings to each worker, and of silence after which a worker is
-        declared lost (its running task then runs elsewhere, or waits for it to come back).
-    lease, attempts
-        The base of every task's lease in seconds (the expected run and transfer times are
-        added), and how many times a task may fail on a device before its job fails.
-    calibrate
-        Time a short matmul on each device as it joins, to size shards by speed.
-    depth
-        How many jobs each device holds at once (pipelining).  None (the default) sizes it
-        from each device's measured link and speed, between 2 and 4; 1 sends a device its
-        next job only once it has answered the last.
+    config, settings
+        The session's settings (:class:`~webnet_magic.config.Config`: heartbeat, silence limit,
+        lease, attempts, calibration, pipelining depth, timeouts, ...): ``config`` (the defaults
+        if None) with any of its fields given as keywords, e.g. ``Session(heartbeat=1.0)``.
     tunnel, authtoken, lan
         How a phone reaches the broker (see :func:`webnet_magic.tunnel.expose`): ``tunnel``
         is ``"auto"`` (ngrok in Colab and Kaggle when an authtoken is found), ``"ngrok"`` or
@@ -105,26 +91,14 @@ class Session:
         host: str = "127.0.0.1",
         port: int = 0,
         *,
-        heartbeat: float = 3.0,
-        silence_limit: float = 30.0,
-        lease: float = 60.0,
-        attempts: int = 3,
-        calibrate: bool = True,
-        depth: int | None = None,
+        config: Config | None = None,
         tunnel: str = "auto",
         authtoken: str | None = None,
         lan: bool | str = False,
+        **settings: Any,
     ) -> None:
-        self.broker = BrokerThread(
-            host,
-            port,
-            heartbeat=heartbeat,
-            silence_limit=silence_limit,
-            lease=lease,
-            attempts=attempts,
-            calibrate=calibrate,
-            depth=_depth(depth),
-        ).start()
+        self.config = (config or DEFAULTS).updated(**settings)  # checked before any thread or port exists
+        self.broker = BrokerThread(host, port, config=self.config).start()
         try:
             self.reach = expose(self.broker, tunnel=tunnel, authtoken=authtoken, lan=lan)
         except BaseException:
@@ -169,15 +143,16 @@ class Session:
         self._local_workers.append(worker)
         return worker
 
-    def wait_for_devices(self, count: int = 1, timeout: float = 60.0) -> list[dict[str, Any]]:
+    def wait_for_devices(self, count: int = 1, timeout: float | None = None) -> list[dict[str, Any]]:
         """Block until ``count`` devices are ready for jobs; returns them.
 
         Ready means connected with WebGPU, past the short calibration run every device does
         on joining (so its speed is known and its first figures are not the calibration's),
         and not banned.  A local worker that dies meanwhile (no GPU adapter, no display, ...) is reported
-        at once with its own last words, rather than as a timeout.
+        at once with its own last words, rather than as a timeout (``timeout``: the session's if None).
         """
-        deadline = time.monotonic() + _checked_timeout(timeout)
+        timeout = self._timeout(timeout)
+        deadline = time.monotonic() + timeout
         while True:
             usable = [d for d in self.devices() if d["state"] not in NOT_READY]
             if len(usable) >= count:
@@ -286,10 +261,10 @@ class Session:
         self,
         outputs: Sequence[Node],
         *,
-        timeout: float = 60.0,
+        timeout: float | None = None,
         local: bool = False,
         on_wait: Callable[[str], None] = _print_waiting,
-        progress_after: float = 1.0,
+        progress_after: float | None = None,
         **launch: Any,
     ) -> list[np.ndarray]:
         """Run ``outputs`` on the fleet and block until the results are back (Ctrl-C cancels).
@@ -298,7 +273,8 @@ class Session:
         ``wire``).  ``local=True`` computes with numpy here instead, with the same conversions.
         Without a device, ``on_wait`` is told once where to open one, and
         :class:`~webnet_magic.errors.NoDeviceError` is raised at ``timeout``.  A job still
-        running after ``progress_after`` seconds shows a progress bar in a notebook.
+        running after ``progress_after`` seconds shows a progress bar in a notebook.  Both are
+        the session's (:attr:`config`) when None.
         """
         if local:
             return run_local(outputs)
@@ -375,14 +351,16 @@ class Session:
     def wait(
         self,
         job: Job,
-        timeout: float,
+        timeout: float | None = None,
         *,
         on_wait: Callable[[str], None] = _print_waiting,
-        progress_after: float = 1.0,
+        progress_after: float | None = None,
     ) -> list[np.ndarray]:
         """Block until ``job`` is done and return its results; Ctrl-C or the timeout cancels it."""
-        deadline = time.monotonic() + _checked_timeout(timeout)
-        bar, told = ProgressBar(f"{job.id} {job.text}", progress_after), False
+        timeout = self._timeout(timeout)
+        deadline = time.monotonic() + timeout
+        after = self.config.progress_after if progress_after is None else progress_after
+        bar, told = ProgressBar(f"{job.id} {job.text}", after), False
         try:
             while True:
                 try:
@@ -426,8 +404,8 @@ class Session:
             bar.close(job.progress, "interrupted")
             raise
 
-    def run_model(self, model: Any, bound: Mapping[str, np.ndarray], *, timeout: float = 60.0,
-                  progress_after: float = 1.0, **launch: Any) -> list[np.ndarray]:  # fmt: skip
+    def run_model(self, model: Any, bound: Mapping[str, np.ndarray], *, timeout: float | None = None,
+                  progress_after: float | None = None, **launch: Any) -> list[np.ndarray]:  # fmt: skip
         """A loaded model on checked inputs (see :meth:`webnet_magic.models.Model.__call__`); blocks."""
         job = self.submit_model(model, bound, **launch)
         return self.wait(job, timeout, progress_after=progress_after)
@@ -440,11 +418,15 @@ class Session:
             raise BrokerStopped("the webnet broker is not running; start it with %webnet start")
         return launch_model(self, model, bound, **launch)
 
-    def run(self, program: Program, *, timeout: float, device: str | None = None) -> list[np.ndarray]:
+    def run(self, program: Program, *, timeout: float | None = None, device: str | None = None) -> list[np.ndarray]:
         """One prepared program on a device (a custom kernel's compile check); Ctrl-C cancels it."""
         job_id = self.broker.broker.scheduler.new_task_id()
         task = self.broker.submit(program, task_id=job_id, devices=_device_set(device), group=job_id)
         return self.wait(Job(self.broker, job_id, [task], lambda results: results[0]), timeout)
+
+    def _timeout(self, timeout: float | None) -> float:
+        """``timeout`` checked, or the session's when None."""
+        return self.config.timeout if timeout is None else _checked_timeout(timeout)
 
     def _waiting_text(self) -> str:
         where = split_token(self.url)[0]

@@ -91,9 +91,9 @@ class Stream:
     in_flight
         At most this many items launched and not yet handed back (default: 8 per usable device).
     timeout
-        Seconds to wait for the next result before cancelling the stream.
+        Seconds to wait for the next result before cancelling the stream (the session's if None).
     progress_after
-        Show a progress bar once the stream has run this long (in a notebook).
+        Show a progress bar once the stream has run this long, in a notebook (the session's if None).
     launch
         Options for :meth:`Session.launch <webnet_magic.client.session.Session.launch>`:
         ``devices``, ``verify``, ``wire`` (each item runs whole on one device: no sharding).
@@ -108,8 +108,8 @@ class Stream:
         namespace: Mapping[str, Any] | None = None,
         over: str | None = None,
         in_flight: int | None = None,
-        timeout: float = 60.0,
-        progress_after: float = 1.0,
+        timeout: float | None = None,
+        progress_after: float | None = None,
         on_wait: Callable[[str], None] | None = None,
         **launch: Any,
     ) -> None:
@@ -120,7 +120,7 @@ class Stream:
         self._total = len(items) if isinstance(items, Sequence) else None
         self._items: Iterator[Any] = iter(items)
         self._in_flight = _in_flight(session, in_flight)
-        self._timeout = timeout
+        self._timeout = session.config.timeout if timeout is None else timeout
         if on_wait is None:
             from .session import _print_waiting
 
@@ -134,7 +134,8 @@ class Stream:
         self._exhausted = False
         self._cancelled = False
         label = computation if isinstance(computation, str) else getattr(computation, "__name__", "function")
-        self._bar = ProgressBar(f"map {label}", progress_after)
+        after = session.config.progress_after if progress_after is None else progress_after
+        self._bar = ProgressBar(f"map {label}", after)
 
     # -- the iterator ------------------------------------------------------------------------
 

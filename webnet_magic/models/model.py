@@ -174,13 +174,13 @@ class Model:
 
     # -- running ---------------------------------------------------------------------------------
 
-    def __call__(self, *arrays: Any, local: bool = False, session: Any = None, timeout: float = 60.0,
+    def __call__(self, *arrays: Any, local: bool = False, session: Any = None, timeout: float | None = None,
                  **named_and_options: Any) -> Any:  # fmt: skip
         """Run the model on the fleet (or with numpy, ``local=True``); a tuple when it has several outputs.
 
         Inputs by position or by name; the options of :meth:`Session.launch
         <webnet_magic.client.session.Session.launch>` (``devices``, ``shard``, ``verify``,
-        ``wire``) and ``timeout`` apply.
+        ``wire``) and ``timeout`` (the session's if None) apply.
         """
         options = {k: named_and_options.pop(k) for k in LAUNCH_OPTIONS if k in named_and_options}
         bound = self.bind(arrays, named_and_options)

@@ -29,6 +29,7 @@ from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, websocket_connect
 
 from .._threads import in_daemon_thread
+from ..config import DEFAULTS
 from ..frames import send_parts
 from ..program import Program
 from ..protocol import (
@@ -119,7 +120,7 @@ class NativeWorker:
         self._waiting: dict[str, int] = {}  # jobs here and not started -> jobs ahead of each when it came
         self._in_hand = 0  # jobs here whose compute has not finished
         self._last_heard = time.monotonic()
-        self._silence_limit = 30.0  # until the broker's welcome says its heartbeat
+        self._silence_limit = DEFAULTS.silence_limit  # until the broker's welcome says its own
         self._arrival = Arrival()
         self._assembler = Assembler()
         self._warm_timer: asyncio.TimerHandle | None = None
@@ -178,7 +179,7 @@ class NativeWorker:
                 f = message.fields
                 if message.type == "welcome":
                     self.device_id, self.resume = f["device"], str(f.get("resume", ""))
-                    self._silence_limit = 10 * float(f["heartbeat"])
+                    self._silence_limit = float(f["silence"])
                     log.info("joined as device %s", self.device_id)
                 elif message.type == "ping":  # a pong echoes its ping: fields and any arrays
                     await self._send(conn, Message("pong", f, message.arrays))
