@@ -68,7 +68,7 @@ function render({ model, el }) {
     note.textContent = running ? model.get("note") : "Run %webnet start to start a new one.";
     table.replaceChildren();
     jobs.replaceChildren();
-    const tunnel = model.get("reach") === "ngrok" ? ` · through ngrok ${size(model.get("tunnel"))} of about 1 GB a month free` : "";
+    const tunnel = model.get("reach") === "ngrok" ? ` · through ngrok ${size(model.get("tunnel"))} of about ${size(model.get("tunnel_free"))} a month free` : "";
     const refused = model.get("refused") ?? 0; // 0 while the broker counts none
     const turnedAway = refused ? ` · ${refused} refused connection${refused === 1 ? "" : "s"}` : "";
     totals.textContent = running ? `sent ${size(model.get("sent"))} · received ${size(model.get("received"))}${tunnel}${turnedAway}` : "";

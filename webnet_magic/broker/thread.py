@@ -196,6 +196,10 @@ class BrokerThread:
         self._loop.call_soon_threadsafe(run)
         return done.result(timeout)
 
+    def new_job_id(self) -> str:
+        """A fresh id for a job (a task, or the shards that share it as their group); safe from any thread."""
+        return self.broker.scheduler.new_task_id()
+
     def submit(self, program: Program, **options: Any) -> TaskHandle:
         """Queue ``program`` without waiting for the broker thread (``options`` as for
         :meth:`Scheduler.submit <webnet_magic.broker.scheduler.Scheduler.submit>`).
@@ -203,7 +207,7 @@ class BrokerThread:
         The id is made here, so the handle exists before the task does and a Ctrl-C at any
         point can cancel it: the broker thread runs the submit before any later cancel.
         """
-        task_id = options.pop("task_id", None) or self.broker.scheduler.new_task_id()
+        task_id = options.pop("task_id", None) or self.new_job_id()
         handle = TaskHandle(task_id, concurrent.futures.Future(), Progress())
         self._loop.call_soon_threadsafe(self._submit, handle, program, options)
         return handle

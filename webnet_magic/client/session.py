@@ -330,7 +330,7 @@ class Session:
                 f"this job needs a {plan.program.largest_buffer}-byte buffer, above the device's buffer limit of "
                 f"{limit}; ask for one result at a time so it can be split"
             )
-        job_id = self.broker.broker.scheduler.new_task_id()
+        job_id = self.broker.new_job_id()
         tasks = []
         for i, (part, shard) in enumerate(pieces, 1):
             target = targets[shard] if len(targets) > 1 else None
@@ -420,7 +420,7 @@ class Session:
 
     def run(self, program: Program, *, timeout: float | None = None, device: str | None = None) -> list[np.ndarray]:
         """One prepared program on a device (a custom kernel's compile check); Ctrl-C cancels it."""
-        job_id = self.broker.broker.scheduler.new_task_id()
+        job_id = self.broker.new_job_id()
         task = self.broker.submit(program, task_id=job_id, devices=_device_set(device), group=job_id)
         return self.wait(Job(self.broker, job_id, [task], lambda results: results[0]), timeout)
 

@@ -29,6 +29,7 @@ import traitlets
 from IPython.display import display, update_display
 
 from .._assets import static_dir
+from ..tunnel import FREE_TIER_BYTES
 
 if TYPE_CHECKING:
     from .session import Session
@@ -80,6 +81,7 @@ class DevicePanel(anywidget.AnyWidget):
     refused = traitlets.Int(0).tag(sync=True)  # connections the broker turned away (bad token, over a limit)
     reach = traitlets.Unicode("local").tag(sync=True)  # local, ngrok or lan: how the link is reached
     tunnel = traitlets.Int(0).tag(sync=True)  # bytes through the ngrok tunnel, both ways
+    tunnel_free = traitlets.Int(FREE_TIER_BYTES).tag(sync=True)  # what ngrok's free tier carries a month
 
     def __init__(self, session: Session, **kwargs: Any) -> None:
         reach = session.reach

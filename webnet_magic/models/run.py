@@ -76,7 +76,7 @@ def launch_model(
     for plan, _ in pieces:
         warn_conversions(plan.note if plan else None)
     limit = min((buffer_limit(d["limits"]) for d in sized_for(fleet)), default=buffer_limit({}))
-    job_id = session.broker.broker.scheduler.new_task_id()
+    job_id = session.broker.new_job_id()
     tasks = []
     for i, ((plan, _), target) in enumerate(zip(pieces, targets, strict=True), 1):
         if plan is None:
@@ -147,7 +147,7 @@ def _pipeline(session: Session, model: Model, bound: Mapping[str, np.ndarray], v
             values if count == 1 else _values(model, {k: (a[s] if _batched(model, k) else a) for k, a in bound.items()})
         )
         chunks.append((cut([v for v in part if isinstance(v, Node)], capacities, model.owns), part))
-    job_id = session.broker.broker.scheduler.new_task_id()
+    job_id = session.broker.new_job_id()
     devices = [d["id"] for d in ranked[: stages.count]]
     return PipelineJob(session, model, chunks, devices, wire=wire, job_id=job_id, bind=bind)
 

@@ -32,7 +32,6 @@ from .graph import OPS, Node, Shape, evaluate, topological
 from .half import to_float, to_half
 from .indexing import identity
 
-WORKGROUP = 256  # invocations per workgroup in the 1-D kernels
 #: Storage buffers a fused kernel reads: WebGPU's default maxStorageBuffersPerShaderStage (8)
 #: less the output.  A larger elementwise expression is cut into several kernels.
 MAX_FUSED_INPUTS = 7
