@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
+import socket
 from collections.abc import Iterator
 
 import numpy as np
@@ -191,3 +193,25 @@ def test_a_local_worker_that_dies_is_reported_with_its_last_words(monkeypatch) -
             session.wait_for_devices(1, timeout=60)  # (the timeout would say "0 of 1 device(s) ready")
     finally:
         session.stop()
+
+
+def test_both_ends_of_a_worker_link_send_small_frames_at_once(broker: BrokerThread) -> None:
+    """TCP_NODELAY on the worker's socket and the broker's: a job's head frame, a result's last
+    frame or a pong never waits for the ACK of the segment before it (up to 40 ms on loopback)."""
+    from webnet_magic.worker.native import connect, socket_url
+
+    from .peers import say_hello
+
+    def nodelay(sock: socket.socket) -> int:
+        return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+    async def worker_end() -> int:
+        conn = await connect(socket_url(broker.url))
+        await say_hello(conn)  # the broker has opened its end, and knows the device
+        mine = nodelay(conn.protocol.stream.socket)
+        broker_end = broker.call(lambda: [nodelay(s.ws_connection.stream.socket) for s in broker.broker.sockets])
+        conn.close()
+        return mine, broker_end
+
+    mine, broker_end = asyncio.run(worker_end())
+    assert mine and broker_end == [1]

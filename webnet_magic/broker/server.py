@@ -297,6 +297,7 @@ class WorkerSocket(Handler, tornado.websocket.WebSocketHandler):
             self.close(CLOSE_TRY_LATER, f"this address already has {MAX_PER_ADDRESS} worker connections")
             return
         self.broker.sockets.add(self)
+        self.set_nodelay(True)  # a job's head frame goes out alone: Nagle's algorithm held it for an ACK
         limit = self.broker.config.silence_limit  # a peer silent this long is gone, hello or not
         self._hello_timer = asyncio.get_running_loop().call_later(
             limit, lambda: self._refuse(f"no hello within {limit:g} s")

@@ -131,7 +131,7 @@ class NativeWorker:
         backoff = 0.25
         while True:
             try:
-                conn = await websocket_connect(self.url, max_message_size=MAX_FRAME)
+                conn = await connect(self.url)
             except OSError as exc:
                 log.warning("cannot reach the broker (%s); retrying in %.1f s", exc, backoff)
             else:
@@ -319,6 +319,18 @@ class NativeWorker:
     async def _send(self, conn: WebSocketClientConnection, message: Message) -> None:
         for parts in encode_parts(message, next(self._ids) & 0xFFFFFFFF):
             await send_parts(conn.protocol, parts, client=True)
+
+
+async def connect(url: str) -> WebSocketClientConnection:
+    """A WebSocket to the broker (``url`` as :func:`socket_url` makes it) that sends each frame at once.
+
+    With Nagle's algorithm on (tornado's default), a small frame written while the last
+    segment is unacknowledged waits for its ACK, which the broker's side delays by up to
+    40 ms: a result's last frame, or a pong, then arrived tens of milliseconds late.
+    """
+    conn = await websocket_connect(url, max_message_size=MAX_FRAME)
+    conn.protocol.set_nodelay(True)
+    return conn
 
 
 def error_message(job: str, kind: str, text: str, **extra: Any) -> Message:
