@@ -34,6 +34,24 @@ def test_the_cache_drops_the_least_recently_used_unpinned_entry_first() -> None:
     assert dropped == [a, b] and not cache.owns(b)
 
 
+def test_content_keys_tell_apart_arrays_that_differ_in_any_piece_shape_or_dtype() -> None:
+    """Keys are hashed piece by piece on threads: one changed element in any piece, or the same bytes
+    under another shape or dtype, is another key; an equal copy (or a strided view's contents) the same."""
+    from webnet_magic.ops.compiler import HASH_PIECE, content_key
+
+    a = np.random.default_rng(2).random(3 * HASH_PIECE // 4 + 5, np.float32)  # four pieces, the last short
+    keys = {content_key(a)}
+    for at in (0, HASH_PIECE // 4, a.size - 1):
+        changed = a.copy()
+        changed[at] += 1
+        keys.add(content_key(changed))
+    keys |= {content_key(a[:-1].reshape(2, -1)), content_key(a.view(np.int32)), content_key(a[:-1])}
+    assert len(keys) == 7
+    assert content_key(a.copy()) == content_key(a)
+    strided = np.arange(24, dtype=np.int32).reshape(4, 6)[:, ::2]
+    assert content_key(strided) == content_key(np.ascontiguousarray(strided))
+
+
 def matmul_job(a: np.ndarray, w: np.ndarray) -> ops.Plan:
     return ops.plan("matmul", a, w)
 

@@ -1,14 +1,27 @@
-"""Blocking work off an asyncio loop, in threads that never hold up the process's exit."""
+"""Blocking work off an asyncio loop, in threads that never hold up the process's exit; and the
+notebook's few threads for work that numpy and hashlib do without the GIL."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+#: Threads for slices of one array's work that run without the GIL (numpy's casts, hashlib's hashes); at most 8.
+THREADS = max(1, min(8, os.cpu_count() or 1))
+
+
+@cache
+def gil_free_pool() -> ThreadPoolExecutor:
+    """The shared threads for :data:`THREADS`-wide work on an array's slices (made on first use)."""
+    return ThreadPoolExecutor(THREADS, thread_name_prefix="webnet-slices")
 
 
 async def in_daemon_thread(fn: Callable[..., T], *args: Any) -> T:

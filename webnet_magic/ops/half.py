@@ -12,26 +12,17 @@ for arrays holding inf or NaN), and large arrays are converted in slices on a fe
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from functools import cache
 
 import numpy as np
 
+from .._threads import THREADS, gil_free_pool
 from ..errors import DtypeError
 
 #: float16's largest finite value.
 HALF_MAX = 65504.0
 #: Elements per slice: 1 MiB of float32, so a slice is read twice from cache, not memory.
 SLICE = 1 << 18
-#: Threads that convert slices (numpy casts without the GIL); at most 8.
-THREADS = max(1, min(8, os.cpu_count() or 1))
-
-
-@cache
-def _pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(THREADS, thread_name_prefix="webnet-f16")
 
 
 def to_half(array: np.ndarray, name: str) -> np.ndarray:
@@ -83,4 +74,4 @@ def _sliced(source: np.ndarray, target: np.ndarray, each: Callable[[np.ndarray, 
     bounds = [(i, min(i + SLICE, source.size)) for i in range(0, source.size, SLICE)]
     if len(bounds) <= 1 or THREADS == 1:
         return [each(source[a:b], target[a:b]) for a, b in bounds]
-    return list(_pool().map(lambda ab: each(source[ab[0] : ab[1]], target[ab[0] : ab[1]]), bounds))
+    return list(gil_free_pool().map(lambda ab: each(source[ab[0] : ab[1]], target[ab[0] : ab[1]]), bounds))
