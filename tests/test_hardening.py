@@ -32,7 +32,7 @@ from webnet_magic import ops
 from webnet_magic.broker.listener import ServerLimits
 from webnet_magic.broker.thread import BrokerThread
 from webnet_magic.client.jobs import Job
-from webnet_magic.errors import DeviceLimitError, WorkerError, WorkerLost
+from webnet_magic.errors import DeviceLimitError, VerificationFailed, WorkerError, WorkerLost
 from webnet_magic.protocol import CLOSE_BAD_TOKEN, CLOSE_SILENT, CLOSE_TRY_LATER, Message
 
 from .conftest import Workers, wait_until
@@ -752,3 +752,37 @@ def test_a_device_with_tiny_buffers_or_still_calibrating_shrinks_no_one_elses_wo
         assert done[real["id"]] == 1 and tiny.jobs == []
     finally:
         session.stop()
+
+
+def test_with_every_slot_taken_a_device_that_cannot_work_gives_its_slot_to_one_that_can(
+    peers: list[Peer],
+) -> None:
+    """64 worker connections from four addresses (through the tunnel), one of them without WebGPU and one
+    banned by --verify: a 65th device takes the slot of the one without WebGPU (the longest connected of
+    the two), a 66th the banned one's, and a 67th is told to try later (1013)."""
+    thread = BrokerThread(heartbeat=0.2, silence_limit=60, calibrate=False).start()
+    try:
+        thread.expose_through("tunnel.webnet.test")
+
+        def through(i: int) -> dict[str, str]:  # each its own browser: no ban reaches another
+            return {"Host": "tunnel.webnet.test", "X-Forwarded-For": f"203.0.113.{i % 4 + 1}", "User-Agent": str(i)}
+
+        useless = Peer(thread, headers=through(0), webgpu=False, reason="no GPU here")
+        liar = Peer(thread, answering(WRONG), headers=through(1))
+        peers += [useless, liar]
+        with pytest.raises(VerificationFailed):
+            thread.submit(small_program(), check=right_or_not).future.result(10)
+        peers += [Peer(thread, headers=through(i)) for i in range(2, 64)]
+        assert len(thread.devices()) == 64
+        newcomers = [Peer(thread, headers={"User-Agent": f"newcomer {i}"}) for i in range(2)]
+        peers += newcomers
+        for gone in (useless, liar):
+            gone.thread.join(10)
+            assert gone.close_code == CLOSE_TRY_LATER
+        sock, head = upgrade(thread.port, f"token={thread.token}")
+        with sock:
+            assert head.startswith(b"HTTP/1.1 101") and close_code(sock) == CLOSE_TRY_LATER
+        devices = thread.devices()
+        assert len(devices) == 64 and not any(d["banned"] or d["state"] == "no WebGPU" for d in devices)
+    finally:
+        thread.stop()

@@ -74,6 +74,7 @@ class Device:
     outbox: asyncio.Future[None] | None = None  # the last job being sent: the next one's data follows it
     calibrating: set[str] = field(default_factory=set)  # its calibration tasks not yet finished
     last_seen: float = field(default_factory=time.monotonic)
+    joined: float = field(default_factory=time.monotonic)
     # -- history, carried over when the device comes back ---------------------------------
     jobs_done: int = 0
     failures: int = 0

@@ -307,6 +307,11 @@ class Scheduler:
             self._finish(task, error=BrokerStopped("the webnet broker was stopped (%webnet stop)"))
         self.queue.clear()
 
+    def unworkable(self) -> Device | None:
+        """The longest connected of the devices that can never be given work (no WebGPU, banned), if any."""
+        return min((d for d in self.devices.values() if not d.usable or d.banned), key=lambda d: d.joined,
+                   default=None)  # fmt: skip
+
     def usable_devices(self) -> list[Device]:
         return [d for d in self.devices.values() if d.usable]
 

@@ -93,6 +93,17 @@ class Broker:
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._refusals_shown: asyncio.TimerHandle | None = None
 
+    def free_a_slot(self) -> bool:
+        """With every worker slot taken, close the connection of a device that can never be given work
+        (no WebGPU, limits below WebGPU's, banned: the longest connected of them); whether there was one."""
+        device = self.scheduler.unworkable()
+        sock = next((s for s in self.sockets if device is not None and s.device is device), None)
+        if sock is None:
+            return False
+        sock.close(CLOSE_TRY_LATER, "its slot went to a device that can work")
+        sock.forget("gave its slot to a device that can work")
+        return True
+
     def token_ok(self, offered: bytes) -> bool:
         """Whether ``offered`` (the raw query value: nothing to decode, so nothing to fail) is the token."""
         return hmac.compare_digest(offered, self.token.encode())
@@ -290,7 +301,7 @@ class WorkerSocket(Handler, tornado.websocket.WebSocketHandler):
             self.close(CLOSE_BAD_TOKEN, "wrong or missing session token: open the link from %webnet url")
             asyncio.get_running_loop().call_later(REFUSED_LINGER, self._drop)
             return
-        if len(self.broker.sockets) >= MAX_SOCKETS:
+        if len(self.broker.sockets) >= MAX_SOCKETS and not self.broker.free_a_slot():
             self.close(CLOSE_TRY_LATER, f"this notebook already has {MAX_SOCKETS} worker connections")
             return
         if sum(s.origin.address == self.origin.address for s in self.broker.sockets) >= MAX_PER_ADDRESS:
