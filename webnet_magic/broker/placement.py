@@ -22,6 +22,9 @@ from .link import pipeline_depth
 
 #: Seconds a job costs beyond its compute and transfer while nothing is measured (so held work counts).
 JOB_OVERHEAD = 1e-3
+#: A shard leaves the device it was sized for only for one that would finish it this much sooner (a
+#: fraction of the time it would take there): a round trip measured a millisecond shorter is noise.
+PREFER_MARGIN = 0.1
 
 
 @dataclass
@@ -38,7 +41,8 @@ class Placement:
 
         Of those with room, it goes to the one that would finish it first, counting the work
         each already holds and the time its link takes to move the task's bytes.  A shard
-        waits for the device it was sized for unless another would finish it sooner.
+        waits for the device it was sized for unless another would finish it clearly sooner
+        (by :data:`PREFER_MARGIN` of its time there).
         """
         now = time.monotonic()
         roomy = [d for d in pool if self.has_room(d, task.program)]
@@ -48,7 +52,8 @@ class Placement:
         preferred = self.devices.get(task.prefer or "")
         if preferred is None or preferred not in pool or preferred is best:
             return best
-        if self.done_by(task.program, best, now) < self.done_by(task.program, preferred, now):
+        there = self.done_by(task.program, preferred, now) - now
+        if self.done_by(task.program, best, now) - now < there * (1 - PREFER_MARGIN):
             return best
         return preferred if preferred in roomy else None
 
@@ -83,8 +88,16 @@ class Placement:
         return self.expected(program, device) + self.transfer(device, sent + program.output_bytes)
 
     def transfer(self, device: Device, nbytes: int) -> float:
-        """Seconds to move ``nbytes`` over the device's link and hear back (a token amount while unmeasured)."""
-        return device.link.transfer(nbytes) or JOB_OVERHEAD
+        """Seconds to move ``nbytes`` over the device's link and hear back (a token amount while unmeasured).
+
+        A round trip not yet measured counts as the fleet's mean, as a speed does: counted as
+        none, a device that joined a moment ago looked nearer than every measured one.
+        """
+        seconds = device.link.transfer(nbytes)
+        if device.link.round_trip is None:
+            known = [d.link.round_trip for d in self.devices.values() if d.link.round_trip is not None]
+            seconds += sum(known) / len(known) if known else 0.0
+        return seconds or JOB_OVERHEAD
 
     def speed(self, device: Device) -> float:
         """A device's speed, or the fleet's mean (1 GFLOP/s with none measured) until it is measured."""
