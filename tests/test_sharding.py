@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
+from webnet_magic.broker.records import DeviceRecord
 from webnet_magic.client import session as sessions
 from webnet_magic.client.session import Session, _targets
 from webnet_magic.ops import call, compile_graph
@@ -68,8 +69,8 @@ def test_shards_are_sized_by_speed_fastest_first() -> None:
     """With speeds 4 and 1 GF/s, four shards go fast, slow, fast, slow."""
     node = call("matmul", np.ones((512, 64), np.float32), np.ones((64, 64), np.float32))
     plan = compile_graph([node])
-    fleet = [{"id": "d1", "gflops": 1.0}, {"id": "d2", "gflops": 4.0}]
-    assert [d["id"] for d in _targets([node], plan, fleet, 4)] == ["d2", "d1", "d2", "d1"]
+    fleet = [DeviceRecord("d1", speed=1e9), DeviceRecord("d2", speed=4e9)]
+    assert [d.id for d in _targets([node], plan, fleet, 4)] == ["d2", "d1", "d2", "d1"]  # type: ignore[union-attr]
     assert _targets([node], plan, fleet, "auto") == [None]  # 4 Mflop: not worth a round trip each
     assert _targets([node], plan, fleet, "off") == [None]
 

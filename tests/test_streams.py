@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -18,6 +19,7 @@ import pytest
 
 from webnet_magic import ops
 from webnet_magic.broker.placement import shard_weights
+from webnet_magic.broker.records import DeviceRecord
 from webnet_magic.broker.thread import BrokerThread
 from webnet_magic.client.expressions import ExpressionError
 from webnet_magic.client.session import Session
@@ -413,9 +415,9 @@ def test_join_native_still_gives_one_idle_device(broker: BrokerThread, workers: 
 def test_shards_are_sized_for_the_work_each_device_already_holds() -> None:
     """Equal devices, one holding a second of work: it gets that much less of the new job; one holding
     more than the whole job gets none; unmeasured speeds fall back to equal shares."""
-    idle, busy = {"id": "d1", "gflops": 1.0, "backlog_s": 0.0}, {"id": "d2", "gflops": 1.0, "backlog_s": 1.0}
+    idle, busy = DeviceRecord("d1", speed=1e9), DeviceRecord("d2", speed=1e9, backlog=1.0)
     assert shard_weights([idle, busy], 3e9) == pytest.approx([2e9, 1e9])
-    assert shard_weights([idle, {**busy, "backlog_s": 5.0}], 3e9) == pytest.approx([3e9, 0.0])
+    assert shard_weights([idle, replace(busy, backlog=5.0)], 3e9) == pytest.approx([3e9, 0.0])
     assert shard_weights([idle, busy, idle], 3e9) == pytest.approx([1e9, 1e9, 1e9])  # d1's share over two shards
-    assert shard_weights([{**idle, "gflops": None}, busy], 3e9) == [1e9, 1e9]
+    assert shard_weights([replace(idle, speed=None), busy], 3e9) == [1e9, 1e9]
     assert shard_weights([None], 0.0) == [1.0]

@@ -1,7 +1,7 @@
 """The scheduler's records: devices that joined, tasks to run, and attempts of tasks on devices.
 
 Plain data with the little each knows about itself (a device's limits, what it holds, its
-snapshot for the panel); :mod:`~webnet_magic.broker.scheduler` pairs them up and
+record for the notebook side); :mod:`~webnet_magic.broker.scheduler` pairs them up and
 :mod:`~webnet_magic.broker.placement` decides where each task goes.
 """
 
@@ -20,6 +20,7 @@ from ..program import Program
 from ..protocol import MAX_MESSAGE_BYTES, Message
 from .link import LinkEstimate
 from .origin import Origin
+from .records import DeviceRecord, DeviceState
 
 #: The limits a program is checked against before it is sent, with what each bounds.  Device
 #: limits come from the worker's hello; the message limit is the wire protocol's own.
@@ -146,37 +147,38 @@ class Device:
     def describe(self) -> str:
         return f"{self.id} ({self.name})"
 
-    def snapshot(self) -> dict[str, Any]:
-        """A JSON-able view for the widget, ``%webnet devices`` and tests."""
+    def record(self) -> DeviceRecord:
+        """What the notebook side knows of this device now (see :mod:`~webnet_magic.broker.records`)."""
         attempt = self.attempt
-        state = self.state if self.webgpu else "no WebGPU"
+        mine = attempt is not None and not attempt.task.internal  # (a calibration run is not the notebook's)
+        state = DeviceState(self.state) if self.webgpu else DeviceState.NO_WEBGPU
         if self.banned:
-            state = "banned"
+            state = DeviceState.BANNED
         elif self.calibrating:  # between its two runs too: ready means its speed is known
-            state = "calibrating"
-        return {
-            **self.link.snapshot(),
-            "id": self.id,
-            "name": self.name,
-            "runtime": self.runtime,
-            "adapter": self.adapter_name,
-            "state": state,
-            "reason": self.banned or self.reason,
-            "jobs_done": self.jobs_done,
-            "failures": self.failures,
-            "banned": bool(self.banned),
-            "gflops": None if self.speed is None else float(f"{self.speed / 1e9:.3g}"),
-            "last_job_ms": self.last_job_ms,
-            "job": attempt.task.id if attempt is not None and not attempt.task.internal else None,
-            "group": attempt.task.group if attempt is not None and not attempt.task.internal else None,
-            "queued": max(0, len(self.attempts) - 1),  # jobs held behind the running one
-            "backlog_s": round(self.backlog(time.monotonic()), 3),
-            "bytes_in": self.bytes_in,
-            "bytes_out": self.bytes_out,
-            "returns": self.returns,
-            "cached": len(self.cache),
-            "limits": dict(self.limits),
-        }
+            state = DeviceState.CALIBRATING
+        return DeviceRecord(
+            id=self.id,
+            name=self.name,
+            runtime=self.runtime,
+            adapter=self.adapter_name,
+            state=state,
+            reason=self.banned or self.reason,
+            speed=self.speed,
+            limits=dict(self.limits),
+            backlog=self.backlog(time.monotonic()),
+            rate=self.link.rate,
+            round_trip=self.link.round_trip,
+            jobs_done=self.jobs_done,
+            failures=self.failures,
+            last_job_ms=self.last_job_ms,
+            job=attempt.task.id if mine else None,  # type: ignore[union-attr]
+            group=attempt.task.group if mine else None,  # type: ignore[union-attr]
+            queued=max(0, len(self.attempts) - 1),
+            bytes_in=self.bytes_in,
+            bytes_out=self.bytes_out,
+            returns=self.returns,
+            cached=len(self.cache),
+        )
 
 
 #: A task's check of its outputs (``--verify``): None if they are right, else what is wrong.

@@ -61,14 +61,6 @@ class LinkEstimate:
         """Seconds to move ``nbytes`` (both ways together) and hear back: 0 for what is not measured."""
         return (self.round_trip or 0.0) + (nbytes / self.rate if self.rate else 0.0)
 
-    def snapshot(self) -> dict[str, float | None]:
-        """The figures the panel and ``%webnet devices`` show: MB/s and milliseconds."""
-        rtt = self.round_trip
-        return {
-            "link_mbps": None if self.rate is None else float(f"{self.rate / 1e6:.3g}"),
-            "rtt_ms": None if rtt is None else float(f"{rtt * 1e3:.3g}"),
-        }
-
 
 def pipeline_depth(link: LinkEstimate, sent: int, returned: int, compute: float) -> int:
     """How many jobs like this one a device should hold so that link and GPU both stay busy.

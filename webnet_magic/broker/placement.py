@@ -13,12 +13,12 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from ..config import DEFAULTS
 from ..program import Program
 from .fleet import Device, Task
 from .link import pipeline_depth
+from .records import DeviceRecord
 
 #: Seconds a job costs beyond its compute and transfer while nothing is measured (so held work counts).
 JOB_OVERHEAD = 1e-3
@@ -120,20 +120,20 @@ def _moved(program: Program) -> int:
     return program.input_bytes + program.output_bytes
 
 
-def shard_weights(targets: Sequence[dict[str, Any] | None], work: float) -> list[float]:
+def shard_weights(targets: Sequence[DeviceRecord | None], work: float) -> list[float]:
     """Weights to cut ``work`` (flops) over ``targets`` so that every device ends at once.
 
-    ``targets`` are device snapshots, one per shard (a device with several shards appears that
+    ``targets`` are device records, one per shard (a device with several shards appears that
     many times; None sizes nothing).  Each device gets ``speed * (T - backlog)`` of the work, where
     ``backlog`` is the work it already holds and ``T`` the common end (water-filling: a device
     whose backlog outlasts ``T`` gets none), shared evenly among its shards.  Until every device's
     speed is measured, or for work that is not measured in flops, the shares follow speeds alone.
     """
-    devices = {d["id"]: d for d in targets if d is not None}
-    counts = Counter(d["id"] for d in targets if d is not None)
-    speed = {i: float(d.get("gflops") or 1.0) * 1e9 for i, d in devices.items()}
-    backlog = {i: float(d.get("backlog_s") or 0.0) for i, d in devices.items()}
-    if work > 0 and all(d.get("gflops") for d in devices.values()):
+    devices = {d.id: d for d in targets if d is not None}
+    counts = Counter(d.id for d in targets if d is not None)
+    speed = {i: d.speed or 1e9 for i, d in devices.items()}  # (1 GF/s for all until all are measured)
+    backlog = {i: d.backlog for i, d in devices.items()}
+    if work > 0 and all(d.speed for d in devices.values()):
         order = sorted(devices, key=backlog.__getitem__)
         for k in range(1, len(order) + 1):
             active = order[:k]
@@ -143,4 +143,4 @@ def shard_weights(targets: Sequence[dict[str, Any] | None], work: float) -> list
         share = {i: speed[i] * max(0.0, end - backlog[i]) for i in devices}
     else:
         share = speed
-    return [1.0 if d is None else share[d["id"]] / counts[d["id"]] for d in targets]
+    return [1.0 if d is None else share[d.id] / counts[d.id] for d in targets]

@@ -34,6 +34,7 @@ from .._assets import static_dir
 from ..config import DEFAULTS, Config
 from ..program import Program
 from .listener import Listener, ServerLimits
+from .records import DeviceRecord
 from .scheduler import Progress
 from .server import Broker
 
@@ -241,8 +242,13 @@ class BrokerThread:
             with contextlib.suppress(RuntimeError, concurrent.futures.TimeoutError):  # it stopped meanwhile
                 self.call(self.broker.scheduler.cancel, job_id)
 
+    def records(self) -> list[DeviceRecord]:
+        """The connected devices, typed: what the notebook side decides from."""
+        return self.call(self._records)
+
     def devices(self) -> list[dict[str, Any]]:
-        return self.call(self._devices)
+        """The connected devices as the panel shows them (see :meth:`DeviceRecord.display`)."""
+        return [r.display() for r in self.records()]
 
     def fleet(self) -> dict[str, Any]:
         """Devices, jobs in flight, and bytes sent and received this session: what the panel shows."""
@@ -252,12 +258,12 @@ class BrokerThread:
         """Also call ``listener`` (on the broker thread) after every change; it must not print."""
         self._listeners.append(listener)
 
-    def _devices(self) -> list[dict[str, Any]]:
-        return [d.snapshot() for d in self.broker.scheduler.devices.values()]
+    def _records(self) -> list[DeviceRecord]:
+        return [d.record() for d in self.broker.scheduler.devices.values()]
 
     def _fleet(self) -> dict[str, Any]:
         return {
-            "devices": self._devices(),
+            "devices": [r.display() for r in self._records()],
             "jobs": self.broker.scheduler.jobs_snapshot(),
             "sent": self.broker.bytes_sent,
             "received": self.broker.bytes_received,

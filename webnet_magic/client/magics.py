@@ -27,6 +27,7 @@ from ..errors import DeviceLimitError, DeviceNotFound, DtypeError, ShapeError, W
 from ..ops import Graph, Node
 from ..ops.custom import KernelDefinitionError, compile_error, define, install, restore
 from ..program import Program
+from ..tunnel import FREE_TIER_BYTES
 from ..worker.native import split_token
 from . import binding
 from . import session as sessions
@@ -132,7 +133,8 @@ class WebnetMagics(Magics):
         print(f"webnet broker at {split_token(session.url)[0]} (%webnet url shows the link with its token)")
         print(f"{len(devices)} device(s) connected, {busy} busy; {len(fleet['jobs'])} job(s) in flight")
         if session.reach.kind == "ngrok":
-            print(f"through the ngrok tunnel: {fleet['tunnel'] / 1e6:.1f} MB so far (free tier: about 1 GB a month)")
+            used, free = fleet["tunnel"] / 1e6, FREE_TIER_BYTES / 1e9
+            print(f"through the ngrok tunnel: {used:.1f} MB so far (free tier: about {free:g} GB a month)")
         for job in fleet["jobs"]:
             print(f"  job {job['id']}: {job['done']}/{job['total']} done")
 
@@ -150,7 +152,7 @@ class WebnetMagics(Magics):
             raise UsageError(f"webnet: {exc}") from None
         previous = install(custom)
         session = sessions.current()
-        usable = [d for d in session.devices() if d["state"] != "no WebGPU"] if session else []
+        usable = [r for r in session.records() if r.usable] if session else []
         if not usable:
             print(f"webnet: {custom.signature} defined; it compiles on first use (no device is connected)")
             return
@@ -162,7 +164,7 @@ class WebnetMagics(Magics):
             if not isinstance(exc, WorkerError) or exc.kind != "compile":
                 raise
             raise UsageError(f"webnet: {compile_error(custom, str(exc))}") from None
-        print(f"webnet: {custom.signature} defined and compiled on {usable[0]['id']} ({usable[0]['name']})")
+        print(f"webnet: {custom.signature} defined and compiled on {usable[0].id} ({usable[0].name})")
 
     def _load(self, command: Command) -> None:
         """Load a model (a path, or a notebook variable) and bind it; its summary is printed."""

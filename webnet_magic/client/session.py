@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..broker.placement import shard_weights
+from ..broker.records import DeviceRecord, DeviceState
 from ..broker.thread import BrokerThread
 from ..config import DEFAULTS, Config
 from ..errors import BrokerStopped, DeviceLimitError, DeviceLost, JobTimeout, NoDeviceError
@@ -46,7 +47,6 @@ if TYPE_CHECKING:
 
 _warned: dict[Any, Any] = {}  # warnings registry: each conversion note is shown once
 POLL = 0.1  # seconds between checks while waiting; bounds how late a Ctrl-C or timeout is seen
-NOT_READY = ("no WebGPU", "calibrating", "banned")  # device states :meth:`Session.wait_for_devices` waits past
 
 
 @dataclass(frozen=True)
@@ -126,6 +126,10 @@ class Session:
         """A snapshot of the connected devices (id, name, adapter, state, jobs done, ...), shown as a table."""
         return DeviceTable(self.broker.devices() if self.running else [])
 
+    def records(self) -> list[DeviceRecord]:
+        """The connected devices, typed (:class:`~webnet_magic.broker.records.DeviceRecord`): what to decide from."""
+        return self.broker.records() if self.running else []
+
     def panel(self) -> Any:
         """The anywidget showing the QR code and the live device panel (made on first use)."""
         if self._panel is None:
@@ -154,15 +158,15 @@ class Session:
         timeout = self._timeout(timeout)
         deadline = time.monotonic() + timeout
         while True:
-            usable = [d for d in self.devices() if d["state"] not in NOT_READY]
-            if len(usable) >= count:
-                return DeviceTable(usable)
+            ready = [r for r in self.records() if r.ready]
+            if len(ready) >= count:
+                return DeviceTable([r.display() for r in ready])
             for worker in self._local_workers:
                 if worker.process.poll() is not None:
                     self._local_workers.remove(worker)
                     raise NoDeviceError(f"the local {worker.kind} worker exited: {worker.last_words()}")
             if time.monotonic() > deadline:
-                raise NoDeviceError(f"{len(usable)} of {count} device(s) ready after {timeout:g} s")
+                raise NoDeviceError(f"{len(ready)} of {count} device(s) ready after {timeout:g} s")
             time.sleep(POLL)
 
     def put(self, name: str, value: Any) -> Pinned:
@@ -307,14 +311,13 @@ class Session:
             raise BrokerStopped("the webnet broker is not running; start it with %webnet start")
         allowed = _device_set(devices)
         keys = keys or ContentKeys()  # the whole plan and every shard share their inputs' hashes
-        fleet = [d for d in self.devices() if d["state"] not in ("no WebGPU", "banned")
-                 and (allowed is None or d["id"] in allowed)]  # fmt: skip
+        fleet = [r for r in self.records() if r.usable and (allowed is None or r.id in allowed)]
         plan = compile_graph(outputs, wire, keys, parallelism(max(fleet, key=_speed, default=None)))
         warn_conversions(plan.note)
         if wire == "f16":
             warn_conversions("webnet --wire f16: float data travels as float16 (about 3 significant digits)")
         sized = sized_for(fleet)  # a device that caps its buffers, or is calibrating, shrinks no one's work
-        limit = min((buffer_limit(d["limits"]) for d in sized), default=buffer_limit({}))
+        limit = min((buffer_limit(r.limits) for r in sized), default=buffer_limit({}))
         targets = _targets(outputs, plan, sized, shard)
         if len(targets) == 1 and plan.program.largest_buffer <= limit:
             pieces = [(plan, 0)]
@@ -339,7 +342,7 @@ class Session:
                     part.program,
                     task_id=job_id if len(pieces) == 1 else f"{job_id}.{i}",
                     devices=allowed,
-                    prefer=target["id"] if target else None,
+                    prefer=target.id if target else None,
                     check=checker(part, wire) if verify else None,
                     group=job_id,
                     shards=len(pieces),
@@ -377,7 +380,7 @@ class Session:
                     bar.close(job.progress, f"done: {job.progress}")
                     return results
                 bar.update(job.progress)
-                usable = [d for d in self.devices() if d["state"] not in ("no WebGPU", "banned")]
+                usable = [r for r in self.records() if r.usable]
                 if not usable and not told:
                     on_wait(self._waiting_text())
                     told = True
@@ -433,9 +436,9 @@ class Session:
         lines = [f"webnet: waiting for a device at {where} (%webnet url shows the link with its token)"]
         lines.append("        Open that link in a browser with WebGPU, or run: python -m webnet_magic.worker LINK")
         lines += [
-            f"        device {d['id']} ({d['name']}) joined without WebGPU: {d['reason']}"
-            for d in self.devices()
-            if d["state"] == "no WebGPU"
+            f"        device {r.id} ({r.name}) joined without WebGPU: {r.reason}"
+            for r in self.records()
+            if r.state is DeviceState.NO_WEBGPU
         ]
         return "\n".join(lines)
 
@@ -483,8 +486,8 @@ AUTO_SHARD_BYTES = 16 << 20
 
 
 def _targets(
-    outputs: Sequence[Node], plan: Plan, fleet: list[dict[str, Any]], shard: str | int
-) -> list[dict[str, Any] | None]:
+    outputs: Sequence[Node], plan: Plan, fleet: Sequence[DeviceRecord], shard: str | int
+) -> list[DeviceRecord | None]:
     """The device each shard is sized for (fastest first, round robin); ``[None]`` for one unsized job."""
     if shard == "off" or len(outputs) != 1 or not shardable(outputs[0]):
         return [None]
@@ -509,9 +512,9 @@ def _shard_count(shard: str | int) -> int:
     return count
 
 
-def _speed(device: dict[str, Any] | None) -> float:
-    """A device's measured speed for sizing its shard (1 when none is known yet: equal shares)."""
-    return float(device["gflops"]) if device and device.get("gflops") else 1.0
+def _speed(device: DeviceRecord | None) -> float:
+    """A device's measured speed in flop/s for sizing its shard (1 GF/s when none is known yet: equal shares)."""
+    return device.speed if device is not None and device.speed else 1e9
 
 
 def warn_conversions(note: str | None) -> None:

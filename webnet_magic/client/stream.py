@@ -235,7 +235,7 @@ class Stream:
             except concurrent.futures.CancelledError:
                 raise BrokerStopped(f"item {self._done} of the stream (job {job.id}) was cancelled") from None
             self._bar.update(self.progress)
-            usable = [d for d in self._session.devices() if d["state"] not in ("no WebGPU", "banned")]
+            usable = [r for r in self._session.records() if r.usable]
             if not usable and not told:
                 self._on_wait(self._session._waiting_text())
                 told = True
@@ -262,7 +262,7 @@ class Stream:
 
 def _in_flight(session: Session, given: int | None) -> int:
     if given is None:
-        usable = [d for d in session.devices() if d["state"] not in ("no WebGPU", "banned")]
+        usable = [r for r in session.records() if r.usable]
         return IN_FLIGHT_PER_DEVICE * max(1, len(usable))
     if isinstance(given, bool) or not isinstance(given, int) or given < 1:
         raise ValueError(f"in_flight must be a positive number of items, not {given!r}")

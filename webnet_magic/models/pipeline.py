@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..broker.records import DeviceRecord
 from ..client.jobs import Job
 from ..errors import DeviceLimitError
 from ..ops import Graph, Node, Plan, compile_graph
@@ -40,9 +41,9 @@ DEFAULT_KEPT = 256 << 20
 POLL = 0.25
 
 
-def capacity(device: Mapping[str, Any]) -> int:
+def capacity(device: DeviceRecord) -> int:
     """The bytes of arrays ``device`` keeps across jobs: how much of a model's weights it can hold."""
-    kept = device.get("limits", {}).get("maxCachedBytes", DEFAULT_KEPT)
+    kept = device.limits.get("maxCachedBytes", DEFAULT_KEPT)
     return int(kept) if isinstance(kept, int) and kept > 0 else DEFAULT_KEPT
 
 
@@ -131,7 +132,7 @@ class PipelineJob(Job):
         stages, _ = self._chunks[i]
         nodes, originals = rebuild(stages, k, known)
         own = [n.leaf.array for n in stages.order if n.op == "input" and not self._model.owns(n)]  # type: ignore[union-attr]
-        device = next((d for d in self._session.devices() if d["id"] == self._devices[k]), None)
+        device = next((d for d in self._session.records() if d.id == self._devices[k]), None)
         plan = compile_graph(nodes, self._wire, self._model.weight_keys([*own, *known.values()]), parallelism(device))
         attempt = sum(t.id.startswith(f"{self.id}.{i + 1}.{k + 1}") for t in self.tasks)
         task = self._session.broker.submit(
@@ -147,7 +148,7 @@ class PipelineJob(Job):
 
     def _move_lost_stages(self, known: list[dict[int, np.ndarray]]) -> None:
         """Stages whose device left go to the survivor holding the fewest; their tasks in flight follow."""
-        present = {d["id"] for d in self._session.devices() if d["state"] not in ("no WebGPU", "banned")}
+        present = {r.id for r in self._session.records() if r.usable}
         for k, device in enumerate(self._devices):
             if device in present:
                 continue

@@ -47,8 +47,7 @@ def launch_model(
     from ..client.session import AUTO_SHARD_BYTES, AUTO_SHARD_WORK, _device_set, _shard_count, _speed, warn_conversions
 
     allowed = _device_set(devices)
-    fleet = [d for d in session.devices() if d["state"] not in ("no WebGPU", "banned", "calibrating")
-             and (allowed is None or d["id"] in allowed)]  # fmt: skip
+    fleet = [r for r in session.records() if r.ready and (allowed is None or r.id in allowed)]
     batch = _batch_size(model, bound)
     values = _values(model, bound)  # the whole batch, lowered once
     if len(fleet) > 1 and shard != "off":
@@ -75,7 +74,7 @@ def launch_model(
             pieces, targets, count = [whole], [None], 1
     for plan, _ in pieces:
         warn_conversions(plan.note if plan else None)
-    limit = min((buffer_limit(d["limits"]) for d in sized_for(fleet)), default=buffer_limit({}))
+    limit = min((buffer_limit(r.limits) for r in sized_for(fleet)), default=buffer_limit({}))
     job_id = session.broker.new_job_id()
     tasks = []
     for i, ((plan, _), target) in enumerate(zip(pieces, targets, strict=True), 1):
@@ -87,7 +86,7 @@ def launch_model(
                 plan.program,
                 task_id=job_id if count == 1 else f"{job_id}.{i}",
                 devices=allowed,
-                prefer=target["id"] if target else None,
+                prefer=target.id if target else None,
                 check=checker(plan, wire) if verify else None,
                 group=job_id,
                 shards=count,
@@ -148,7 +147,7 @@ def _pipeline(session: Session, model: Model, bound: Mapping[str, np.ndarray], v
         )
         chunks.append((cut([v for v in part if isinstance(v, Node)], capacities, model.owns), part))
     job_id = session.broker.new_job_id()
-    devices = [d["id"] for d in ranked[: stages.count]]
+    devices = [d.id for d in ranked[: stages.count]]
     return PipelineJob(session, model, chunks, devices, wire=wire, job_id=job_id, bind=bind)
 
 

@@ -20,13 +20,13 @@ import dataclasses
 import hashlib
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from .._threads import THREADS, gil_free_pool
+from ..broker.records import DeviceRecord
 from ..program import Buffer, Kernel, Output, Program, Step, padded
 from .dtypes import Leaf, conversion_note
 from .graph import OPS, Node, Shape, evaluate, topological
@@ -232,9 +232,9 @@ CPU_PARALLELISM = 8
 _SOFTWARE = ("llvmpipe", "lavapipe", "swiftshader", "software", "microsoft basic render")
 
 
-def parallelism(device: Mapping[str, Any] | None) -> int:
-    """How many workgroups ``device`` (a device snapshot) runs at once, judged from its adapter."""
-    adapter = str((device or {}).get("adapter", "")).lower()
+def parallelism(device: DeviceRecord | None) -> int:
+    """How many workgroups ``device`` runs at once, judged from its adapter."""
+    adapter = device.adapter.lower() if device is not None else ""
     return CPU_PARALLELISM if any(name in adapter for name in _SOFTWARE) else GPU_PARALLELISM
 
 

@@ -21,10 +21,10 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
+from ..broker.records import DeviceRecord, DeviceState
 from ..errors import DeviceLimitError
 from .compiler import ContentKeys, Plan, compile_graph
 from .graph import Graph, Node, topological
@@ -64,16 +64,16 @@ def buffer_limit(limits: Mapping[str, int]) -> int:
     return min(int(limits.get(name, defaults[name])) for name in BUFFER_LIMITS)
 
 
-def sized_for(fleet: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """The devices of ``fleet`` (snapshots) that work is sized for: those done calibrating, and of them
+def sized_for(fleet: Sequence[DeviceRecord]) -> list[DeviceRecord]:
+    """The devices of ``fleet`` that work is sized for: those done calibrating, and of them
     the ones with WebGPU's full buffer sizes, where there are any.
 
     So one device never shrinks the others' work: one that caps its buffers below what WebGPU
     guarantees (a phone's own cap, ``--max-buffer-mb``, or a device that lies) takes only the work
     that fits it while any device has the full sizes, and one still calibrating is not counted.
     """
-    ready = [d for d in fleet if d.get("state") != "calibrating"] or list(fleet)
-    return [d for d in ready if buffer_limit(d.get("limits", {})) >= buffer_limit({})] or ready
+    ready = [d for d in fleet if d.state is not DeviceState.CALIBRATING] or list(fleet)
+    return [d for d in ready if buffer_limit(d.limits) >= buffer_limit({})] or ready
 
 
 def shardable(node: Node) -> bool:
