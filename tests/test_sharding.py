@@ -100,11 +100,26 @@ def test_cancelling_a_background_job_stops_its_shards_and_binds_nothing(
     assert handle.cancel() and handle.cancelled()
     link.release("up")
     wait_until(lambda: all(d["state"] == "idle" for d in fleet.devices()), 60, "both devices to drop their shards")
-    collector = f"webnet-{handle.id}"  # the job's thread, the one that would bind its results
-    wait_until(lambda: collector not in {t.name for t in threading.enumerate()}, 60, "the job's thread to end")
+    wait_until(lambda: all(t.future.done() for t in handle.tasks), 60, "both shards to end")  # as they would bind
     shell.run_cell("pass")  # where a finished job's names would be bound
     assert shell.user_ns["C"] == "before"
     assert fleet.broker.fleet()["jobs"] == []
+
+
+def test_jobs_in_flight_hold_no_thread_each() -> None:
+    """A job hears its tasks settle through their callbacks: launching one starts no thread (a thread's
+    start waits for the GIL, up to 5 ms while the broker's thread reads a result); cancelled, each ends so."""
+    session = Session(calibrate=False, tunnel="off")
+    try:
+        x = np.ones((4, 4), np.float32)
+        before = set(threading.enumerate())
+        jobs = [session.submit("X + 1", {"X": x}) for _ in range(4)]  # no device: they wait
+        assert set(threading.enumerate()) - before == set()
+        assert all(job.cancel() for job in jobs)
+        wait_until(lambda: all(t.future.done() for job in jobs for t in job.tasks), 10, "the tasks to be cancelled")
+        assert all(job.cancelled() for job in jobs) and session.broker.fleet()["jobs"] == []
+    finally:
+        session.stop()
 
 
 def test_many_jobs_from_threads_run_at_once(fleet: Session) -> None:

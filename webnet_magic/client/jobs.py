@@ -1,11 +1,16 @@
 """A computation in flight on the fleet: the handle ``%webnet ... --bg`` returns.
 
 One notebook computation may be many tasks (a sharded matmul, blocks that fit a
-phone's limits).  A :class:`Job` gathers them: it waits for all in a thread of
-its own, puts their outputs together, binds the results into the notebook (all
-names at once, only on success), and answers the usual future questions.  It is
-awaitable, so ``C = await h`` works in a cell.  Cancelling it cancels every
-task on every device, and nothing is bound afterwards.
+phone's limits).  A :class:`Job` gathers them: it hears each one settle, puts
+their outputs together, binds the results into the notebook (all names at once,
+only on success), and answers the usual future questions.  It is awaitable, so
+``C = await h`` works in a cell.  Cancelling it cancels every task on every
+device, and nothing is bound afterwards.
+
+A job holds no thread while it runs: its tasks' done-callbacks count them off (on
+the broker's thread), and one thread shared by all jobs puts the outputs together.
+A thread per job cost each launch a thread start, which waits for the new thread
+to get the GIL: up to 5 ms while the broker's thread was busy reading a result.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import concurrent.futures
 import threading
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -26,6 +32,12 @@ Assemble = Callable[[list[list[np.ndarray]]], list[np.ndarray]]
 #: Seconds to wait, after a task fails, for the job's other tasks to confirm their cancellation
 #: (immediate while the broker runs) before the failure is reported anyway.
 CANCEL_SETTLE = 10.0
+
+
+@cache
+def _finisher() -> concurrent.futures.ThreadPoolExecutor:
+    """The one thread that puts finished jobs' outputs together and binds them, in the order they finished."""
+    return concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="webnet-jobs")
 
 
 @dataclass(frozen=True)
@@ -75,19 +87,54 @@ class Job:
         self._assemble = assemble
         self._bind = bind
         self._lock = threading.Lock()  # cancel() and the binding of results exclude each other
-        threading.Thread(target=self._collect, name=f"webnet-{job_id}", daemon=True).start()
+        self._tally = threading.Lock()  # the counts below, kept by the tasks' callbacks
+        self._unsettled = len(self.tasks)
+        self._failing = False  # a task failed or was cancelled: the rest are being cancelled
+        self._ended = False  # _end has been handed to the finisher
+        self._timer: threading.Timer | None = None  # after a failure, for the rest to confirm their cancellation
+        self._follow()
 
-    def _collect(self) -> None:
-        """Wait for every task; fail at the first failure (cancelling the rest), else assemble and bind."""
-        futures = [t.future for t in self.tasks]
-        settled = _Settled(futures)
-        settled.wait(lambda: all(f.done() for f in futures) or any(_ended_badly(f) for f in futures))
-        failed = next((t for t in self.tasks if t.future.done() and not t.future.cancelled() and t.future.exception()),
-                      None)  # fmt: skip
-        if failed is not None or any(f.cancelled() for f in futures):
+    def _follow(self) -> None:
+        """Hear each task settle (see :meth:`_settled`); a job whose tasks come later starts its own thread."""
+        if not self.tasks:
+            self._end_once()
+        for task in self.tasks:
+            task.future.add_done_callback(self._settled)
+
+    def _settled(self, future: concurrent.futures.Future[Any]) -> None:
+        """One task settled: at the first that failed, cancel the rest; once all have, end the job."""
+        with self._tally:
+            self._unsettled -= 1
+            first = _ended_badly(future) and not self._failing
+            self._failing = self._failing or first
+            last = not self._unsettled
+        if first:
             self._cancel_tasks()
-            settled.wait(lambda: all(f.done() for f in futures), CANCEL_SETTLE)
-            self._fail(failed.future.exception() if failed is not None else None)
+            if not last:  # the rest confirm their cancellation at once while the broker runs
+                self._timer = threading.Timer(CANCEL_SETTLE, self._end_once)
+                self._timer.daemon = True
+                self._timer.start()
+        if last:
+            self._end_once()
+
+    def _end_once(self) -> None:
+        with self._tally:
+            ended, self._ended = self._ended, True
+        if ended:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        try:
+            _finisher().submit(self._end)
+        except RuntimeError:  # the interpreter is exiting (the broker stops last): end it here
+            self._end()
+
+    def _end(self) -> None:
+        """Fail with the first failure (or as cancelled), else assemble and bind (on the finisher's thread)."""
+        futures = [t.future for t in self.tasks]
+        failed = next((f for f in futures if f.done() and not f.cancelled() and f.exception()), None)
+        if failed is not None or any(f.cancelled() for f in futures):
+            self._fail(failed.exception() if failed is not None else None)
             return
         try:
             results = self._assemble([f.result() for f in futures])
@@ -174,29 +221,6 @@ class Job:
         else:
             state = f"running: {self.progress}"
         return f"<webnet job {self.id} {self.text!r} {state}>"
-
-
-class _Settled:
-    """Wakes a waiting thread each time one of ``futures`` settles, cancelled ones included.
-
-    ``concurrent.futures.wait`` is no use here: a future cancelled with ``Future.cancel()``
-    (as the broker thread cancels a task's) never wakes it; only executors' futures do.
-    Done-callbacks run on every outcome.
-    """
-
-    def __init__(self, futures: Sequence[concurrent.futures.Future[Any]]) -> None:
-        self._changed = threading.Condition()
-        for future in futures:
-            future.add_done_callback(self._notify)
-
-    def _notify(self, _: concurrent.futures.Future[Any]) -> None:
-        with self._changed:
-            self._changed.notify_all()
-
-    def wait(self, ready: Callable[[], bool], timeout: float | None = None) -> None:
-        """Return once ``ready()`` is true (or after ``timeout`` seconds)."""
-        with self._changed:
-            self._changed.wait_for(ready, timeout)
 
 
 def _ended_badly(future: concurrent.futures.Future[Any]) -> bool:

@@ -16,6 +16,7 @@ which is sent the stage's weights; the call still completes.
 from __future__ import annotations
 
 import queue
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -163,6 +164,9 @@ class PipelineJob(Job):
                     self._moved.add(task_id)
                     self._session.broker.cancel(task_id)
                     self._submit(i, k, known[i])
+
+    def _follow(self) -> None:
+        threading.Thread(target=self._collect, name=f"webnet-{self.id}", daemon=True).start()
 
     def _collect(self) -> None:
         """Stage 1 of every micro-batch at once (they queue on its device), then each next stage as the
