@@ -215,3 +215,20 @@ def test_both_ends_of_a_worker_link_send_small_frames_at_once(broker: BrokerThre
 
     mine, broker_end = asyncio.run(worker_end())
     assert mine and broker_end == [1]
+
+
+def test_warming_stops_a_dispatch_before_the_data_is_due_and_resumes_when_it_is_late() -> None:
+    """While a job's data arrives: warm from LEAD before it is due until one warming dispatch before
+    (a dispatch begun later would hold the job up; over loopback that is no warming at all), and
+    again once the data is a dispatch late."""
+    from webnet_magic.worker.native import warming
+    from webnet_magic.worker.warm import LEAD, SPIN_SECONDS
+
+    def at(due: float) -> tuple[bool, float | None]:  # the data due in `due` seconds
+        return warming(due - LEAD, due)
+
+    assert at(LEAD + 0.5) == (False, pytest.approx(0.5))  # not yet: ask again when it is time
+    assert at(LEAD - 0.1) == (True, pytest.approx(LEAD - 0.1 - SPIN_SECONDS))
+    assert at(SPIN_SECONDS / 2) == (False, pytest.approx(1.5 * SPIN_SECONDS))
+    assert at(-SPIN_SECONDS / 2) == (False, pytest.approx(SPIN_SECONDS / 2))
+    assert at(-2 * SPIN_SECONDS) == (True, None)  # late: warm until it is here

@@ -15,6 +15,7 @@ cancelled while it waits is answered at once and never runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -44,7 +45,7 @@ from ..protocol import (
     encode_parts,
 )
 from .gpu import GpuJobError, WgpuExecutor
-from .warm import Arrival
+from .warm import SPIN_SECONDS, Arrival
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,7 @@ class NativeWorker:
         self._arrival = Arrival()
         self._assembler = Assembler()
         self._warm_timer: asyncio.TimerHandle | None = None
+        self._pause = contextlib.ExitStack()  # the warmer's pause while jobs are here (see _hand)
         self._warmed = 0  # the warmer's dispatch count when the last job ended
 
     async def run(self, *, max_backoff: float = 10.0) -> None:
@@ -151,7 +153,6 @@ class NativeWorker:
         work: asyncio.Queue[tuple[Message, float]] = asyncio.Queue()  # with when each came
         outbox: asyncio.Queue[tuple[Message, float | None]] = asyncio.Queue()
         self._waiting.clear()
-        self._in_hand = 0
         self._last_heard = time.monotonic()
         describe = self.executor.describe()
         if self.depth is not None:
@@ -186,14 +187,12 @@ class NativeWorker:
                 elif message.type in ("job", "put", "free"):
                     if message.type == "job":
                         self._waiting[f["job"]] = self._in_hand
-                        self._in_hand += 1
-                        self._rewarm()
+                        self._hand(+1)
                     work.put_nowait((message, time.perf_counter()))
                 elif message.type == "cancel":
                     if f["job"] in self._waiting:  # not started: answered now, skipped when its turn comes
                         del self._waiting[f["job"]]
-                        self._in_hand -= 1
-                        self._rewarm()
+                        self._hand(-1)
                         await self._send(conn, error_message(f["job"], "cancelled", "cancelled before it started"))
                     else:
                         self._cancelled.add(f["job"])
@@ -205,9 +204,8 @@ class NativeWorker:
         finally:
             for task in tasks:
                 task.cancel()
-            self._in_hand = 0
             self._assembler = Assembler()
-            self._rewarm()  # nothing arrives or waits on a closed link
+            self._hand(-self._in_hand)  # nothing arrives or waits on a closed link
         return conn.close_code, conn.close_reason
 
     async def _run_jobs(
@@ -227,8 +225,7 @@ class NativeWorker:
                 try:
                     reply = await self._job(f["job"], message, arrived, ahead)
                 finally:
-                    self._in_hand -= 1
-                    self._rewarm()
+                    self._hand(-1)
                 outbox.put_nowait((reply, arrived))
                 continue
             try:
@@ -290,17 +287,36 @@ class NativeWorker:
             self.on_job(job, timings)
         return Message("result", {"job": job, "timings": timings}, outputs)
 
+    def _hand(self, change: int) -> None:
+        """``change`` more (or fewer) jobs here whose compute has not finished; while there are any, no warming.
+
+        A job here runs as soon as the one before it is done; a warming dispatch slipped into
+        that gap (a few milliseconds, and the GIL besides) only delayed it.
+        """
+        held, self._in_hand = self._in_hand, max(0, self._in_hand + change)  # (a job cancelled with its link: 0)
+        if self._in_hand and not held:
+            self._pause.enter_context(self.executor.warmer.paused())
+        elif held and not self._in_hand:
+            self._pause.close()
+        self._rewarm()
+
     def _rewarm(self) -> None:
-        """Warm the GPU while jobs wait here, or from :data:`~.warm.LEAD` seconds before a job's data is
-        due; stop when there is neither (see :mod:`.warm`)."""
+        """Warm the GPU while a job's data arrives, from :data:`~.warm.LEAD` seconds before it is due until
+        one warming dispatch before (a dispatch begun later would only hold the job up), and again once it
+        is a dispatch late; jobs here pause the warming (see :meth:`_hand` and :mod:`.warm`).
+
+        Over loopback a job's data is all here within a dispatch of its head: no warming then, as the
+        clock could not rise in that time anyway.
+        """
         if self._warm_timer is not None:
             self._warm_timer.cancel()
             self._warm_timer = None
-        arriving = self._assembler.arriving("job")
-        wait = self._arrival.warm_in(time.perf_counter())
-        self.executor.warmer.arm(self.warm and (self._in_hand > 0 or (arriving > 0 and wait <= 0)))
-        if self.warm and arriving and wait > 0 and not self._in_hand:
-            self._warm_timer = asyncio.get_running_loop().call_later(wait, self._rewarm)
+        now = time.perf_counter()
+        warm, check = warming(self._arrival.warm_in(now), self._arrival.due - now)
+        arriving = self.warm and self._assembler.arriving("job") > 0
+        self.executor.warmer.arm(arriving and warm)
+        if arriving and check is not None:
+            self._warm_timer = asyncio.get_running_loop().call_later(check, self._rewarm)
 
     def _cache_message(self, key: str) -> Message:
         """What the cache holds, in answer to the put or free of ``key``."""
@@ -319,6 +335,23 @@ class NativeWorker:
     async def _send(self, conn: WebSocketClientConnection, message: Message) -> None:
         for parts in encode_parts(message, next(self._ids) & 0xFFFFFFFF):
             await send_parts(conn.protocol, parts, client=True)
+
+
+def warming(start: float, due: float) -> tuple[bool, float | None]:
+    """Whether to warm while a job's data arrives, and in how many seconds to ask again (None: no need).
+
+    ``start`` and ``due`` are seconds until warming should start (:data:`~.warm.LEAD` before the data
+    is due) and until the data is due.  Warming stops one dispatch (:data:`~.warm.SPIN_SECONDS`)
+    before then, as a dispatch begun later would hold the job up, and starts again once the data is
+    a dispatch late (the rate it came at was wrong).
+    """
+    if start > 0:
+        return False, start
+    if due > SPIN_SECONDS:
+        return True, due - SPIN_SECONDS
+    if due > -SPIN_SECONDS:
+        return False, due + SPIN_SECONDS
+    return True, None
 
 
 async def connect(url: str) -> WebSocketClientConnection:
