@@ -3,11 +3,14 @@ Chromium with WebGPU (SwiftShader), and an IPython shell with the extension load
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, TypeVar
 
 import pytest
 
@@ -15,6 +18,8 @@ from webnet_magic.broker.thread import BrokerThread
 from webnet_magic.worker.launch import chromium_flags, find_chromium
 
 from .peers import Peer
+
+T = TypeVar("T")
 
 os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")  # quiets Mesa's lavapipe warnings
 
@@ -29,6 +34,13 @@ def wait_until(condition: Callable[[], object], timeout: float = 30.0, what: str
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.05)
+
+
+def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(coroutine)`` on a thread of its own: once a browser test has run, Playwright's sync
+    API keeps a loop running on the main thread for the rest of the session, where asyncio.run refuses."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 def settle(broker: BrokerThread) -> None:

@@ -27,7 +27,7 @@ from webnet_magic.protocol import (
     encode,
 )
 
-from .conftest import settle, wait_until
+from .conftest import run_async, settle, wait_until
 from .peers import HELLO, Peer, answering, connect, result, say_hello, send, small_program
 
 
@@ -63,7 +63,7 @@ def test_a_wrong_or_missing_token_is_refused(broker: BrokerThread, token: str) -
         assert await conn.read_message() is None
         return conn.close_code, conn.close_reason
 
-    code, reason = asyncio.run(attempt())
+    code, reason = run_async(attempt())
     assert code == CLOSE_BAD_TOKEN and "%webnet url" in reason
     assert broker.devices() == []
 
@@ -94,7 +94,7 @@ def test_a_malformed_peer_is_disconnected_and_the_broker_keeps_serving(
             pass
         return conn.close_code, conn.close_reason
 
-    code, reason = asyncio.run(attempt())
+    code, reason = run_async(attempt())
     assert code == CLOSE_PROTOCOL and complaint in reason
     with urllib.request.urlopen(broker.url) as response:
         assert response.status == 200
@@ -112,7 +112,7 @@ def test_an_oversized_frame_is_refused_by_the_server(broker: BrokerThread) -> No
         while await conn.read_message() is not None:
             pass
 
-    asyncio.run(attempt())
+    run_async(attempt())
     wait_until(lambda: broker.devices() == [], 5, "the oversized peer to be dropped")
 
 
@@ -236,7 +236,7 @@ def test_a_connection_that_never_says_hello_is_closed(broker: BrokerThread) -> N
             pass
         return conn.close_code, conn.close_reason
 
-    code, reason = asyncio.run(mute())
+    code, reason = run_async(mute())
     assert code == CLOSE_PROTOCOL and "no hello within 1.5 s" in reason
 
 
@@ -265,7 +265,7 @@ def test_workers_are_told_the_broker_is_going_away() -> None:
             pass
         return conn.close_code
 
-    assert asyncio.run(worker()) == CLOSE_GOING_AWAY
+    assert run_async(worker()) == CLOSE_GOING_AWAY
 
 
 def test_a_port_in_use_is_reported_in_the_calling_thread() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import socket
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ from webnet_magic.errors import WorkerError
 from webnet_magic.program import Buffer, Kernel, Output, Program, Step
 from webnet_magic.testing.linkrelay import LOOPBACK, LinkRelay
 
-from .conftest import Workers, join_native, wait_until
+from .conftest import Workers, join_native, run_async, wait_until
 
 
 @pytest.fixture
@@ -213,7 +212,7 @@ def test_both_ends_of_a_worker_link_send_small_frames_at_once(broker: BrokerThre
         conn.close()
         return mine, broker_end
 
-    mine, broker_end = asyncio.run(worker_end())
+    mine, broker_end = run_async(worker_end())
     assert mine and broker_end == [1]
 
 
