@@ -8,6 +8,11 @@ import sys
 
 from .native import TokenRefused, run_forever
 
+#: Seconds a thread of this process waits for a busy one to hand over the GIL (CPython's default: 0.005).
+#: The socket's loop, the GPU calls and wgpu's poller pass it back and forth dozens of times a job, and
+#: each wgpu call gives it up: with a 4 MB frame being read meanwhile, each took it back up to 5 ms late.
+SWITCH_INTERVAL = 0.0005
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
@@ -53,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true", help="log every job, not only connections")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="webnet worker: %(message)s")
+    sys.setswitchinterval(SWITCH_INTERVAL)  # this process is the worker's alone
     try:
         run_forever(
             args.url,
