@@ -1,7 +1,7 @@
 """A background job's results bound into the notebook on the kernel's own thread, never under a running cell.
 
-A ``--bg`` job finishes on a thread of its own.  Binding its names from there would change them
-while a cell runs: a cell reading ``C`` twice could see two values.  So a finished job's results
+A ``--bg`` job finishes on a thread of webnet's (see :mod:`.jobs`).  Binding its names from there
+would change them while a cell runs: a cell reading ``C`` twice could see two values.  So a finished job's results
 wait here and are bound on the kernel's thread when no cell is running:
 
 - at once, through the kernel's event loop, when the kernel is idle (ipykernel runs one; the
