@@ -35,7 +35,11 @@ def small_program():
 
 
 async def connect(url: str, headers: dict[str, str] | None = None):
-    return await websocket_connect(HTTPRequest(socket_url(url), headers=headers))
+    """A WebSocket that sends each frame at once, as real workers' do (with Nagle's algorithm on, a
+    pong could wait 40 ms for an ACK, and a peer's measured round trip would be noise)."""
+    conn = await websocket_connect(HTTPRequest(socket_url(url), headers=headers))
+    conn.protocol.set_nodelay(True)
+    return conn
 
 
 async def read_message(conn, assembler: Assembler) -> Message | None:
@@ -119,6 +123,18 @@ def answering(*arrays: np.ndarray) -> Callable[[object, Message], Awaitable[None
         await send(conn, result(job, *arrays))
 
     return reply
+
+
+def once(
+    event: threading.Event, reply: Callable[[object, Message], Awaitable[None]]
+) -> Callable[[object, Message], Awaitable[None]]:
+    """``reply``, given only once ``event`` is set: a test orders what happens before the answer."""
+
+    async def later(conn, job: Message) -> None:
+        await asyncio.to_thread(event.wait)
+        await reply(conn, job)
+
+    return later
 
 
 def calibrated(answer: Callable[[Message], np.ndarray] | None = None) -> Callable[[object, Message], Awaitable[None]]:

@@ -8,6 +8,7 @@ with the right answer, or with an error that says what failed where.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
 
 import numpy as np
@@ -19,7 +20,7 @@ from webnet_magic.errors import VerificationFailed, WorkerLost
 from webnet_magic.protocol import Message
 
 from .conftest import settle, wait_until
-from .peers import Peer, answering, result, send, small_program
+from .peers import Peer, answering, once, result, send, small_program
 
 RIGHT = np.full((4, 2), 3, np.float32)  # small_program's answer
 WRONG = np.full((4, 2), 7, np.float32)
@@ -121,9 +122,15 @@ def test_a_device_that_reconnects_with_its_secret_comes_back_as_itself(broker: B
 
 
 def test_a_wrong_answer_bans_the_device_and_the_task_reruns_elsewhere(broker: BrokerThread, peers: list[Peer]) -> None:
-    liar = Peer(broker, answering(WRONG))
-    peers += [liar, Peer(broker, answering(RIGHT))]
-    handle = broker.submit(small_program(), check=right_or_not, prefer="d1")
+    """The liar is alone when the job starts (so it gets it, whatever the devices' round trips) and
+    answers once an honest device has joined (so the job has somewhere to go after the ban)."""
+    joined = threading.Event()
+    liar = Peer(broker, once(joined, answering(WRONG)))
+    peers.append(liar)
+    handle = broker.submit(small_program(), check=right_or_not)
+    wait_until(lambda: liar.jobs, 10, "the liar to get the job")
+    peers.append(Peer(broker, answering(RIGHT)))
+    joined.set()
     np.testing.assert_array_equal(handle.future.result(10)[0], RIGHT)
     banned = {d["id"]: d for d in broker.devices()}["d1"]
     assert banned["banned"] and banned["state"] == "banned" and banned["failures"] == 1
