@@ -26,15 +26,15 @@ const state = {
 };
 
 const HIGH_WATER = 8 * 1024 * 1024; // bytes queued on the socket before send() waits
-const TONES = { idle: "ok", running: "busy", starting: "wait", connecting: "wait", reconnecting: "wait" };
+const TONES = { idle: "ok", running: "busy", starting: "wait", connecting: "wait", reconnecting: "wait", "device lost": "wait" };
 // What the person holding the device reads for each status (window.webnet.status keeps the short name).
 const HEADLINES = {
   starting: "Starting", connecting: "Connecting", idle: "Ready", running: "Working", reconnecting: "Reconnecting",
   refused: "Link refused", "session ended": "All done", "no WebGPU": "Cannot help", "device lost": "GPU restarting",
-  "no token": "Incomplete link",
+  "no token": "Incomplete link", "GPU gone": "GPU stopped",
 };
 // Where this page can no longer help, asking to keep it open (and the screen on) would only drain a battery.
-const OVER = new Set(["refused", "session ended", "no WebGPU", "no token"]);
+const OVER = new Set(["refused", "session ended", "no WebGPU", "no token", "GPU gone"]);
 
 // What the page shows (and what tests read from window.webnet).
 function show(status, detail = "") {
@@ -103,6 +103,9 @@ class Worker {
     this.gpu = null;
     this.executor = null;
     this.noGpu = "";
+    this.recovery = null; // after a GPU loss, until the new device is ready: true once it is, false if none came
+    this.losing = ""; // what the page says while it gets a new device
+    this.gone = ""; // what it says once none came
     this.socket = null;
     this.backoff = 250;
     this.stopped = false;
@@ -212,7 +215,7 @@ class Worker {
       state.deviceId = f.device;
       this.resume = typeof f.resume === "string" ? f.resume : "";
       this.silenceLimit = 1000 * f.silence; // the broker says how long it may be silent
-      show(this.gpu ? "idle" : "no WebGPU", this.noGpu);
+      this.settle();
     } else if (message.type === "ping") {
       // A pong echoes its ping, arrays included: the notebook measures the link with it.
       this.send({ type: "pong", fields: f, arrays: message.arrays });
@@ -255,15 +258,29 @@ class Worker {
     this.waiting.delete(job);
     try {
       if (this.cancelled.delete(job)) return this.fail(job, "cancelled", "cancelled before it started");
-      // A device lost with jobs waiting: theirs is a device failure too (retried), not a page without WebGPU.
-      if (!this.executor) return this.fail(job, this.gpu ? "device-lost" : "no-webgpu", this.noGpu || "this page has no WebGPU device");
+      // A job that came while the GPU was lost waits for the new device: it never ran, so it is not failed.
+      if (this.recovery) {
+        show("device lost", `${this.losing} Job ${job} waits for it.`);
+        if (!(await this.recovery)) return this.fail(job, "no-device", this.noGpu);
+      }
+      if (socket !== this.socket) return; // the link dropped while it waited; the notebook failed it
+      if (this.cancelled.delete(job)) return this.fail(job, "cancelled", "cancelled before it started");
+      if (!this.executor) return this.fail(job, "no-webgpu", this.noGpu || "this page has no WebGPU device");
       state.job = job;
       const warmed = this.executor.warmDispatches - this.warmedAt; // while it arrived and waited
       const steps = message.fields.steps.length;
       const received = (message.arrays || []).reduce((n, a) => n + a.bytes.byteLength, 0);
       show("running", `job ${job}: ${steps} GPU step${steps === 1 ? "" : "s"} on ${(received / 1e6).toFixed(1)} MB received`);
       const started = performance.now();
-      const { outputs, timings } = await this.executor.run(message);
+      // A GPU lost meanwhile ends the job at once (deviceLost answered it): the jobs behind it then
+      // wait for the new device, instead of waiting on the lost one and finding none when their turn comes.
+      const running = this.executor.run(message);
+      const ran = await Promise.race([running, this.executor.device.lost.then(() => null)]);
+      if (!ran) {
+        running.catch(() => {}); // what the lost device does with it no longer matters
+        return;
+      }
+      const { outputs, timings } = ran;
       if (socket !== this.socket) return; // the link dropped meanwhile; the notebook already failed the job
       if (this.cancelled.delete(job)) return this.fail(job, "cancelled", "cancelled while running");
       // queue: waiting here for the jobs ahead; ahead: how many there were when it came.
@@ -301,9 +318,14 @@ class Worker {
     }
   }
 
-  // Idle once nothing is computing or waiting to be sent.
+  // Idle once nothing is computing or waiting to be sent (or waiting for the GPU to come back).
   settle() {
-    if (this.socket && !this.inHand && !this.sending) show(this.executor ? "idle" : "no WebGPU", this.noGpu);
+    if (!this.socket || this.sending) return;
+    if (this.recovery) show("device lost", this.losing); // (jobs here wait for it: none runs)
+    else if (this.inHand) return;
+    else if (this.executor) show("idle");
+    else if (this.gone) show("GPU gone", this.gone);
+    else show("no WebGPU", this.noGpu);
   }
 
   fail(job, kind, text, extra = {}) {
@@ -335,15 +357,29 @@ class Worker {
     this.executor = null;
     this.noGpu = `GPU device lost: ${why}`;
     if (state.job) this.fail(state.job, "device-lost", why);
-    show("device lost", `The GPU stopped (${why}); getting it back.`);
-    openDevice((w) => this.deviceLost(w), megabytes("maxbuffer", Infinity)).then(
+    this.losing = `The GPU stopped (${why}); getting it back. Work that comes meanwhile waits for it.`;
+    show("device lost", this.losing);
+    // Jobs that come meanwhile wait on this (runJob); one running when it went has failed above.
+    this.recovery = openDevice((w) => this.deviceLost(w), megabytes("maxbuffer", Infinity)).then(
       (gpu) => {
         this.gpu = gpu;
         this.executor = new Executor(gpu.device, cacheBytes(), megabytes("maxbuffer", Infinity));
         this.noGpu = "";
-        if (this.socket) show("idle");
+        this.recovery = null;
+        this.settle();
+        return true;
       },
-      (e) => show("no WebGPU", e.message),
+      (e) => {
+        this.gpu = null; // a hello on a later link says this page has no WebGPU, and why
+        this.noGpu = `GPU device lost and none came back: ${e.message}`;
+        this.recovery = null;
+        // The notebook hears it at once, so the jobs held here go to other devices now, not when a lease ends.
+        this.fail("", "no-device", this.noGpu);
+        this.gone = `This ${deviceKind()}'s GPU stopped and the browser did not give it back (${e.message}). ` +
+          "The notebook sends its work to other devices. Reload this page to try again.";
+        this.settle();
+        return false;
+      },
     );
   }
 

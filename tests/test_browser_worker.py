@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -273,3 +274,135 @@ def test_the_page_keeps_to_the_broker_s_silence_limit(page, broker: BrokerThread
     """The page gives up on a silent broker after the broker's own silence limit, told in its welcome."""
     open_worker(page, broker.url, broker)
     assert page.evaluate("window.webnetWorker.silenceLimit") == broker.config.silence_limit * 1000
+
+
+def stop_in_a_job_with_another_behind_it(page, broker: BrokerThread, relay: LinkRelay) -> tuple[object, list, list]:
+    """Two jobs on the page (the broker holds two per device), the page stopped by the debugger at the
+    first one's dispatch with the second here too: the debugger session, its pauses and the two jobs."""
+    debugger = page.context.new_cdp_session(page)
+    debugger.send("Debugger.enable")
+    paused: list[dict] = []
+    debugger.on("Debugger.paused", lambda event: paused.append(event))
+    breakpoint = debugger.send("Debugger.setBreakpointByUrl", in_gpu_js("device.queue.submit([encoder"))["breakpointId"]
+    plans = [ops.plan("matmul", np.full((64, 64), k, np.float32), np.ones((64, 64), np.float32)) for k in (1, 2)]
+    relay.hold("down")  # both jobs arrive together, so the second is on the page before the first dispatches
+    handles = [broker.submit(plan.program) for plan in plans]
+    wait_until(lambda: relay.waiting("down") >= sum(p.program.input_bytes for p in plans), 30, "both jobs sent")
+    relay.release("down")
+    wait_for_pause(page, paused, "the page to reach the first job's dispatch")
+    debugger.send("Debugger.removeBreakpoint", {"breakpointId": breakpoint})
+    here = evaluate_paused(debugger, paused, "window.webnetWorker.waiting.size")
+    assert here == 1, "the second job did not reach the page before the first one dispatched"
+    return debugger, paused, list(zip(plans, handles, strict=True))
+
+
+def wait_for_pause(page, heard: list, what: str, done: Callable[[], bool] | None = None) -> None:
+    """Until the debugger has reported something in ``heard`` (or ``done`` holds), however long it takes."""
+    done = done or (lambda: bool(heard))
+    deadline = time.monotonic() + 60
+    while not done() and time.monotonic() < deadline:
+        page.wait_for_timeout(20)  # (lets Playwright hear the debugger's events)
+    assert done(), what
+
+
+def lose_the_device(debugger, paused: list) -> None:
+    """``device.destroy()`` where the page stopped in a job, then let it go on."""
+    evaluate_paused(debugger, paused, "device.destroy()")
+    debugger.send("Debugger.resume")
+
+
+def in_gpu_js(text: str) -> dict:
+    """A breakpoint on the first line of the page's gpu.js that holds ``text``."""
+    return {"urlRegex": r"/gpu\.js(\?.*)?$", "lineNumber": source_line("gpu.js", text)}
+
+
+def evaluate_paused(debugger, paused: list, expression: str) -> object:
+    """``expression``'s value where the page stopped last (its locals in scope)."""
+    frame = paused[-1]["callFrames"][0]["callFrameId"]
+    answer = debugger.send("Debugger.evaluateOnCallFrame", {"callFrameId": frame, "expression": expression})
+    return answer["result"].get("value")
+
+
+def test_a_job_that_comes_while_the_gpu_is_lost_waits_for_the_new_device(page) -> None:
+    """The job behind the one running when the GPU is lost waits for the new device and runs there, in
+    one attempt: the lost job ends at once (before, the page waited on the lost device for it)."""
+    broker = BrokerThread(calibrate=False, depth=2).start()
+    try:
+        with LinkRelay(broker.port, LOOPBACK) as relay:
+            open_worker(page, relay.url(broker.url), broker)
+            debugger, paused, jobs = stop_in_a_job_with_another_behind_it(page, broker, relay)
+            lose_the_device(debugger, paused)
+            (first, one), (second, two) = jobs
+            np.testing.assert_array_equal(second.finish(two.future.result(60))[0], np.full((64, 64), 128))
+            np.testing.assert_array_equal(first.finish(one.future.result(60))[0], np.full((64, 64), 64))
+            page.wait_for_function("window.webnet.status === 'idle'")
+        assert two.progress.failures == [] and two.progress.attempts == 1 and two.progress.device == "d1"
+        assert len(one.progress.failures) == 1 and "device-lost" in one.progress.failures[0]
+        trail = page.evaluate("window.webnet.trail")
+        assert any(t.startswith("device lost:") and t.endswith("Job j2~1 waits for it.") for t in trail), trail
+    finally:
+        broker.stop()
+
+
+def test_a_job_sent_while_the_page_gets_a_new_device_waits_for_it(page) -> None:
+    """The GPU is lost while the page is idle; a job that reaches it while it asks for a new device
+    runs on the new one, in one attempt and with no failure (before, it failed with device-lost and
+    was sent again).  The debugger holds the page at its request for a device until the relay has
+    delivered the job to the browser: the job is there before the page even asks."""
+    broker = BrokerThread(calibrate=False).start()
+    try:
+        with LinkRelay(broker.port, LOOPBACK) as relay:
+            open_worker(page, relay.url(broker.url), broker)
+            debugger = page.context.new_cdp_session(page)
+            debugger.send("Debugger.enable")
+            paused: list[dict] = []
+            debugger.on("Debugger.paused", lambda event: paused.append(event))
+            debugger.send("Debugger.setBreakpointByUrl", in_gpu_js("await adapter.requestDevice("))
+            debugger.send("Runtime.evaluate", {"expression": "window.webnetWorker.executor.device.destroy()"})
+            wait_for_pause(page, paused, "the page to ask for a new device")
+            plan = ops.plan("matmul", np.full((64, 64), 3, np.float32), np.ones((64, 64), np.float32))
+            relay.hold("down")
+            handle = broker.submit(plan.program)
+            wait_until(lambda: relay.waiting("down") >= plan.program.input_bytes, 30, "the job to be sent")
+            relay.release("down")
+            wait_until(lambda: relay.waiting("down") == 0, 30, "the job to reach the browser")
+            debugger.send("Debugger.resume")
+            np.testing.assert_array_equal(plan.finish(handle.future.result(60))[0], np.full((64, 64), 192))
+            trail = page.evaluate("window.webnet.trail")
+        assert handle.progress.failures == [] and handle.progress.attempts == 1
+        assert any(t.startswith("device lost:") and t.endswith("Job j1~1 waits for it.") for t in trail), trail
+    finally:
+        broker.stop()
+
+
+def test_a_page_that_cannot_get_its_gpu_back_hands_its_jobs_back_at_once(chromium, page) -> None:
+    """The browser refuses the page a new device (the debugger asks it for more than the adapter has):
+    the page says so in plain words and tells the broker, which sends the job waiting there elsewhere at
+    once (the page is still connected: no lease or silence had to end) and counts no failure for it."""
+    broker = BrokerThread(calibrate=False, depth=2).start()
+    try:
+        with LinkRelay(broker.port, LOOPBACK) as relay:
+            open_worker(page, relay.url(broker.url), broker)
+            debugger, paused, jobs = stop_in_a_job_with_another_behind_it(page, broker, relay)
+            debugger.send("Debugger.setBreakpointByUrl", in_gpu_js("await adapter.requestDevice("))
+            lose_the_device(debugger, paused)
+            wait_for_pause(page, paused, "the page to ask for a new device", lambda: len(paused) == 2)
+            evaluate_paused(debugger, paused, "requiredLimits.maxBufferSize = adapter.limits.maxBufferSize * 2")
+            debugger.send("Debugger.resume")
+            (first, one), (second, two) = jobs
+            wait_until(lambda: one.progress.state == two.progress.state == "queued", 30, "the jobs to come back")
+            (device,) = broker.devices()
+            assert device["state"] == "no WebGPU" and "none came back" in device["reason"]
+            page.wait_for_function("window.webnet.status === 'GPU gone'")
+            assert status(page) == "GPU stopped" and "Reload this page" in page.inner_text("#detail")
+            context = chromium.new_context()
+            try:
+                context.new_page().goto(broker.url)
+                np.testing.assert_array_equal(second.finish(two.future.result(60))[0], np.full((64, 64), 128))
+                np.testing.assert_array_equal(first.finish(one.future.result(60))[0], np.full((64, 64), 64))
+            finally:
+                context.close()
+        assert two.progress.failures == [] and two.progress.device == "d2"
+        assert len(one.progress.failures) == 1 and "device-lost" in one.progress.failures[0]
+    finally:
+        broker.stop()

@@ -202,6 +202,7 @@ class Task:
     resent: bool = False  # sent again with all its inputs after a worker had dropped some
     misled: bool = False  # a device's result for it failed verification: retries go to proven devices
     attempts: int = 0
+    declined: int = 0  # times a device that lost its GPU for good handed it back unrun (see Scheduler.error)
 
 
 @dataclass

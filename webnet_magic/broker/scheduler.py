@@ -56,6 +56,7 @@ from ..errors import (
 from ..program import Program
 from ..protocol import CLOSE_SILENT, Message, ProtocolError
 from .fleet import Attempt, Check, Device, Group, Progress, Task
+from .hello import printable
 from .placement import Placement
 
 log = logging.getLogger(__name__)
@@ -287,6 +288,9 @@ class Scheduler:
         self._changed()
 
     def error(self, device: Device, attempt_id: str, kind: str, message: str) -> None:
+        if kind == "no-device":
+            self._gpu_gone(device, message)
+            return
         attempt = self._reply(device, attempt_id)
         if attempt is not None:
             task = attempt.task
@@ -297,6 +301,33 @@ class Scheduler:
                 self.queue.appendleft(task)
             else:
                 self._failed(task, device, kind[:40], f"reported a {kind[:40]} error: {message[:4000]}")
+        self._pump()
+        self._changed()
+
+    def _gpu_gone(self, device: Device, message: str) -> None:
+        """``device`` lost its GPU and could not get one back: it can no longer work, and the jobs it
+        holds go elsewhere at once, as they were, without waiting for its lease or link to end.
+
+        They never ran there (the one that was running when the GPU went was answered ``device-lost``),
+        so handing them back is no failure of theirs; but only ``attempts`` times per task, lest a worker
+        that joins again and again and hands its work back each time keep a task forever.
+        """
+        if self.devices.get(device.id) is not device or not device.webgpu:
+            return
+        log.info("device %s can no longer work: %s", device.id, message[:200])
+        device.webgpu, device.reason = False, printable(message, 500)
+        held, device.attempts = device.attempts, []
+        if device.state == "busy":
+            device.state = "idle"
+        for attempt in reversed(held):  # back to the queue in their order
+            if not attempt.live:
+                continue
+            self._end(attempt)
+            attempt.task.declined += 1
+            if attempt.task.declined > self.max_attempts:
+                self._failed(attempt.task, device, "device-lost", f"lost its GPU for good: {message[:4000]}")
+            else:
+                self._requeue(attempt)
         self._pump()
         self._changed()
 
