@@ -265,7 +265,7 @@ class Worker {
       }
       if (socket !== this.socket) return; // the link dropped while it waited; the notebook failed it
       if (this.cancelled.delete(job)) return this.fail(job, "cancelled", "cancelled before it started");
-      if (!this.executor) return this.fail(job, "no-webgpu", this.noGpu || "this page has no WebGPU device");
+      if (!this.executor) return this.fail(job, this.gone ? "no-device" : "no-webgpu", this.noGpu || "this page has no WebGPU device");
       state.job = job;
       const warmed = this.executor.warmDispatches - this.warmedAt; // while it arrived and waited
       const steps = message.fields.steps.length;

@@ -348,7 +348,8 @@ def test_a_job_sent_while_the_page_gets_a_new_device_waits_for_it(page) -> None:
     """The GPU is lost while the page is idle; a job that reaches it while it asks for a new device
     runs on the new one, in one attempt and with no failure (before, it failed with device-lost and
     was sent again).  The debugger holds the page at its request for a device until the relay has
-    delivered the job to the browser: the job is there before the page even asks."""
+    delivered the job to the browser.  Which the page then hears first, the job or its new device, is
+    Chromium's to order (the job came first in 3 runs of 4): either way the job must cost no attempt."""
     broker = BrokerThread(calibrate=False).start()
     try:
         with LinkRelay(broker.port, LOOPBACK) as relay:
@@ -368,9 +369,7 @@ def test_a_job_sent_while_the_page_gets_a_new_device_waits_for_it(page) -> None:
             wait_until(lambda: relay.waiting("down") == 0, 30, "the job to reach the browser")
             debugger.send("Debugger.resume")
             np.testing.assert_array_equal(plan.finish(handle.future.result(60))[0], np.full((64, 64), 192))
-            trail = page.evaluate("window.webnet.trail")
         assert handle.progress.failures == [] and handle.progress.attempts == 1
-        assert any(t.startswith("device lost:") and t.endswith("Job j1~1 waits for it.") for t in trail), trail
     finally:
         broker.stop()
 
