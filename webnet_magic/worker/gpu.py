@@ -79,6 +79,7 @@ class WgpuExecutor:
         except ImportError:
             raise RuntimeError("the native worker needs wgpu-py: pip install 'webnet-magic[native]'") from None
         self._wgpu = wgpu
+        self._settings = (power_preference, cache_bytes, max_buffer_bytes)
         hint = "install a Vulkan driver (Debian: mesa-vulkan-drivers), or use Metal on macOS"
         try:
             adapter = wgpu.gpu.request_adapter_sync(power_preference=power_preference)
@@ -96,6 +97,12 @@ class WgpuExecutor:
         self.max_buffer_bytes = max_buffer_bytes
         self.warmer = Warmer(self._prepare_spinner, self._spin, self._busy)
         self._spinner: Prepared | None = None
+
+    def renewed(self) -> WgpuExecutor:
+        """A new executor like this one, on a new device: after this one's device was lost (its buffers,
+        cache and kernels went with it).  Raises RuntimeError when no device can be had."""
+        self.warmer.arm(False)
+        return WgpuExecutor(*self._settings)
 
     @contextmanager
     def _exclusive(self) -> Iterator[None]:
@@ -323,6 +330,9 @@ class _Translate:
         if exc is None or isinstance(exc, GpuJobError):
             return
         wgpu = self._wgpu
+        # wgpu-py does not implement device.lost: a lost device shows only in the errors of every call on it.
+        if isinstance(exc, wgpu.GPUError) and "device is lost" in str(exc).lower():
+            raise GpuJobError("device-lost", str(exc).strip()) from exc
         if isinstance(exc, wgpu.GPUOutOfMemoryError | MemoryError):
             raise GpuJobError("out-of-memory", str(exc).strip()) from exc
         if isinstance(exc, wgpu.GPUError | wgpu.GPUPipelineError):

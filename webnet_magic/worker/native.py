@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
+import numpy as np
 from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, websocket_connect
 
@@ -115,6 +116,7 @@ class NativeWorker:
         self.on_job = on_job
         self.device_id: str | None = None
         self.resume = ""  # the broker's secret for coming back as the same device after a drop
+        self.gone = ""  # why this worker has no GPU any more: its device was lost and no new one came
         self.jobs_done = 0
         self._ids = itertools.count(1)
         self._cancelled: set[str] = set()  # cancels heard for jobs that are running, or not yet here
@@ -157,7 +159,8 @@ class NativeWorker:
         describe = self.executor.describe()
         if self.depth is not None:
             describe["limits"]["maxJobsHeld"] = self.depth
-        hello = {"runtime": "native", "name": self.name, "webgpu": True, "resume": self.resume, **describe}
+        hello = {"runtime": "native", "name": self.name, "webgpu": not self.gone, "reason": self.gone,
+                 "resume": self.resume, **describe}  # fmt: skip
         await self._send(conn, Message("hello", hello))
         tasks = [
             asyncio.ensure_future(self._run_jobs(work, outbox)),
@@ -259,7 +262,7 @@ class NativeWorker:
         warmed = self.executor.warmer.dispatches - self._warmed  # since the job before it ended
         try:
             program = Program.from_message(message)
-            outputs, timings = await in_daemon_thread(self.executor.run, program)
+            outputs, timings = await self._run(program)
             if self.slowdown > 1:
                 # Compiling is left out: it happens once per kernel, and speeds are measured without it.
                 ran = time.perf_counter() - started - timings.get("compile", 0.0) / 1e3
@@ -286,6 +289,30 @@ class NativeWorker:
         if self.on_job:
             self.on_job(job, timings)
         return Message("result", {"job": job, "timings": timings}, outputs)
+
+    async def _run(self, program: Program) -> tuple[list[np.ndarray], dict[str, float]]:
+        """``program`` run; after a lost device (lost before the job or during it: wgpu-py says which
+        only by failing), run once more on a new one, so the job costs no attempt.  With no new device
+        the answer is ``no-device``: the broker stops sending work here and gives what is held to others."""
+        if self.gone:
+            raise GpuJobError("no-device", self.gone)
+        try:
+            return await in_daemon_thread(self.executor.run, program)
+        except GpuJobError as exc:
+            if exc.kind != "device-lost":
+                raise
+            log.warning("the GPU device was lost (%s); getting a new one", str(exc).splitlines()[-1])
+        try:
+            self.executor = await in_daemon_thread(self.executor.renewed)
+        except Exception as exc:
+            self.gone = f"GPU device lost and none came back: {exc}"
+            log.error("%s", self.gone)
+            raise GpuJobError("no-device", self.gone) from exc
+        self._warmed = 0
+        self._pause.close()  # the jobs here keep the new device's warmer paused, as they did the old one's
+        if self._in_hand:
+            self._pause.enter_context(self.executor.warmer.paused())
+        return await in_daemon_thread(self.executor.run, program)
 
     def _hand(self, change: int) -> None:
         """``change`` more (or fewer) jobs here whose compute has not finished; while there are any, no warming.
