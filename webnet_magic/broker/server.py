@@ -20,6 +20,7 @@ import asyncio
 import hmac
 import itertools
 import logging
+import re
 import secrets
 import time
 from collections.abc import Callable, Coroutine, Mapping
@@ -374,9 +375,9 @@ class WorkerSocket(Handler, tornado.websocket.WebSocketHandler):
                 if not waiter.done():
                     waiter.set_result(self.device.cache)
         elif m.type == "result":
-            scheduler.result(self.device, f["job"], list(m.arrays), f["timings"])
+            scheduler.result(self.device, _text(f["job"]), list(m.arrays), f["timings"])
         elif m.type == "error":
-            scheduler.error(self.device, f["job"], f["kind"], f["message"])
+            scheduler.error(self.device, _text(f["job"]), _text(f["kind"]), _text(f["message"]))
         elif m.type == "pong":
             _, answer = self.probes.pop(str(f.get("probe")), (0, None))
             if answer is not None and not answer.done():
@@ -505,6 +506,17 @@ class WorkerSocket(Handler, tornado.websocket.WebSocketHandler):
 
     def on_close(self) -> None:
         self.forget("disconnected")
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _text(value: str) -> str:
+    """A worker's string with its lone surrogates (JSON's ``"\\ud800"``) as U+FFFD, and otherwise as sent
+    (a compile error's newlines included): no UTF-8 writer takes a lone surrogate, and the scheduler
+    logs these strings and puts them in the notebook's errors (a log file's handler printed a traceback
+    into the cell; the front end's messages are UTF-8 too)."""
+    return _SURROGATE.sub("\ufffd", value)
 
 
 def _keys(value: Any) -> set[str]:
