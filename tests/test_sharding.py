@@ -35,9 +35,9 @@ def fleet(shell: InteractiveShell, workers: Workers, link: LinkRelay) -> Iterato
     session = sessions.current()
     assert session is not None
     workers.start(link.url(session.url), "--name", "slow", "--slowdown", "3")
-    wait_until(lambda: [d for d in session.devices() if d["gflops"]], 60, "d1 to calibrate")
+    session.wait_for_devices(1, 60)  # past its calibration's check, not just timed (its gflops show first)
     workers.start(link.url(session.url), "--name", "fast")
-    wait_until(lambda: len([d for d in session.devices() if d["gflops"]]) == 2, 60, "d2 to calibrate")
+    session.wait_for_devices(2, 60)
     shell.run_cell("import numpy as np\nrng = np.random.default_rng(0)")
     shell.run_cell("A = rng.standard_normal((640, 384), np.float32)\nB = rng.standard_normal((384, 512), np.float32)")
     yield session
@@ -145,7 +145,7 @@ def test_verify_bans_a_device_that_returns_wrong_numbers(shell: InteractiveShell
     its shard reruns on a real device."""
     liar = Peer(fleet.broker, sly(), name="liar")
     try:
-        wait_until(lambda: {d["id"]: d for d in fleet.devices()}["d3"]["gflops"], 10, "the liar to calibrate")
+        fleet.wait_for_devices(3, 10)  # the liar past its calibration (its check too, not just timed)
         result = shell.run_cell("%webnet A @ B -> C --verify --shard 2 --devices d2,d3")
         assert result.success, result.error_in_exec
         np.testing.assert_allclose(shell.user_ns["C"], shell.user_ns["A"] @ shell.user_ns["B"], rtol=1e-4, atol=1e-4)
