@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
 from webnet_magic import ops
-from webnet_magic.broker.thread import BrokerThread
-from webnet_magic.errors import VerificationFailed, WorkerLost
+from webnet_magic.broker.thread import NOTIFY_INTERVAL, BrokerThread
+from webnet_magic.errors import VerificationFailed, WorkerError, WorkerLost
 from webnet_magic.protocol import Message
 
 from .conftest import settle, wait_until
@@ -139,6 +140,37 @@ def test_a_wrong_answer_bans_the_device_and_the_task_reruns_elsewhere(broker: Br
     assert len(liar.jobs) == 1  # a banned device gets no more work
 
 
+def reporting(kind: str):
+    """A peer's reply that says the job's program failed on it with an error of ``kind``."""
+
+    async def reply(conn, job: Message) -> None:
+        await send(conn, Message("error", {"job": job.fields["job"], "kind": kind, "message": "shader: bad"}))
+
+    return reply
+
+
+def test_a_device_saying_the_program_failed_gets_a_second_opinion(broker: BrokerThread, peers: list[Peer]) -> None:
+    """A device that reports a compile error for every job (hostile, or broken) cannot fail the notebook's
+    jobs while another device may try them; with none, or when every device says so, the error is final."""
+    joined = threading.Event()
+    liar = Peer(broker, once(joined, reporting("compile")))
+    peers.append(liar)
+    handle = broker.submit(small_program())
+    wait_until(lambda: liar.jobs, 10, "the liar to get the job")
+    peers.append(Peer(broker, answering(RIGHT)))
+    joined.set()
+    np.testing.assert_array_equal(handle.future.result(10)[0], RIGHT)
+    assert handle.progress.failures == ["d1 (hand-written peer): reported a compile error: shader: bad"]
+
+    peers.append(Peer(broker, reporting("validation")))
+    both = broker.submit(small_program(), devices=frozenset({"d1", "d3"}))
+    with pytest.raises(WorkerError, match=r"failed 2 times: on d\d .*validation|compile.*; on d\d "):
+        both.future.result(10)
+    alone = broker.submit(small_program(), devices=frozenset({"d3"}))
+    with pytest.raises(WorkerError, match=r"^device d3 \(hand-written peer\) reported a validation error"):
+        alone.future.result(10)
+
+
 def test_a_job_whose_only_devices_are_banned_fails_at_once(broker: BrokerThread, peers: list[Peer]) -> None:
     peers.append(Peer(broker, answering(WRONG)))
     with pytest.raises(VerificationFailed, match=r"banned for this session .*not all threes.*Connect another device"):
@@ -193,3 +225,18 @@ def test_the_fleet_snapshot_lists_jobs_in_flight_and_bytes(broker: BrokerThread,
     for handle in handles:
         broker.cancel(handle.id)
     wait_until(lambda: broker.fleet()["jobs"] == [], 5, "the job to leave the list")
+
+
+def test_the_panel_is_told_of_changes_at_most_ten_times_a_second(broker: BrokerThread, peers: list[Peer]) -> None:
+    """A hundred jobs make some three hundred changes; the panel hears of them at most once every
+    NOTIFY_INTERVAL (a hostile device could otherwise flood the notebook's front end), and the last
+    thing it hears is the final state."""
+    peers.append(Peer(broker, answering(RIGHT)))
+    told: list[dict] = []
+    broker.add_listener(told.append)
+    started = time.monotonic()
+    for _ in range(100):
+        broker.submit(small_program()).future.result(10)
+    elapsed = time.monotonic() - started
+    wait_until(lambda: told and told[-1]["devices"][0]["jobs_done"] == 100, 5, "the last change to be told")
+    assert len(told) <= elapsed / NOTIFY_INTERVAL + 2, f"{len(told)} updates in {elapsed:.2f} s"

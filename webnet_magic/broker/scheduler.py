@@ -63,8 +63,12 @@ log = logging.getLogger(__name__)
 
 #: Failures that say something about the device, not the program: another device (or the same
 #: one, back from sleep) may well succeed.  Compile, validation and protocol errors are the
-#: program's own and fail the task at once.
+#: program's own (see :data:`SECOND_OPINION`).
 RETRIED = frozenset({"disconnected", "lease", "device-lost", "out-of-memory", "internal", "bad-result", "verify"})
+#: The program's own errors, as a device reports them.  An honest device's report is final, but a
+#: hostile one could fail every job it is given by saying so: the task gets a second opinion from a
+#: device that has not tried it, where one is connected, before the error is the notebook's.
+SECOND_OPINION = frozenset({"compile", "validation", "protocol"})
 
 #: Jobs with less work than this (in flops) say little about a device's speed.
 MIN_MEASURED_WORK = 1e6
@@ -551,7 +555,8 @@ class Scheduler:
             return
         device.failures += kind in RETRIED
         task.progress.failures.append(f"{device.describe()}: {text}")
-        if kind in RETRIED and len(task.progress.failures) < self.max_attempts:
+        untried = kind in SECOND_OPINION and any(d.id not in task.tried for d in self._eligible(task))
+        if (kind in RETRIED or untried) and len(task.progress.failures) < self.max_attempts:
             log.info("task %s failed on %s (%s); queued again", task.id, device.id, text)
             task.progress.state, task.progress.device = "queued", None
             self.queue.appendleft(task)

@@ -22,6 +22,7 @@ import logging
 import secrets
 import ssl as ssl_module
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,9 @@ from .server import Broker
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+#: The panel is told of changes at most this often (seconds): ten updates a second look live.
+NOTIFY_INTERVAL = 0.1
 
 #: Called on the broker thread after each change with :meth:`BrokerThread.fleet`'s snapshot.
 ChangeListener = Callable[[dict[str, Any]], None]
@@ -79,6 +83,8 @@ class BrokerThread:
         self.token = token or secrets.token_urlsafe(18)
         self.config = (config or DEFAULTS).updated(**settings)
         self._listeners: list[ChangeListener] = [on_change] if on_change else []
+        self._notified = -NOTIFY_INTERVAL  # when the listeners were last told (monotonic seconds)
+        self._notify_due: asyncio.TimerHandle | None = None
         self.broker = Broker(self.token, static or static_dir(), self.config, on_change=self._changed)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._main, name="webnet-broker", daemon=True)
@@ -272,10 +278,26 @@ class BrokerThread:
         }
 
     def _changed(self) -> None:
-        if self._listeners:
-            snapshot = self._fleet()
-            for listener in self._listeners:
-                listener(snapshot)
+        """Tell the listeners (the panel) of a change, at most once every :data:`NOTIFY_INTERVAL`.
+
+        A device may cause thousands of changes a second (a hostile one reconnecting, frame after
+        frame): each would be a fleet snapshot and a message to the notebook's front end, which
+        then falls behind.  The first change is told at once; those that follow within the
+        interval are told together at its end, so the last state always arrives.
+        """
+        if not self._listeners or self._notify_due is not None:
+            return
+        wait = self._notified + NOTIFY_INTERVAL - time.monotonic()
+        if wait <= 0:
+            self._notify()
+        else:
+            self._notify_due = self._loop.call_later(wait, self._notify)
+
+    def _notify(self) -> None:
+        self._notify_due, self._notified = None, time.monotonic()
+        snapshot = self._fleet()
+        for listener in self._listeners:
+            listener(snapshot)
 
 
 class _ThreadLogs(logging.Filter):
