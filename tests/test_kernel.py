@@ -7,7 +7,7 @@ import queue
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,6 +99,14 @@ class Kernel:
             if msg["msg_type"].startswith("comm_"):
                 self.comm_log.append(msg)
 
+    def settle_panel(self, name: str, ready: Callable[[Any], bool], seconds: float = 30) -> Any:
+        """The panel's latest ``name`` once ``ready`` holds for it: the broker tells the panel of changes
+        at most every 0.1 s, so the final state of a cell's job may come just after the cell."""
+        deadline = time.monotonic() + seconds
+        while not ((values := panel_states(self, name)) and ready(values[-1])) and time.monotonic() < deadline:
+            self.drain_comms(0.2)
+        return panel_states(self, name)[-1] if panel_states(self, name) else None
+
     def shutdown(self) -> None:
         self.client.stop_channels()
         self.manager.shutdown_kernel(now=False)
@@ -169,7 +177,7 @@ def test_a_cell_of_only_the_magic_line_runs_on_a_worker_and_the_panel_updates_li
     assert reply.status == "ok"
     seen_busy_in_log = any(d and d[0]["state"] == "busy" for d in panel_devices(kernel))
     assert seen_busy_in_log, "the panel never showed the device busy while the cell blocked"
-    assert panel_devices(kernel)[-1][0]["jobs_done"] == 2
+    assert kernel.settle_panel("devices", lambda d: d[0]["jobs_done"] == 2)[0]["jobs_done"] == 2
 
 
 def test_a_long_job_shows_a_progress_bar_and_the_panel_lists_its_shards(kernel: Kernel, workers: Workers) -> None:
@@ -192,7 +200,7 @@ def test_a_long_job_shows_a_progress_bar_and_the_panel_lists_its_shards(kernel: 
     assert reply.updates and "done: 4/4 shards" in reply.updates[-1]["text/plain"]
     listed = [jobs for jobs in panel_states(kernel, "jobs") if jobs]
     assert listed and listed[0][0]["total"] == 4
-    assert panel_states(kernel, "jobs")[-1] == []  # gone from the panel once done
+    assert kernel.settle_panel("jobs", lambda jobs: jobs == []) == []  # gone from the panel once done
     assert kernel.value("float(C[0, 0])") == 256.0
     # In the background: the cell returns at once; top-level await on the handle gives the result.
     assert kernel.execute("h = %webnet A @ A -> E --bg --shard 2\nD = await h").status == "ok"
