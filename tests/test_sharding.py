@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
 from collections.abc import Iterator
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
+from webnet_magic.broker.fleet import Attempt, Device, Task
+from webnet_magic.broker.placement import Placement, shard_weights
 from webnet_magic.broker.records import DeviceRecord
 from webnet_magic.client import session as sessions
 from webnet_magic.client.session import Session, _targets
@@ -73,6 +78,47 @@ def test_shards_are_sized_by_speed_fastest_first() -> None:
     assert [d.id for d in _targets([node], plan, fleet, 4)] == ["d2", "d1", "d2", "d1"]  # type: ignore[union-attr]
     assert _targets([node], plan, fleet, "auto") == [None]  # 4 Mflop: not worth a round trip each
     assert _targets([node], plan, fleet, "off") == [None]
+
+
+def test_shards_are_sized_for_each_devices_link_as_placement_counts_it() -> None:
+    """Equal GPUs, one link ten times slower: that device gets a smaller share, and both end at once
+    by the figures placement uses (compute, bytes at the link's rate, a round trip)."""
+    fast = DeviceRecord("d1", speed=1e9, rate=100e6, round_trip=0.01)
+    slow = replace(fast, id="d2", rate=10e6)
+    work, nbytes = 1e9, 10_000_000
+    a, b = shard_weights([fast, slow], work, nbytes)
+    assert a > 1.5 * b and a + b == pytest.approx(work)
+    ends = [d.round_trip + w / d.speed + nbytes * w / work / d.rate for d, w in ((fast, a), (slow, b))]
+    assert ends[0] == pytest.approx(ends[1])
+    assert shard_weights([fast, slow], work) == pytest.approx([work / 2, work / 2])  # no bytes: speeds alone
+
+
+def device(name: str, speed: float, rate: float) -> Device:
+    made = Device(name, name, "test", {}, {}, [], send=None, close=None)  # type: ignore[arg-type]
+    made.speed, made.link.rate = speed, rate
+    made.link.heard(0.005)
+    return made
+
+
+def test_a_shard_stays_on_the_idle_device_it_was_sized_for_and_leaves_a_busy_one() -> None:
+    """The slow device's link measured at 1 MB/s (what a loaded machine's loopback can measure) makes
+    the fast one, holding its own shard, look sooner: the shard still goes where it was sized to end
+    with the others.  Once that device holds a second of other work, it goes to the fast one."""
+    program = compile_graph([call("matmul", np.ones((128, 256), np.float32), np.ones((256, 256), np.float32))]).program
+    slow, fast = device("d1", program.work / 0.1, 1e6), device("d2", 4 * program.work / 0.1, 1e9)
+    placement = Placement({"d1": slow, "d2": fast}, depth=2)
+    loop = asyncio.new_event_loop()
+    try:
+        task = Task("j1.2", program, loop.create_future(), prefer="d1")
+        own = Task("j1.1", program, loop.create_future(), prefer="d2")
+        fast.attempts.append(Attempt("j1.1~1", own, fast, time.monotonic(), 0.1))
+        now = time.monotonic()
+        assert placement.done_by(program, fast, now) - now < (placement.done_by(program, slow, now) - now) / 2
+        assert placement.choose(task, [slow, fast]) is slow
+        slow.attempts.append(Attempt("j0~1", own, slow, time.monotonic(), 1.0))
+        assert placement.choose(task, [slow, fast]) is fast
+    finally:
+        loop.close()
 
 
 def test_a_background_job_binds_when_done_and_is_awaitable(shell: InteractiveShell, fleet: Session) -> None:

@@ -22,8 +22,8 @@ from .records import DeviceRecord
 
 #: Seconds a job costs beyond its compute and transfer while nothing is measured (so held work counts).
 JOB_OVERHEAD = 1e-3
-#: A shard leaves the device it was sized for only for one that would finish it this much sooner (a
-#: fraction of the time it would take there): a round trip measured a millisecond shorter is noise.
+#: A shard leaves the busy device it was sized for only for one that would finish it this much sooner
+#: (a fraction of the time it would take there): a round trip measured a millisecond shorter is noise.
 PREFER_MARGIN = 0.1
 
 
@@ -40,16 +40,22 @@ class Placement:
         """The device of ``pool`` to start ``task`` on now, or None to keep it queued.
 
         Of those with room, it goes to the one that would finish it first, counting the work
-        each already holds and the time its link takes to move the task's bytes.  A shard
-        waits for the device it was sized for unless another would finish it clearly sooner
-        (by :data:`PREFER_MARGIN` of its time there).
+        each already holds and the time its link takes to move the task's bytes.  A shard goes
+        to the device it was sized for while that device holds nothing: :func:`shard_weights`
+        sized it, from the same figures, to end with the job's other shards there, so another
+        device would finish it sooner only by the figures' noise (a link's rate measured while
+        the machine was busy), and it would finish it behind its own shard.  A busy one (work
+        came after the sizing, or it is slower than measured) keeps it unless another would
+        finish it clearly sooner (by :data:`PREFER_MARGIN` of its time there).
         """
         now = time.monotonic()
+        preferred = self.devices.get(task.prefer or "")
+        if preferred is not None and preferred in pool and not preferred.attempts:
+            return preferred
         roomy = [d for d in pool if self.has_room(d, task.program)]
         if not roomy:
             return None
         best = min(roomy, key=lambda d: self.done_by(task.program, d, now))
-        preferred = self.devices.get(task.prefer or "")
         if preferred is None or preferred not in pool or preferred is best:
             return best
         there = self.done_by(task.program, preferred, now) - now
@@ -120,20 +126,27 @@ def _moved(program: Program) -> int:
     return program.input_bytes + program.output_bytes
 
 
-def shard_weights(targets: Sequence[DeviceRecord | None], work: float) -> list[float]:
+def shard_weights(targets: Sequence[DeviceRecord | None], work: float, nbytes: int = 0) -> list[float]:
     """Weights to cut ``work`` (flops) over ``targets`` so that every device ends at once.
 
     ``targets`` are device records, one per shard (a device with several shards appears that
     many times; None sizes nothing).  Each device gets ``speed * (T - backlog)`` of the work, where
     ``backlog`` is the work it already holds and ``T`` the common end (water-filling: a device
-    whose backlog outlasts ``T`` gets none), shared evenly among its shards.  Until every device's
-    speed is measured, or for work that is not measured in flops, the shares follow speeds alone.
+    whose backlog outlasts ``T`` gets none), shared evenly among its shards.  Its link counts as
+    placement counts it: its round trip is held work, and its share of ``nbytes`` (the job's
+    bytes both ways, taken as cut in proportion to the work) at its measured rate slows its
+    ``speed``, so a fast phone on a slow link gets the share it can finish in time, and each
+    shard's own device is where it ends soonest.  Until every device's speed is measured, or
+    for work that is not measured in flops, the shares follow speeds alone.
     """
     devices = {d.id: d for d in targets if d is not None}
     counts = Counter(d.id for d in targets if d is not None)
     speed = {i: d.speed or 1e9 for i, d in devices.items()}  # (1 GF/s for all until all are measured)
     backlog = {i: d.backlog for i, d in devices.items()}
     if work > 0 and all(d.speed for d in devices.values()):
+        for i, d in devices.items():
+            speed[i] = 1 / (1 / speed[i] + (nbytes / work / d.rate if d.rate else 0.0))
+            backlog[i] += d.round_trip or 0.0
         order = sorted(devices, key=backlog.__getitem__)
         for k in range(1, len(order) + 1):
             active = order[:k]

@@ -323,7 +323,8 @@ class Session:
             pieces = [(plan, 0)]
             assemble: Assemble = lambda results: plan.finish(results[0])  # noqa: E731
         elif len(outputs) == 1:
-            cut = split(outputs[0], limit, wire, shard_weights(targets, plan.program.work), keys)  # held work counts
+            moved = plan.program.input_bytes + plan.program.output_bytes  # held work and links count in the sizes
+            cut = split(outputs[0], limit, wire, shard_weights(targets, plan.program.work, moved), keys)
             pieces = [(p.plan, p.shard) for p in cut.pieces]
             assemble = lambda results: [  # noqa: E731
                 cut.assemble([p.plan.finish(r)[0] for p, r in zip(cut.pieces, results, strict=True)])
