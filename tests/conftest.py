@@ -53,7 +53,18 @@ def settle(broker: BrokerThread) -> None:
 
 @pytest.fixture
 def broker() -> Iterator[BrokerThread]:
-    """A broker on 127.0.0.1, port 0, with fast heartbeats so silence is noticed within a second."""
+    """A broker on 127.0.0.1, port 0, with fast heartbeats (round trips measured at once) and the
+    default silence limit: a page or worker busy for a second on a loaded machine (a browser echoing
+    10 MB) is not dropped.  Tests of silence make a broker with a short limit of their own."""
+    thread = BrokerThread(heartbeat=0.2, calibrate=False).start()
+    yield thread
+    thread.stop()
+
+
+@pytest.fixture
+def hasty_broker() -> Iterator[BrokerThread]:
+    """A broker that gives up after 1.5 s of silence (no hello, a cancel never acknowledged): for the
+    tests of those limits, where the peer is silent by design rather than slow."""
     thread = BrokerThread(heartbeat=0.2, silence_limit=1.5, calibrate=False).start()
     yield thread
     thread.stop()

@@ -187,8 +187,9 @@ def test_a_hello_cannot_forge_rows_or_send_absurd_limits(broker: BrokerThread, p
     assert len(device["limits"]) <= 64
 
 
-def test_a_device_that_ignores_a_cancel_is_dropped(broker: BrokerThread, peers: list[Peer]) -> None:
+def test_a_device_that_ignores_a_cancel_is_dropped(hasty_broker: BrokerThread, peers: list[Peer]) -> None:
     """A device must acknowledge a cancelled job; one that never does is dropped after a grace period."""
+    broker = hasty_broker
     peers.append(Peer(broker))  # answers pings, never answers jobs
     handle = broker.submit(small_program())
     wait_until(lambda: broker.devices()[0]["state"] == "busy", 5, "the job to be sent")
@@ -229,9 +230,9 @@ def _try(fn, *args):
         return exc
 
 
-def test_a_connection_that_never_says_hello_is_closed(broker: BrokerThread) -> None:
+def test_a_connection_that_never_says_hello_is_closed(hasty_broker: BrokerThread) -> None:
     async def mute():
-        conn = await connect(broker.url)
+        conn = await connect(hasty_broker.url)
         while await conn.read_message() is not None:
             pass
         return conn.close_code, conn.close_reason

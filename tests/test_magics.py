@@ -96,21 +96,22 @@ def test_bad_input_is_one_line_and_leaves_the_output_untouched(started, capsys, 
 
 
 def test_a_worker_lost_mid_job_with_none_to_replace_it_times_out_and_binds_nothing(shell, workers: Workers) -> None:
-    """Killing the only worker before its answer gets through: the job waits for another device, then
-    the timeout names the device it lost."""
+    """Killing the only worker while its job is on the way to it: the job waits for another device, then
+    the timeout names the device it lost.  The kill follows the job's bytes into the relay, so only the
+    broker's send (not the worker's compile or compute) has to happen within the timeout."""
     assert run(shell, "%webnet start").success
     session = sessions.current()
     with LinkRelay(session.broker.port, LOOPBACK) as relay:
         workers.start(relay.url(session.url))
         session.wait_for_devices(1, 60)
         run(shell, "import numpy as np\nC = 'untouched'\nX = np.ones((64, 64), np.float32)")
-        relay.hold("up")  # the worker's answer waits in the relay: the job cannot finish before the kill
+        relay.hold("down")  # the job waits in the relay: it cannot finish before the kill
 
-        def kill_once_answered() -> None:
-            wait_until(lambda: relay.waiting("up") >= 64 * 64 * 4, 60, "the worker's answer")
+        def kill_once_sent() -> None:
+            wait_until(lambda: relay.waiting("down") >= 64 * 64 * 4, 60, "the job to be sent")
             workers.processes[0].kill()
 
-        killer = threading.Thread(target=kill_once_answered)
+        killer = threading.Thread(target=kill_once_sent)
         killer.start()
         result = run(shell, "%webnet matmul X X -> C --timeout 8")
         killer.join()
