@@ -39,8 +39,11 @@ def fast_lease() -> Iterator[BrokerThread]:
     thread.stop()
 
 
-def test_a_silent_device_is_declared_lost_and_its_task_runs_on_another(broker: BrokerThread, peers: list[Peer]) -> None:
+def test_a_silent_device_is_declared_lost_and_its_task_runs_on_another(
+    hasty_broker: BrokerThread, peers: list[Peer]
+) -> None:
     """Silence past the limit drops the device; its task waits in the queue, then runs on the next one."""
+    broker = hasty_broker
     peers.append(Peer(broker, silent=True))
     handle = broker.submit(small_program())
     wait_until(lambda: broker.devices() == [], 5, "the silent device to be dropped")
