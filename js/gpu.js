@@ -147,23 +147,8 @@ const pad4 = (n) => Math.max(4, Math.ceil(n / 4) * 4);
 // GPU raises its clock only after a while of back-to-back work, so while a job's data arrives the
 // page dispatches a cheap kernel (one workgroup spinning, about a millisecond each), never while a
 // job's own kernels run, and stops when nothing arrives or waits: an idle phone keeps its battery.
-export const LEAD_MS = 500; // warm this long before a job's data is due (the H200 needed ~200 ms)
+export const LEAD_MS = 600; // warm this long before a job's data is due (warm.py's LEAD: the H200 needed ~0.5 s)
 const SPIN_MS = 1;
-const SPIN = `
-@group(0) @binding(0) var<storage, read_write> sink: array<u32>;
-@group(0) @binding(1) var<uniform> p: vec4<u32>;
-
-@compute @workgroup_size(64)
-fn main(@builtin(local_invocation_index) lane: u32) {
-    var x = lane;
-    for (var i = 0u; i < p.x; i++) {
-        x = x * 1664525u + 1013904223u;
-    }
-    if (x == 0x5eedu) {
-        sink[0] = x;
-    }
-}
-`;
 
 // When the job data still arriving should be complete, from the rate it has been coming at
 // (the twin of warm.py's Arrival; milliseconds).
@@ -216,7 +201,8 @@ export class Executor {
     this.spinning = true;
     try {
       if (!this.spinner) {
-        const module = this.device.createShaderModule({ code: SPIN });
+        const code = await (await fetch(new URL("spin.wgsl", import.meta.url))).text(); // warm.py's too
+        const module = this.device.createShaderModule({ code });
         const pipeline = await this.device.createComputePipelineAsync({ layout: "auto", compute: { module, entryPoint: "main" } });
         const sink = this.device.createBuffer({ size: 16, usage: GPUBufferUsage.STORAGE });
         const rounds = this.device.createBuffer({ size: 16, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });

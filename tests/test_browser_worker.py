@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -111,10 +112,7 @@ def test_a_lost_gpu_device_is_retried_once_the_page_recovers(page) -> None:
     try:
         with LinkRelay(broker.port, LOOPBACK) as relay:
             open_worker(page, relay.url(broker.url), broker)
-            debugger = page.context.new_cdp_session(page)
-            debugger.send("Debugger.enable")
-            paused: list[dict] = []
-            debugger.on("Debugger.paused", lambda event: paused.append(event))
+            debugger, paused = attach_debugger(page)
             dispatch = source_line("gpu.js", "device.queue.submit([encoder")
             stop = {"urlRegex": r"/gpu\.js(\?.*)?$", "lineNumber": dispatch}
             breakpoint = debugger.send("Debugger.setBreakpointByUrl", stop)["breakpointId"]
@@ -141,6 +139,15 @@ def test_a_lost_gpu_device_is_retried_once_the_page_recovers(page) -> None:
             np.testing.assert_allclose(plan.finish(broker.submit(plan.program).future.result(30))[0], a @ a.T)
     finally:
         broker.stop()
+
+
+def attach_debugger(page) -> tuple[Any, list[dict]]:
+    """The DevTools debugger on ``page``, and the list its pauses are appended to (newest last)."""
+    debugger = page.context.new_cdp_session(page)
+    debugger.send("Debugger.enable")
+    paused: list[dict] = []
+    debugger.on("Debugger.paused", lambda event: paused.append(event))  # (Playwright wants a Python function)
+    return debugger, paused
 
 
 def source_line(name: str, text: str) -> int:
@@ -279,10 +286,7 @@ def test_the_page_keeps_to_the_broker_s_silence_limit(page, broker: BrokerThread
 def stop_in_a_job_with_another_behind_it(page, broker: BrokerThread, relay: LinkRelay) -> tuple[object, list, list]:
     """Two jobs on the page (the broker holds two per device), the page stopped by the debugger at the
     first one's dispatch with the second here too: the debugger session, its pauses and the two jobs."""
-    debugger = page.context.new_cdp_session(page)
-    debugger.send("Debugger.enable")
-    paused: list[dict] = []
-    debugger.on("Debugger.paused", lambda event: paused.append(event))
+    debugger, paused = attach_debugger(page)
     breakpoint = debugger.send("Debugger.setBreakpointByUrl", in_gpu_js("device.queue.submit([encoder"))["breakpointId"]
     plans = [ops.plan("matmul", np.full((64, 64), k, np.float32), np.ones((64, 64), np.float32)) for k in (1, 2)]
     relay.hold("down")  # both jobs arrive together, so the second is on the page before the first dispatches
@@ -354,10 +358,7 @@ def test_a_job_sent_while_the_page_gets_a_new_device_waits_for_it(page) -> None:
     try:
         with LinkRelay(broker.port, LOOPBACK) as relay:
             open_worker(page, relay.url(broker.url), broker)
-            debugger = page.context.new_cdp_session(page)
-            debugger.send("Debugger.enable")
-            paused: list[dict] = []
-            debugger.on("Debugger.paused", lambda event: paused.append(event))
+            debugger, paused = attach_debugger(page)
             debugger.send("Debugger.setBreakpointByUrl", in_gpu_js("await adapter.requestDevice("))
             debugger.send("Runtime.evaluate", {"expression": "window.webnetWorker.executor.device.destroy()"})
             wait_for_pause(page, paused, "the page to ask for a new device")

@@ -54,7 +54,7 @@ from .scheduler import Device, Scheduler
 
 log = logging.getLogger(__name__)
 
-STATIC_FILES = ("worker.js", "protocol.js", "protocol.json", "gpu.js", "worker.css")
+STATIC_FILES = ("worker.js", "protocol.js", "protocol.json", "gpu.js", "spin.wgsl", "worker.css")
 
 
 #: Worker connections beyond this many are refused (each may hold a job's buffers in flight).

@@ -21,28 +21,16 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from .._assets import static_dir
+
 #: Seconds of warming wanted before a job's data is all here: the H200 needed about half a second.
 LEAD = 0.6
 #: How long one warming dispatch should last (seconds): long enough that the gaps between
 #: dispatches (a submit and a wait) are a small part, short enough that a job waits little.
 SPIN_SECONDS = 0.004
 
-SPIN = """
-// Keeps the GPU busy at little cost: one workgroup does integer arithmetic for `p.x` rounds.
-@group(0) @binding(0) var<storage, read_write> sink: array<u32>;
-@group(0) @binding(1) var<uniform> p: vec4<u32>;
-
-@compute @workgroup_size(64)
-fn main(@builtin(local_invocation_index) lane: u32) {
-    var x = lane;
-    for (var i = 0u; i < p.x; i++) {
-        x = x * 1664525u + 1013904223u;
-    }
-    if (x == 0x5eedu) {  // practically never, but the compiler cannot know: the loop stays
-        sink[0] = x;
-    }
-}
-"""
+#: The warming kernel, shared with the worker page (``js/spin.wgsl``).
+SPIN = (static_dir() / "spin.wgsl").read_text("utf-8")
 
 
 class Arrival:
